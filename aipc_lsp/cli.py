@@ -1,0 +1,173 @@
+"""Command line: `aipc-lsp serve | models | complete | demo`.
+
+stdout belongs to the protocol when serving; everything else goes to stderr or --log-file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from aipc_lsp import __version__
+
+
+def _setup_logging(verbose: int, log_file: str | None) -> None:
+    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    handler: logging.Handler = logging.FileHandler(log_file, encoding="utf-8") if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.DEBUG, level))
+    # pygls logs every message body at INFO; keep it for -vv.
+    logging.getLogger("pygls").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+
+
+def _config_path(arg: str | None) -> Path:
+    from aipc_lsp.config import default_config_path
+
+    return Path(arg).expanduser() if arg else default_config_path()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aipc_lsp.server import create_server
+
+    server = create_server(config_path=_config_path(args.config))
+    if args.tcp is not None:
+        server.start_tcp("127.0.0.1", args.tcp)
+    else:
+        server.start_io()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from aipc_lsp.models.fetch import FetchError, fetch
+    from aipc_lsp.models.registry import list_models
+
+    if args.action == "fetch":
+        try:
+            path = fetch(force=args.force, progress=lambda msg, pct: print(f"[{pct if pct is not None else '..':>3}%] {msg}", file=sys.stderr))
+        except FetchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(path)
+        return 0
+    models = list_models()
+    if args.json:
+        print(json.dumps([{**m.__dict__, "path": str(m.path) if m.path else None} for m in models], indent=2))
+        return 0
+    for m in models:
+        mark = "*" if m.default else " "
+        state = "present" if m.present else "not fetched"
+        size = f"{m.size_bytes / 1e6:.0f} MB" if m.size_bytes else ""
+        print(f"{mark} {m.name:32} {m.kind:18} {state:12} {size:>8}  {m.path or ''}")
+    return 0
+
+
+def _parse_location(spec: str) -> tuple[Path, int, int]:
+    try:
+        path, line, col = spec.rsplit(":", 2)
+        return Path(path), int(line), int(col)
+    except ValueError:
+        raise SystemExit(f"error: expected FILE:LINE:COL (1-based), got {spec!r}") from None
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    """One suggestion through the same runtime and pipeline the server uses."""
+    from aipc_lsp.config import SettingsLayers, load_file
+    from aipc_lsp.runtime import ModelRuntime, ModelUnavailable
+    from aipc_lsp.suggest import Suggester
+
+    path, line, col = _parse_location(args.location)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    lines = text.split("\n")
+    if not 1 <= line <= len(lines) or not 1 <= col <= len(lines[line - 1]) + 1:
+        print(f"error: {path} has no line {line}, column {col}", file=sys.stderr)
+        return 1
+    offset = sum(len(l) + 1 for l in lines[: line - 1]) + col - 1
+    layers = SettingsLayers()
+    layers.file, problems = load_file(_config_path(args.config))
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    settings = layers.settings()
+
+    async def run() -> int:
+        runtime = ModelRuntime()
+        runtime.configure(settings)
+        try:
+            suggestion = await Suggester(runtime).suggest(
+                text=text, offset=offset, settings=settings.completion,
+                uri=path.resolve().as_uri(), language_id=_language_of(path))
+        except ModelUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            runtime.close()
+        if args.json:
+            print(json.dumps(suggestion.__dict__ if suggestion else None))
+        else:
+            print(suggestion.text if suggestion else "")
+            if suggestion:
+                print(f"(first token {suggestion.first_token_ms or 0:.0f} ms, total {suggestion.total_ms:.0f} ms, "
+                      f"{suggestion.tokens} tokens)", file=sys.stderr)
+        return 0
+
+    return asyncio.run(run())
+
+
+def _language_of(path: Path) -> str:
+    return {".py": "python", ".js": "javascript", ".ts": "typescript", ".rs": "rust", ".go": "go",
+            ".c": "c", ".cpp": "cpp", ".java": "java", ".lua": "lua", ".sh": "shellscript"}.get(path.suffix, "")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from aipc_lsp.demo import run_demo
+
+    return asyncio.run(run_demo(config=args.config))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aipc-lsp", description="Local AI code completion over LSP.")
+    parser.add_argument("--version", action="version", version=f"aipc-lsp {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: protocol too)")
+    common.add_argument("--log-file", help="write logs here instead of stderr")
+    common.add_argument("--config", help="settings.toml to read (default: the user config dir)")
+    sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", parents=[common], help="run the language server (stdio by default)")
+    serve.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default)")
+    serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead")
+    serve.set_defaults(func=cmd_serve)
+
+    models = sub.add_parser("models", parents=[common], help="fetch or list models")
+    models.add_argument("action", choices=["fetch", "list"])
+    models.add_argument("--force", action="store_true", help="fetch again even if present")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+
+    complete = sub.add_parser("complete", parents=[common], help="print a suggestion for FILE:LINE:COL (1-based)")
+    complete.add_argument("location")
+    complete.add_argument("--json", action="store_true")
+    complete.set_defaults(func=cmd_complete)
+
+    demo = sub.add_parser("demo", parents=[common], help="start the server as an editor would and show suggestions")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    _setup_logging(args.verbose, args.log_file)
+    return args.func(args)

@@ -1,0 +1,235 @@
+"""Settings: defaults < settings.toml < initializationOptions < workspace/configuration.
+
+Every layer is validated on its own so a problem names where it came from (file and line,
+or the LSP message) and the key; a bad value falls back to the value of the layers below,
+and the server carries on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import platformdirs
+
+ENGINE_NAMES = ("openvino",)
+LOG_LEVELS = ("error", "warning", "info", "debug")
+
+
+def _opt(default, doc: str, *, choices=None, minimum=None, maximum=None):
+    meta = {"doc": doc, "choices": choices, "min": minimum, "max": maximum}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class OpenVINOSettings:
+    kv_cache_mb: int = _opt(256, "KV-cache memory for prefix caching, in MB", minimum=16, maximum=65536)
+    prefix_caching: bool = _opt(True, "reuse the KV cache of a prompt's unchanged beginning")
+    config: dict = _opt({}, "extra OpenVINO properties, e.g. {CACHE_DIR = \"...\"}")
+
+
+@dataclass
+class CompletionSettings:
+    enabled: bool = _opt(True, "answer inline completion and completion requests")
+    max_tokens: int = _opt(64, "most tokens generated for one suggestion", minimum=1, maximum=2048)
+    max_lines: int = _opt(8, "most lines in one suggestion", minimum=1, maximum=200)
+    temperature: float = _opt(0.0, "0 = greedy (deterministic); higher samples", minimum=0.0, maximum=2.0)
+    context_tokens: int = _opt(1536, "prompt budget: tokens of code before the cursor", minimum=32, maximum=131072)
+
+
+@dataclass
+class Settings:
+    model: str = _opt("default", "\"default\" (SmolLM2-135M-Instruct) or a path to a .gguf file / OpenVINO IR folder")
+    engine: str = _opt("openvino", "inference engine", choices=ENGINE_NAMES)
+    device: str = _opt("CPU", "device for the engine: CPU, GPU, GPU.0, NPU, AUTO")
+    threads: int = _opt(0, "CPU inference threads; 0 = the engine's choice", minimum=0, maximum=1024)
+    log_level: str = _opt("info", "server log verbosity", choices=LOG_LEVELS)
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    openvino: OpenVINOSettings = field(default_factory=OpenVINOSettings)
+
+    def model_key(self) -> tuple:
+        """What a loaded model depends on: a change here means reloading it."""
+        return (self.model, self.engine, self.device.upper(), self.threads,
+                self.openvino.kv_cache_mb, self.openvino.prefix_caching,
+                tuple(sorted(self.openvino.config.items())))
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str  # "path/settings.toml:12", "initializationOptions", "workspace/configuration"
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.key}" if self.key else self.source
+        return f"{where}: {self.message}"
+
+
+def default_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME")
+    if base:
+        return Path(base) / "aipc-lsp" / "settings.toml"
+    return Path(platformdirs.user_config_dir("aipc-lsp", appauthor=False)) / "settings.toml"
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+
+
+def _check_value(f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
+    kind = f.type if isinstance(f.type, type) else {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}[f.type]
+    meta = f.metadata
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        return None, f"expected {_TYPE_NAMES[kind]}, got {value!r}"
+    if meta.get("choices") and (value.lower() if isinstance(value, str) else value) not in meta["choices"]:
+        return None, f"{value!r} is not one of {', '.join(meta['choices'])}"
+    if meta.get("min") is not None and value < meta["min"]:
+        return None, f"{value!r} is below the minimum {meta['min']}"
+    if meta.get("max") is not None and value > meta["max"]:
+        return None, f"{value!r} is above the maximum {meta['max']}"
+    if isinstance(value, str) and meta.get("choices"):
+        value = value.lower()
+    return value, None
+
+
+def validate(raw: Any, source: str, *, text: str | None = None, cls=Settings, prefix: str = "") -> tuple[dict, list[Problem]]:
+    """Check one layer. Returns the valid part (nested dicts) and the problems found."""
+    problems: list[Problem] = []
+    if raw is None:
+        return {}, problems
+    if not isinstance(raw, dict):
+        return {}, [Problem(source, prefix.rstrip("."), f"expected a table of settings, got {raw!r}")]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    clean: dict = {}
+    for key, value in raw.items():
+        name = _snake(str(key))
+        dotted = prefix + name
+        where = _where(source, text, dotted)
+        f = fields.get(name)
+        if f is None:
+            problems.append(Problem(where, dotted, f"unknown setting (known: {', '.join(fields)})"))
+            continue
+        if _is_section(f):
+            sub, sub_problems = validate(value, source, text=text, cls=f.default_factory, prefix=dotted + ".")
+            clean[name] = sub
+            problems.extend(sub_problems)
+            continue
+        checked, error = _check_value(f, value)
+        if error:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            problems.append(Problem(where, dotted, f"{error}; ignored (the default {default!r} or an earlier layer's value applies)"))
+        else:
+            clean[name] = checked
+    return clean, problems
+
+
+def _is_section(f: dataclasses.Field) -> bool:
+    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+
+
+def _where(source: str, text: str | None, dotted: str) -> str:
+    if text is None:
+        return source
+    line = find_key_line(text, dotted)
+    return f"{source}:{line}" if line else source
+
+
+def find_key_line(text: str, dotted: str) -> int | None:
+    """1-based line of `a.b.key = ...` in TOML text (tables or dotted keys), best effort."""
+    *tables, key = dotted.split(".")
+    table = ".".join(tables)
+    current = ""
+    key_pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
+    dotted_pattern = re.compile(rf"^\s*{re.escape(dotted)}\s*=")
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line)
+        if header:
+            current = header.group(1)
+            continue
+        if current == table and key_pattern.match(line):
+            return number
+        if current == "" and dotted_pattern.match(line):
+            return number
+    return None
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "config":
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build(layers: list[dict]) -> Settings:
+    merged: dict = {}
+    for layer in layers:
+        merged = merge(merged, layer)
+    return _instantiate(Settings, merged)
+
+
+def _instantiate(cls, values: dict):
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        if _is_section(f):
+            kwargs[f.name] = _instantiate(f.default_factory, values[f.name])
+        else:
+            kwargs[f.name] = values[f.name]
+    return cls(**kwargs)
+
+
+def load_file(path: Path) -> tuple[dict, list[Problem]]:
+    """Read a settings.toml. A missing file is no problem; a broken one is reported whole."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}, []
+    except OSError as exc:
+        return {}, [Problem(str(path), "", f"cannot read: {exc}; using defaults")]
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        where = f"{path}:{line}" if line else str(path)
+        return {}, [Problem(where, "", f"invalid TOML ({exc}); ignoring this file, using defaults")]
+    return validate(raw, str(path), text=text)
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+@dataclass
+class SettingsLayers:
+    """The layers kept apart so a later one can be replaced (e.g. on didChangeConfiguration)."""
+
+    file: dict = field(default_factory=dict)
+    init_options: dict = field(default_factory=dict)
+    workspace: dict = field(default_factory=dict)
+
+    def settings(self) -> Settings:
+        return build([self.file, self.init_options, self.workspace])

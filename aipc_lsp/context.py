@@ -1,0 +1,93 @@
+"""Builds the model prompt for a completion at a cursor.
+
+Chat-tuned small models (SmolLM2, Phi-3, Llama-3) have no fill-in-the-middle tokens, so the
+prompt is the code before the cursor as raw text, with no chat template and no header
+(a file-name comment made SmolLM2 drift into prose more often): the model simply
+continues the file. The code after the cursor is kept for post-processing (where the
+suggestion must stop), not sent to the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+# Coarse window steps keep the prompt's beginning identical across keystrokes, so an
+# engine's prefix cache can reuse the KV of everything but the last few tokens.
+WINDOW_STEP_LINES = 32
+# Used to size the window before the exact token count is known; code averages ~3-4.
+CHARS_PER_TOKEN = 3.0
+
+@dataclass(frozen=True)
+class CompletionContext:
+    prompt: str
+    # Document text after the cursor (used to stop where the suggestion would repeat it).
+    suffix: str
+    # Text of the cursor's line before and after the cursor.
+    line_prefix: str
+    line_suffix: str
+    # Token healing: BPE tokenizers glue a space to the word after it (" return"), so a
+    # prompt ending in a space ends in a token the model rarely saw before a word and it
+    # goes astray. The last space is left out of the prompt; the suggestion is expected
+    # to start with it and post-processing removes it.
+    held_back: str
+    window_start_line: int
+
+
+def build_completion_context(
+    text: str,
+    offset: int,
+    *,
+    budget_tokens: int = 1536,
+    count_tokens: Callable[[str], int] | None = None,
+) -> CompletionContext:
+    """`offset` is the cursor as an index into `text` (Python str, code points)."""
+    offset = max(0, min(offset, len(text)))
+    before, after = text[:offset], text[offset:]
+    line_start = before.rfind("\n") + 1
+    line_end_rel = after.find("\n")
+    line_prefix = before[line_start:]
+    line_suffix = after if line_end_rel < 0 else after[:line_end_rel]
+
+    held_back = " " if line_prefix.endswith(" ") else ""
+    body = before[: len(before) - len(held_back)]
+
+    lines = body.split("\n")
+    cursor_line = len(lines) - 1
+    budget_chars = int(budget_tokens * CHARS_PER_TOKEN)
+    start_line = 0
+    # Smallest window start (a multiple of WINDOW_STEP_LINES) whose text fits the budget.
+    total = len(body)
+    consumed = 0
+    for i, line in enumerate(lines):
+        if total - consumed <= budget_chars or i == cursor_line:
+            start_line = i
+            break
+        consumed += len(line) + 1
+    start_line = _round_up(start_line, WINDOW_STEP_LINES, cursor_line)
+
+    def window(start: int) -> str:
+        return "\n".join(lines[start:])
+
+    prompt = window(start_line)
+    if count_tokens is not None:
+        while start_line < cursor_line and count_tokens(prompt) > budget_tokens:
+            start_line = min(cursor_line, start_line + WINDOW_STEP_LINES)
+            prompt = window(start_line)
+        if count_tokens(prompt) > budget_tokens:
+            # One enormous line: keep its tail.
+            keep = int(budget_tokens * CHARS_PER_TOKEN / 2)
+            prompt = prompt[-keep:]
+    return CompletionContext(
+        prompt=prompt,
+        suffix=after,
+        line_prefix=line_prefix,
+        line_suffix=line_suffix,
+        held_back=held_back,
+        window_start_line=start_line,
+    )
+
+
+def _round_up(value: int, step: int, limit: int) -> int:
+    rounded = -(-value // step) * step
+    return min(rounded, limit)

@@ -1,0 +1,69 @@
+"""The engine interface every inference back end implements.
+
+An engine owns one loaded model on one device. The scheduler calls it from a single
+worker thread per device slot, so implementations need not be thread-safe, but
+`generate` must return promptly (within one decode step) once `cancel` is set.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    # Strings that end generation; the engine may also stop on its own EOS tokens.
+    stop: tuple[str, ...] = ()
+
+
+@dataclass
+class GenerationResult:
+    text: str = ""
+    tokens: int = 0
+    prompt_tokens: int = 0
+    # Seconds from the call to the first decoded token; None if no token came.
+    first_token_s: float | None = None
+    total_s: float = 0.0
+    cancelled: bool = False
+    stopped_by_caller: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+# Receives each new piece of decoded text; returning False asks the engine to stop
+# (the caller has seen enough, e.g. the suggestion's block ended).
+OnText = Callable[[str], bool]
+
+
+class EngineError(RuntimeError):
+    """A model failed to load or generate; the message is meant for the user."""
+
+
+class Engine(Protocol):
+    name: str
+    device: str
+    model_path: str
+
+    def load(self) -> None:
+        """Load and compile the model. Blocking; called once, off the event loop."""
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens `text` is for this model's tokenizer."""
+
+    def generate(
+        self,
+        prompt: str,
+        params: GenerationParams,
+        cancel: threading.Event,
+        on_text: OnText | None = None,
+    ) -> GenerationResult:
+        """Generate a continuation of `prompt` (no chat template applied)."""
+
+    def close(self) -> None:
+        """Free the model."""

@@ -1,0 +1,1 @@
+"""LSP features: each module turns protocol messages into work for the pipeline."""

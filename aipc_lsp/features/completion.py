@@ -1,0 +1,102 @@
+"""textDocument/inlineCompletion (ghost text) and textDocument/completion (one item with the
+whole suggestion, for clients without inline completion)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from lsprotocol import types
+from pygls.workspace import TextDocument
+
+from aipc_lsp.suggest import COMPLETION, Suggestion
+
+log = logging.getLogger(__name__)
+_WORD_TAIL = re.compile(r"[\w$]*$")
+
+
+async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocument, Suggestion] | None:
+    if ls.shutting_down or not ls.settings.completion.enabled:
+        return None
+    if uri not in ls.workspace.text_documents:
+        return None  # never opened: nothing to complete
+    document = ls.workspace.get_text_document(uri)
+    if position.line > len(document.lines):
+        return None
+    offset = document.offset_at_position(position)
+    version = document.version
+    try:
+        suggestion = await ls.suggester.suggest(
+            text=document.source, offset=offset, settings=ls.settings.completion,
+            uri=uri, language_id=document.language_id or "", version=version,
+        )
+    except Exception as exc:  # ModelUnavailable was shown once already; keep answering
+        log.debug("no suggestion for %s: %s", uri, exc)
+        return None
+    if suggestion is None or not suggestion.text:
+        return None
+    # The document moved on while we generated: this suggestion belongs to the past.
+    if ls.workspace.get_text_document(uri).version != version:
+        return None
+    return document, suggestion
+
+
+def register(server) -> None:
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(ls, params: types.InlineCompletionParams) -> types.InlineCompletionList:
+        found = await _suggest_at(ls, params.text_document.uri, params.position)
+        if found is None:
+            return types.InlineCompletionList(items=[])
+        _, suggestion = found
+        item = types.InlineCompletionItem(
+            insert_text=suggestion.text,
+            range=types.Range(start=params.position, end=params.position),
+        )
+        return types.InlineCompletionList(items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[".", "(", " "]))
+    async def completion(ls, params: types.CompletionParams) -> types.CompletionList:
+        found = await _suggest_at(ls, params.text_document.uri, params.position)
+        # Incomplete: the client must ask again as the user types, not filter a stale list.
+        if found is None:
+            return types.CompletionList(is_incomplete=True, items=[])
+        document, suggestion = found
+        line = document.lines[params.position.line] if params.position.line < len(document.lines) else ""
+        column = document.offset_at_position(params.position) - document.offset_at_position(
+            types.Position(line=params.position.line, character=0))
+        word = _WORD_TAIL.search(line[:column]).group(0)
+        # Replace the word being typed, so clients filter the item by what the user typed.
+        start_character = params.position.character - document.position_codec.client_num_units(word)
+        new_text = word + suggestion.text
+        first_line = new_text.split("\n", 1)[0].strip() or new_text.strip()
+        label = first_line if len(first_line) <= 60 else first_line[:57] + "..."
+        item = types.CompletionItem(
+            label=label,
+            kind=types.CompletionItemKind.Snippet,
+            detail="aipc-lsp",
+            documentation=types.MarkupContent(
+                kind=types.MarkupKind.Markdown,
+                value=f"```{document.language_id or ''}\n{new_text}\n```"),
+            filter_text=word + suggestion.text.split("\n", 1)[0],
+            sort_text="0",
+            insert_text_format=types.InsertTextFormat.PlainText,
+            text_edit=types.TextEdit(
+                range=types.Range(
+                    start=types.Position(line=params.position.line, character=start_character),
+                    end=params.position),
+                new_text=new_text),
+        )
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
+        # A newer version makes any running suggestion for the old one worthless.
+        scheduler = ls.runtime.current()
+        if scheduler is not None:
+            scheduler.cancel_key((params.text_document.uri, COMPLETION))
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
+        scheduler = ls.runtime.current()
+        if scheduler is not None:
+            scheduler.cancel_document(params.text_document.uri)

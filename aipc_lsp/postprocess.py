@@ -1,0 +1,154 @@
+"""Turns raw model output into a suggestion that fits at the cursor.
+
+`trim_suggestion` is called on the growing output after every decoded piece; once it says
+the suggestion is complete, generation stops, so no token is decoded that the user
+will never see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Markers a chat model emits when it leaves the code and starts talking.
+END_MARKERS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|end|>", "<|eot_id|>",
+               "<|user|>", "<|assistant|>", "```", "<file_sep>", "<|file_separator|>")
+BLOCK_OPENERS = (":", "{", "(", "[", "=>", "->", " do", " then")
+BRACKETS = {")": "(", "]": "[", "}": "{"}
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    text: str
+    # True when more output cannot change `text`: the caller may stop generating.
+    complete: bool
+
+
+def _indent_width(line: str) -> int:
+    width = 0
+    for ch in line:
+        if ch == " ":
+            width += 1
+        elif ch == "\t":
+            width += 4
+        else:
+            break
+    return width
+
+
+def _dedent_first(text: str, width: int) -> str:
+    """Remove `width` columns of indentation from the first line (already at the cursor)."""
+    first, sep, rest = text.partition("\n")
+    drop = 0
+    columns = 0
+    for ch in first:
+        if columns >= width or ch not in " \t":
+            break
+        columns += 4 if ch == "\t" else 1
+        drop += 1
+    return first[drop:] + sep + rest
+
+
+def _first_code_line(text: str) -> str:
+    for line in text.split("\n"):
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def _unbalanced_closers(text: str) -> int:
+    depth = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+    return -depth
+
+
+def _trim_line_suffix_overlap(line: str, line_suffix: str) -> str:
+    """Drop the end of a single-line suggestion that the text after the cursor already has,
+    e.g. the `)` of `print(|)` — but only when the brackets say it is a duplicate."""
+    tail = line_suffix.strip()
+    if tail and line.endswith(tail) and len(line) > len(tail):
+        if any(c in BRACKETS for c in tail) and _unbalanced_closers(line) <= 0:
+            return line  # its brackets balance: the closer is the suggestion's own
+        return line[: -len(tail)].rstrip()
+    return line
+
+
+def trim_suggestion(
+    raw: str,
+    *,
+    line_prefix: str,
+    line_suffix: str,
+    suffix: str,
+    held_back: str = "",
+    max_lines: int = 8,
+    finished: bool = False,
+) -> Trimmed:
+    """`finished`: the model ended on its own, so the last line is whole too."""
+    complete = False
+    for marker in END_MARKERS:
+        at = raw.find(marker)
+        if at >= 0:
+            raw, complete = raw[:at], True
+
+    base_indent = _indent_width(line_prefix)
+    if held_back and raw.startswith(held_back):
+        raw = raw[len(held_back):]
+    elif not line_prefix.strip() and raw.startswith("\n"):
+        # On an empty or indent-only line the model ended the line instead of writing it:
+        # its next line is the suggestion, if it is still inside the cursor's block.
+        stripped = raw.lstrip("\n")
+        first = stripped.split("\n", 1)[0]
+        if not first.strip():
+            return Trimmed("", complete or finished)  # nothing to judge yet
+        if _indent_width(first) < base_indent:
+            return Trimmed("", True)
+        raw = _dedent_first(stripped, base_indent)
+
+    lines = raw.split("\n")
+    has_more = len(lines) > 1  # the first line is finished once a newline follows it
+
+    if line_suffix.strip():
+        # Mid-line: only the rest of this line makes sense.
+        first = _trim_line_suffix_overlap(lines[0].rstrip(), line_suffix)
+        return Trimmed(first, complete or has_more)
+
+    opens_block = (line_prefix + lines[0]).rstrip().endswith(BLOCK_OPENERS)
+    next_code = _first_code_line(suffix)
+    kept = [lines[0].rstrip()]
+    for index, line in enumerate(lines[1:], start=1):
+        last = index == len(lines) - 1
+        if last and not (complete or finished):
+            break  # still being written; judge it when it is finished
+        if len(kept) >= max_lines:
+            complete = True
+            break
+        if not line.strip():
+            if not opens_block:
+                complete = True  # a blank line ends a run of statements at this level
+                break
+            kept.append("")
+            continue
+        width = _indent_width(line)
+        if width < base_indent:
+            complete = True
+            break
+        if opens_block and width <= base_indent:
+            # The block is over; a closing bracket at the opener's level still belongs to it.
+            if line.strip()[0] in BRACKETS:
+                kept.append(line.rstrip())
+            complete = True
+            break
+        if next_code and line.strip() == next_code:
+            complete = True  # the model started repeating the code after the cursor
+            break
+        kept.append(line.rstrip())
+
+    while kept and not kept[-1].strip():
+        kept.pop()
+    text = "\n".join(kept)
+    if not text.strip():
+        return Trimmed("", complete)
+    return Trimmed(text, complete)

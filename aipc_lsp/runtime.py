@@ -1,0 +1,130 @@
+"""Owns the loaded model: resolves (and fetches) it, builds the engine slots and the
+scheduler from settings, and rebuilds them when a setting the model depends on changes.
+
+Shared by the language server and the command line (`aipc-lsp complete`), so both take
+exactly the same path from settings to a generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from aipc_lsp.config import Settings
+from aipc_lsp.engines import create_engine
+from aipc_lsp.engines.base import EngineError
+from aipc_lsp.models.fetch import FetchError, resolve_model
+from aipc_lsp.scheduler import Scheduler, Slot
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """How the runtime tells the user about slow or failed preparation."""
+
+    def begin(self, title: str) -> None: ...
+    def report(self, message: str, percent: int | None) -> None: ...
+    def end(self, message: str) -> None: ...
+    def error(self, message: str) -> None: ...
+
+
+class LogReporter:
+    def begin(self, title: str) -> None:
+        log.info("%s", title)
+
+    def report(self, message: str, percent: int | None) -> None:
+        log.info("%s%s", message, f" ({percent}%)" if percent is not None else "")
+
+    def end(self, message: str) -> None:
+        log.info("%s", message)
+
+    def error(self, message: str) -> None:
+        log.error("%s", message)
+
+
+class ModelUnavailable(RuntimeError):
+    """No model can serve right now; the message says why and what to do."""
+
+
+class ModelRuntime:
+    def __init__(self, reporter: Reporter | None = None):
+        self.reporter: Reporter = reporter or LogReporter()
+        self._key: tuple | None = None
+        self._task: asyncio.Task | None = None
+        self._scheduler: Scheduler | None = None
+        # Why no model is available, for status reports; None while loading or ready.
+        self.error: str | None = None
+
+    def configure(self, settings: Settings) -> None:
+        """Start preparing the model for `settings` unless it is the one already there."""
+        key = settings.model_key()
+        if key == self._key and self._task is not None:
+            return
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._key = key
+        self.error = None
+        self._task = asyncio.ensure_future(self._prepare(settings))
+
+    async def _prepare(self, settings: Settings) -> Scheduler:
+        reporter = self.reporter
+        reporter.begin("aipc-lsp: preparing the model")
+        loop = asyncio.get_running_loop()
+
+        def progress(message: str, percent: int | None) -> None:
+            # Fetching is the first 80% of preparing; loading the rest.
+            scaled = None if percent is None else percent * 8 // 10
+            loop.call_soon_threadsafe(reporter.report, message, scaled)
+
+        try:
+            path = await asyncio.to_thread(resolve_model, settings.model, progress=progress)
+            reporter.report(f"loading {path.name} with {settings.engine} on {settings.device}", 90)
+            engine = create_engine(
+                settings.engine, str(path), settings.device,
+                threads=settings.threads,
+                kv_cache_mb=settings.openvino.kv_cache_mb,
+                prefix_caching=settings.openvino.prefix_caching,
+                ov_config=settings.openvino.config,
+            )
+            scheduler = Scheduler([Slot(f"{settings.engine}-{settings.device.lower()}", engine)])
+            await scheduler.wait_ready()
+        except (FetchError, EngineError) as exc:
+            reporter.end("aipc-lsp: no model")
+            self.error = str(exc)
+            reporter.error(f"aipc-lsp cannot serve completions: {exc}")
+            raise ModelUnavailable(str(exc)) from exc
+        except asyncio.CancelledError:
+            reporter.end("aipc-lsp: settings changed")
+            raise
+        self._scheduler = scheduler
+        reporter.end(f"aipc-lsp: {path.name} ready on {settings.device}")
+        return scheduler
+
+    async def scheduler(self) -> Scheduler:
+        """The ready scheduler, waiting for the model if it is still loading.
+        Raises ModelUnavailable when preparation failed."""
+        if self._task is None:
+            raise ModelUnavailable("the server has not been configured yet")
+        task = self._task
+        try:
+            return await asyncio.shield(task)
+        except ModelUnavailable:
+            raise
+        except asyncio.CancelledError:
+            if task.cancelled() and self._task is not task:
+                return await self.scheduler()  # settings changed while we waited
+            raise
+
+    def current(self) -> Scheduler | None:
+        return self._scheduler
+
+    def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        if self._scheduler is not None:
+            self._scheduler.close()
+            self._scheduler = None

@@ -1,0 +1,164 @@
+"""The pygls language server: lifecycle, settings layers, and the model runtime.
+
+Features (features/*.py) register their handlers on the server object; this module keeps
+what every feature shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from lsprotocol import types
+from pygls.lsp.server import LanguageServer
+
+from aipc_lsp import __version__
+from aipc_lsp.config import Problem, Settings, SettingsLayers, load_file, validate
+from aipc_lsp.runtime import ModelRuntime
+from aipc_lsp.suggest import Suggester
+
+log = logging.getLogger(__name__)
+CONFIG_SECTION = "aipc"
+
+
+class LspReporter:
+    """Model preparation shown to the user: work-done progress, log lines, error messages."""
+
+    def __init__(self, server: "AipcServer"):
+        self.server = server
+        self.token: str | None = None
+        self.begun = False  # reports sent before the client acknowledged the token would be lost
+
+    def begin(self, title: str) -> None:
+        log.info("%s", title)
+        caps = self.server.client_capabilities.window
+        if caps is None or not caps.work_done_progress:
+            return
+        self.token = str(uuid.uuid4())
+        self.begun = False
+        token = self.token
+        progress = self.server.work_done_progress
+
+        def created(*_args) -> None:
+            if self.token == token:
+                progress.begin(token, types.WorkDoneProgressBegin(title=title, percentage=0, cancellable=False))
+                self.begun = True
+
+        progress.create(token, created)
+
+    def report(self, message: str, percent: int | None) -> None:
+        log.info("%s%s", message, f" ({percent}%)" if percent is not None else "")
+        if self.token and self.begun:
+            try:
+                self.server.work_done_progress.report(
+                    self.token, types.WorkDoneProgressReport(message=message, percentage=percent))
+            except Exception:  # the client may not have acknowledged the token yet
+                log.debug("progress report dropped", exc_info=True)
+
+    def end(self, message: str) -> None:
+        log.info("%s", message)
+        if self.token and self.begun:
+            try:
+                self.server.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
+            except Exception:
+                log.debug("progress end dropped", exc_info=True)
+            self.token = None
+            self.begun = False
+
+    def error(self, message: str) -> None:
+        self.server.tell_user(message, types.MessageType.Error)
+
+
+class AipcServer(LanguageServer):
+    def __init__(self, config_path: Path | None = None, **kwargs):
+        super().__init__("aipc-lsp", __version__, **kwargs)
+        self.config_path = config_path
+        self.layers = SettingsLayers()
+        self.settings = Settings()
+        self.runtime = ModelRuntime(LspReporter(self))
+        self.suggester = Suggester(self.runtime)
+        self.shutting_down = False
+        # Settings problems found before the client can be shown messages (initialize).
+        self.pending_problems: list[Problem] = []
+
+    # -- messages to the user -------------------------------------------------------------
+    def tell_user(self, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
+        level = {types.MessageType.Error: logging.ERROR, types.MessageType.Warning: logging.WARNING}.get(kind, logging.INFO)
+        log.log(level, "%s", message)
+        try:
+            self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+        except Exception:
+            log.debug("could not show message", exc_info=True)
+
+    def report_problems(self, problems: list[Problem]) -> None:
+        if problems:
+            lines = "\n".join(f"- {p}" for p in problems)
+            self.tell_user(f"aipc-lsp: problems in settings (using defaults for these):\n{lines}")
+
+    # -- settings ---------------------------------------------------------------------------
+    def load_file_settings(self) -> list[Problem]:
+        if self.config_path is None:
+            return []
+        self.layers.file, problems = load_file(self.config_path)
+        return problems
+
+    def apply_settings(self) -> None:
+        self.settings = self.layers.settings()
+        logging.getLogger("aipc_lsp").setLevel(self.settings.log_level.upper())
+        self.runtime.configure(self.settings)
+
+    async def pull_workspace_settings(self) -> list[Problem]:
+        caps = self.client_capabilities.workspace
+        if caps is None or not caps.configuration:
+            return []
+        try:
+            result = await self.workspace_configuration_async(
+                types.ConfigurationParams(items=[types.ConfigurationItem(section=CONFIG_SECTION)]))
+        except Exception as exc:
+            log.warning("workspace/configuration failed: %s", exc)
+            return []
+        value: Any = result[0] if result else None
+        self.layers.workspace, problems = validate(value or {}, "workspace/configuration")
+        return problems
+
+
+def create_server(config_path: Path | None = None) -> AipcServer:
+    server = AipcServer(config_path=config_path)
+
+    @server.feature(types.INITIALIZE)
+    def on_initialize(ls: AipcServer, params: types.InitializeParams) -> None:
+        problems = ls.load_file_settings()
+        ls.layers.init_options, more = validate(params.initialization_options or {}, "initializationOptions")
+        ls.pending_problems = problems + more
+
+    @server.feature(types.INITIALIZED)
+    async def on_initialized(ls: AipcServer, params: types.InitializedParams) -> None:
+        problems = ls.pending_problems + await ls.pull_workspace_settings()
+        ls.pending_problems = []
+        ls.report_problems(problems)
+        ls.apply_settings()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def on_configuration(ls: AipcServer, params: types.DidChangeConfigurationParams) -> None:
+        caps = ls.client_capabilities.workspace
+        if caps is not None and caps.configuration:
+            problems = await ls.pull_workspace_settings()
+        else:
+            pushed = params.settings.get(CONFIG_SECTION) if isinstance(params.settings, dict) else None
+            ls.layers.workspace, problems = validate(pushed or {}, "workspace/didChangeConfiguration")
+        ls.report_problems(problems)
+        ls.apply_settings()
+
+    @server.feature(types.SHUTDOWN)
+    def on_shutdown(ls: AipcServer, params: None) -> None:
+        ls.shutting_down = True
+        ls.runtime.close()
+
+    from aipc_lsp.features import completion, status
+
+    completion.register(server)
+    status.register(server)
+    return server

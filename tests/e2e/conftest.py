@@ -1,0 +1,68 @@
+"""Shared pieces of the end-to-end tests: the real server over stdio, the real default model."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from lsprotocol import types
+from pytest_lsp import ClientServerConfig, LanguageClient
+
+SERVER = [sys.executable, "-m", "aipc_lsp", "serve", "-v"]
+
+
+def server_config(*extra: str, env: dict | None = None) -> ClientServerConfig:
+    return ClientServerConfig(server_command=[*SERVER, *extra], server_env=env)
+
+
+def open_document(client: LanguageClient, uri: str, text: str, version: int = 1, language: str = "python") -> None:
+    client.text_document_did_open(types.DidOpenTextDocumentParams(
+        text_document=types.TextDocumentItem(uri=uri, language_id=language, version=version, text=text)))
+
+
+def replace_document(client: LanguageClient, uri: str, text: str, version: int) -> None:
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[types.TextDocumentContentChangeWholeDocument(text=text)]))
+
+
+def end_position(text: str, encoding: str = "utf-16") -> types.Position:
+    """The position at the end of `text` in the given position encoding."""
+    lines = text.split("\n")
+    last = lines[-1]
+    units = {"utf-8": len(last.encode("utf-8")), "utf-16": len(last.encode("utf-16-le")) // 2,
+             "utf-32": len(last)}[encoding]
+    return types.Position(line=len(lines) - 1, character=units)
+
+
+async def inline(client: LanguageClient, uri: str, position: types.Position) -> list[str]:
+    result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=position,
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
+    items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
+    return [item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value for item in items]
+
+
+def plain(value):
+    """pygls hands custom results back as named tuples; tests want dicts and lists."""
+    if hasattr(value, "_asdict"):
+        return {k: plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+async def status(client: LanguageClient) -> dict:
+    return plain(await client.protocol.send_request_async("aipc/status", {}))
+
+
+async def wait_ready(client: LanguageClient, timeout: float = 180) -> dict:
+    """Wait until the model is loaded (the first start may fetch it)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        state = await status(client)
+        if state["ready"] or state["error"]:
+            return state
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"model not ready after {timeout}s: {state}")
+        await asyncio.sleep(0.2)
