@@ -18,6 +18,8 @@
 --   AIPC_NVIM_SETTINGS      JSON object overriding `settings` (optional)
 --   AIPC_NVIM_TIMEOUT_MS    per-request timeout (default 120000)
 --   AIPC_NVIM_ATTACH_MS     how long to wait for the client to attach (default 60000)
+--   AIPC_NVIM_SETTLE_MS     extra wait after attaching, before the requests (default 0;
+--                           a debugging aid: the test itself requests right away, as a user could)
 --   AIPC_NVIM_LSP_LOG       path of the LSP log file (optional)
 --   AIPC_NVIM_LOG_LEVEL     vim.lsp log level name, e.g. 'DEBUG' (default 'WARN')
 
@@ -143,6 +145,13 @@ local function main()
     supports_inline_completion = client:supports_method('textDocument/inlineCompletion', bufnr),
     supports_completion = client:supports_method('textDocument/completion', bufnr),
   }
+
+  local settle_ms = tonumber(vim.env.AIPC_NVIM_SETTLE_MS) or 0
+  if settle_ms > 0 then
+    vim.wait(settle_ms, function()
+      return false
+    end, 50)
+  end
 
   -- 4. Cursor: default = end of the last line.
   local line_count = vim.api.nvim_buf_line_count(bufnr)

@@ -1,0 +1,188 @@
+"""Completion end to end: the real server over stdio, the real default model (SmolLM2-135M
+through OpenVINO GenAI), a client with Neovim 0.11's recorded capabilities."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import LanguageClient, client_capabilities
+
+from conftest import end_position, inline, open_document, replace_document, server_config, status, wait_ready
+
+pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
+
+STACK = (
+    "class Stack:\n"
+    "    def __init__(self):\n"
+    "        self.items = []\n"
+    "\n"
+    "    def push(self, item):\n"
+    "        "
+)
+CONFIG_READER = (
+    "import json\n"
+    "\n"
+    "\n"
+    "def load_settings(path):\n"
+    "    with open(path) as handle:\n"
+    "        return json."
+)
+# A list the model keeps extending line after line: a long generation to cancel.
+LONG = "PRIMES = [\n    2,\n    3,\n    5,\n    7,\n    11,\n"
+
+
+@pytest_lsp.fixture(config=server_config(), scope="module")
+async def client(lsp_client: LanguageClient):
+    lsp_client.set_configuration({"aipc": {}})
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("neovim@v0.11.0"),
+        initialization_options={"completion": {"max_tokens": 48}},
+    ))
+    state = await wait_ready(lsp_client)
+    assert state["ready"], state
+    yield
+    await lsp_client.shutdown_session()
+
+
+def position_encoding(client: LanguageClient) -> str:
+    return "utf-8"  # Neovim 0.11 offers utf-8 first and the server takes it
+
+
+async def test_server_advertises_inline_completion_and_completion(client: LanguageClient):
+    # The initialize result is not kept by pytest-lsp; ask again through a second look at
+    # the capabilities the server registered: both requests must be answered, not -32601.
+    uri = "file:///work/caps.py"
+    open_document(client, uri, "x = 1\n")
+    await inline(client, uri, types.Position(line=1, character=0))
+    await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=types.Position(line=1, character=0)))
+
+
+async def test_inline_completion_is_real_and_depends_on_the_code(client: LanguageClient):
+    open_document(client, "file:///work/stack.py", STACK)
+    open_document(client, "file:///work/reader.py", CONFIG_READER)
+    stack = await inline(client, "file:///work/stack.py", end_position(STACK, "utf-8"))
+    reader = await inline(client, "file:///work/reader.py", end_position(CONFIG_READER, "utf-8"))
+    assert len(stack) == 1 and stack[0].strip(), stack
+    assert len(reader) == 1 and reader[0].strip(), reader
+    assert stack[0] != reader[0]
+    # Post-processed to fit the cursor: no leading or trailing blanks, block-shaped.
+    for text in (stack[0], reader[0]):
+        assert text == text.strip(), repr(text)
+        assert all(line == line.rstrip() for line in text.split("\n"))
+    # The Stack body works on the instance; the JSON reader continues a json.<call>.
+    assert "self" in stack[0], stack
+    assert reader[0][0].isalpha(), reader  # continues the attribute after "json."
+    state = await status(client)
+    assert state["slots"][0]["served"] >= 2
+
+
+async def test_completion_item_carries_the_whole_suggestion(client: LanguageClient):
+    text = "def greet(name):\n    message = f\"Hello, {name}\"\n    pri"
+    uri = "file:///work/greet.py"
+    open_document(client, uri, text)
+    position = end_position(text, "utf-8")
+    result = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=position))
+    assert isinstance(result, types.CompletionList) and result.is_incomplete
+    assert len(result.items) == 1, result
+    item = result.items[0]
+    edit = item.text_edit
+    # The edit replaces the word being typed ("pri") and continues it.
+    assert edit.range.start == types.Position(line=2, character=position.character - 3)
+    assert edit.range.end == position
+    assert edit.new_text.startswith("pri") and len(edit.new_text) > 3, edit.new_text
+    assert item.label and item.filter_text.startswith("pri")
+
+
+async def test_completion_inside_a_line_stays_on_that_line(client: LanguageClient):
+    text = "values = [3, 1, 2]\nprint(sorted())\n"
+    uri = "file:///work/midline.py"
+    open_document(client, uri, text)
+    # Cursor between "sorted(" and "))".
+    result = await inline(client, uri, types.Position(line=1, character=13))
+    assert len(result) <= 1
+    if result:
+        assert "\n" not in result[0]
+        assert not result[0].endswith("))"), result  # the closers after the cursor are not repeated
+
+
+async def test_cancel_request_answers_32800_and_frees_the_slot(client: LanguageClient):
+    client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)
+    uri = "file:///work/primes.py"
+    open_document(client, uri, LONG)
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=end_position(LONG, "utf-8"),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
+    request = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params)
+    msg_id = next(reversed(client.protocol._request_futures))
+    # Wait until the generation really runs, then cancel it.
+    deadline = time.monotonic() + 20
+    while not (await status(client))["slots"][0]["busy"]:
+        assert time.monotonic() < deadline, "generation never started"
+        await asyncio.sleep(0.02)
+    cancelled_at = time.monotonic()
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+    with pytest.raises(Exception) as error:
+        await asyncio.wait_for(asyncio.wrap_future(request), 10)
+    assert getattr(error.value, "code", None) == -32800, error.value
+    # The slot is free again long before the 400-token generation could have finished.
+    while (await status(client))["slots"][0]["busy"]:
+        assert time.monotonic() - cancelled_at < 2.0, "generation kept running after $/cancelRequest"
+        await asyncio.sleep(0.01)
+    assert (await status(client))["slots"][0]["cancelled"] >= 1
+    client.set_configuration({"aipc": {}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)
+
+
+async def test_newer_version_supersedes_and_stale_results_are_never_sent(client: LanguageClient):
+    client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)
+    uri = "file:///work/primes2.py"
+    open_document(client, uri, LONG, version=1)
+    first = asyncio.ensure_future(inline(client, uri, end_position(LONG, "utf-8")))
+    deadline = time.monotonic() + 20
+    while not (await status(client))["slots"][0]["busy"]:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    # The user types on: a new version arrives while the first generation runs.
+    newer = LONG + "    13,\n"
+    changed_at = time.monotonic()
+    replace_document(client, uri, newer, version=2)
+    old_answer = await asyncio.wait_for(first, 10)
+    assert old_answer == [], "a suggestion computed for version 1 was sent after version 2 arrived"
+    assert time.monotonic() - changed_at < 2.0, "the superseded request was not answered at once"
+    client.set_configuration({"aipc": {}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)
+    current = await inline(client, uri, end_position(newer, "utf-8"))
+    assert current and current[0].strip()
+    # At most one generation per document ever ran at a time.
+    assert len((await status(client))["liveJobs"]) == 0
+
+
+async def test_newer_request_supersedes_older_one_for_the_same_document(client: LanguageClient):
+    uri = "file:///work/two_requests.py"
+    text = LONG
+    open_document(client, uri, text)
+    older = asyncio.ensure_future(inline(client, uri, types.Position(line=3, character=0)))
+    await asyncio.sleep(0.05)
+    newer = asyncio.ensure_future(inline(client, uri, end_position(text, "utf-8")))
+    old_result, new_result = await asyncio.wait_for(asyncio.gather(older, newer), 30)
+    assert old_result == []
+    assert new_result and new_result[0].strip()
+
+
+async def test_unknown_document_and_out_of_range_give_empty_results(client: LanguageClient):
+    assert await inline(client, "file:///work/never-opened.py", types.Position(line=0, character=0)) == []
+    uri = "file:///work/short.py"
+    open_document(client, uri, "x = 1\n")
+    assert await inline(client, uri, types.Position(line=40, character=3)) == []
