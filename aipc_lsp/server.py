@@ -30,7 +30,10 @@ class LspReporter:
     def __init__(self, server: "AipcServer"):
         self.server = server
         self.token: str | None = None
-        self.begun = False  # reports sent before the client acknowledged the token would be lost
+        # Until the client acknowledges the token, reports wait here (only the latest matters).
+        self.begun = False
+        self.waiting: tuple[str, int | None] | None = None
+        self.ended: str | None = None
 
     def begin(self, title: str) -> None:
         log.info("%s", title)
@@ -39,6 +42,8 @@ class LspReporter:
             return
         self.token = str(uuid.uuid4())
         self.begun = False
+        self.waiting = None
+        self.ended = None
         token = self.token
         progress = self.server.work_done_progress
 
@@ -46,27 +51,41 @@ class LspReporter:
             if self.token == token:
                 progress.begin(token, types.WorkDoneProgressBegin(title=title, percentage=0, cancellable=False))
                 self.begun = True
+                if self.waiting:
+                    self._send_report(*self.waiting)
+                if self.ended is not None:
+                    self._send_end(self.ended)
 
         progress.create(token, created)
 
     def report(self, message: str, percent: int | None) -> None:
         log.info("%s%s", message, f" ({percent}%)" if percent is not None else "")
-        if self.token and self.begun:
-            try:
-                self.server.work_done_progress.report(
-                    self.token, types.WorkDoneProgressReport(message=message, percentage=percent))
-            except Exception:  # the client may not have acknowledged the token yet
-                log.debug("progress report dropped", exc_info=True)
+        if self.token and not self.begun:
+            self.waiting = (message, percent)
+        elif self.token:
+            self._send_report(message, percent)
+
+    def _send_report(self, message: str, percent: int | None) -> None:
+        try:
+            self.server.work_done_progress.report(
+                self.token, types.WorkDoneProgressReport(message=message, percentage=percent))
+        except Exception:  # a client that dropped the token must not break preparation
+            log.debug("progress report dropped", exc_info=True)
 
     def end(self, message: str) -> None:
         log.info("%s", message)
-        if self.token and self.begun:
-            try:
-                self.server.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
-            except Exception:
-                log.debug("progress end dropped", exc_info=True)
-            self.token = None
-            self.begun = False
+        if self.token and not self.begun:
+            self.ended = message
+        elif self.token:
+            self._send_end(message)
+
+    def _send_end(self, message: str) -> None:
+        try:
+            self.server.work_done_progress.end(self.token, types.WorkDoneProgressEnd(message=message))
+        except Exception:
+            log.debug("progress end dropped", exc_info=True)
+        self.token = None
+        self.begun = False
 
     def error(self, message: str) -> None:
         self.server.tell_user(message, types.MessageType.Error)

@@ -99,6 +99,10 @@ local function main()
     report.sent_client_info = params.clientInfo
     report.offered_position_encodings = vim.tbl_get(params, 'capabilities', 'general', 'positionEncodings')
   end
+  -- Notice a server that dies instead of waiting for the attach timeout.
+  overrides.on_exit = function(code, signal)
+    report.server_exit = { code = code, signal = signal }
+  end
   vim.lsp.config(NAME, overrides)
 
   local resolved = vim.lsp.config[NAME]
@@ -118,18 +122,26 @@ local function main()
   report.filetype = vim.bo[bufnr].filetype
 
   local client
-  local attached = vim.wait(attach_ms, function()
+  local t0 = now_ms()
+  local attached = false
+  vim.wait(attach_ms, function()
     client = vim.lsp.get_clients({ bufnr = bufnr, name = NAME })[1]
-    return client ~= nil and client.initialized == true and vim.lsp.buf_is_attached(bufnr, client.id)
+    attached = client ~= nil
+      and client.initialized == true
+      and vim.lsp.buf_is_attached(bufnr, client.id)
+    local never_started = #vim.lsp.get_clients({ name = NAME }) == 0 and now_ms() - t0 > 3000
+    return attached or report.server_exit ~= nil or never_started
   end, 50)
+  report.attach_ms = math.floor(now_ms() - t0)
   if not attached then
     local any = vim.lsp.get_clients({ name = NAME })[1]
     error(
-      ('client %s did not attach within %d ms (filetype=%q, client=%s)'):format(
+      ('client %s did not attach (waited %d ms, filetype=%q, client=%s, server exit=%s); see the LSP log'):format(
         NAME,
-        attach_ms,
+        report.attach_ms,
         report.filetype,
-        any and ('id ' .. any.id .. ', initialized=' .. tostring(any.initialized)) or 'none'
+        any and ('id ' .. any.id .. ', initialized=' .. tostring(any.initialized)) or 'none',
+        vim.inspect(report.server_exit)
       )
     )
   end

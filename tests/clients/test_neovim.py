@@ -233,7 +233,7 @@ def _check_inline(report: dict) -> str:
     assert "client_error" not in inline, f"inlineCompletion: {inline.get('client_error')}\n{diag}"
     assert inline.get("err") is None, f"inlineCompletion error: {inline['err']}\n{diag}"
     items = _inline_items(inline["result"])
-    assert items, f"empty inlineCompletion result: {inline['result']!r}\n{diag}"
+    assert items, f"empty inlineCompletion result after {inline['elapsed_ms']} ms: {inline['result']!r}\n{diag}"
     text = _text_of(items[0].get("insertText"))
     assert text.strip(), f"blank insertText: {items[0]!r}\n{diag}"
     return text
