@@ -146,7 +146,8 @@ def _run_driver(
     # Let `python -m aipc_lsp` work from a checkout even without an install.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
 
-    cmd = [nvim, "--headless", "--clean", "-i", "NONE", "-n", "-c", f"luafile {DRIVER}"]
+    # The driver quits by itself; the trailing `cquit` only fires if it could not even run.
+    cmd = [nvim, "--headless", "--clean", "-i", "NONE", "-n", "-c", f"luafile {DRIVER}", "-c", "cquit 3"]
 
     def diagnostics() -> str:
         log = lsp_log.read_text(errors="replace")[-6000:] if lsp_log.exists() else "(no lsp.log)"

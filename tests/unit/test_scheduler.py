@@ -21,6 +21,8 @@ from fake_engine import FakeEngine, tokenize
 DELAY = 0.02  # seconds per fake token
 LONG = " ".join(f"w{i}" for i in range(40))  # 40 tokens: 0.8 s at DELAY
 SHORT = "return a + b"
+# How soon the engine must notice a cancel: one decode step plus scheduling slack.
+CANCEL_LATENCY = DELAY + 0.05
 URI_A = "file:///work/a.py"
 URI_B = "file:///work/b.py"
 COMPLETION = "completion"
@@ -116,7 +118,7 @@ async def test_newer_job_same_key_supersedes_running_one(make_scheduler):
     assert call1.prompt == "first" and call2.prompt == "second"
     # The first generation noticed the cancel flag within about one decode step.
     assert call1.saw_cancel_at is not None
-    assert call1.saw_cancel_at - superseded_at < 2.5 * DELAY
+    assert call1.saw_cancel_at - superseded_at < CANCEL_LATENCY
     assert call1.result.cancelled and call1.tokens < len(tokenize(LONG)) // 2
     # The second only started once the first thread really returned.
     assert call2.started >= call1.ended
@@ -220,7 +222,7 @@ async def test_outer_cancellation_reraises_stops_engine_and_frees_slot(make_sche
     assert result.text == SHORT and not result.cancelled
     call1 = engine.calls[0]
     assert call1.result.cancelled
-    assert call1.saw_cancel_at - cancelled_at < 2.5 * DELAY
+    assert call1.saw_cancel_at - cancelled_at < CANCEL_LATENCY
     assert engine.calls[1].started >= call1.ended
     stats = scheduler.slots[0].stats
     assert (stats.served, stats.cancelled, stats.failed) == (1, 1, 0)
@@ -282,7 +284,7 @@ async def test_cancel_document_cancels_all_kinds_of_that_document_only(make_sche
     r_running, r_waiting = await asyncio.wait_for(asyncio.gather(t_running, t_waiting), 0.1)
     assert r_running.cancelled and r_waiting.cancelled
     await until(lambda: engine.calls[0].ended is not None, what="the engine to stop")
-    assert engine.calls[0].saw_cancel_at - cancelled_at < 2.5 * DELAY
+    assert engine.calls[0].saw_cancel_at - cancelled_at < CANCEL_LATENCY
     assert (await asyncio.wait_for(t_other, 1.0)).text == "fine"
     assert engine.prompts == ["a-completion", "other"]
     assert scheduler.live_jobs() == []
@@ -303,7 +305,7 @@ async def test_close_stops_everything(make_scheduler):
     assert all(r.cancelled for r in results)
     assert running.cancel.is_set() and waiting.cancel.is_set()
     await until(lambda: engine.active == 0, what="the engine to stop")
-    assert engine.calls[0].saw_cancel_at - closed_at < 2.5 * DELAY
+    assert engine.calls[0].saw_cancel_at - closed_at < CANCEL_LATENCY
     assert engine.prompts == ["running"]
     assert scheduler.live_jobs() == []
 
