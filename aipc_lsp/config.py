@@ -111,25 +111,30 @@ def _check_value(f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
-def validate(raw: Any, source: str, *, text: str | None = None, cls=Settings, prefix: str = "") -> tuple[dict, list[Problem]]:
-    """Check one layer. Returns the valid part (nested dicts) and the problems found."""
+def validate(raw: Any, source: str, *, text: str | None = None, cls=Settings,
+             prefix: str = "", written_prefix: str = "") -> tuple[dict, list[Problem]]:
+    """Check one layer. Returns the valid part (nested dicts) and the problems found.
+    `prefix` is the dotted snake_case path, `written_prefix` the path as the user wrote it
+    (camelCase perhaps), which is what the TOML text must be searched for."""
     problems: list[Problem] = []
     if raw is None:
         return {}, problems
     if not isinstance(raw, dict):
-        return {}, [Problem(source, prefix.rstrip("."), f"expected a table of settings, got {raw!r}")]
+        where = _where(source, text, written_prefix.rstrip("."))
+        return {}, [Problem(where, prefix.rstrip("."), f"expected a table of settings, got {raw!r}")]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     clean: dict = {}
     for key, value in raw.items():
         name = _snake(str(key))
         dotted = prefix + name
-        where = _where(source, text, dotted)
+        where = _where(source, text, written_prefix + str(key))
         f = fields.get(name)
         if f is None:
             problems.append(Problem(where, dotted, f"unknown setting (known: {', '.join(fields)})"))
             continue
         if _is_section(f):
-            sub, sub_problems = validate(value, source, text=text, cls=f.default_factory, prefix=dotted + ".")
+            sub, sub_problems = validate(value, source, text=text, cls=f.default_factory,
+                                         prefix=dotted + ".", written_prefix=f"{written_prefix}{key}.")
             clean[name] = sub
             problems.extend(sub_problems)
             continue

@@ -64,7 +64,9 @@ def build_completion_context(
             start_line = i
             break
         consumed += len(line) + 1
-    start_line = _round_up(start_line, WINDOW_STEP_LINES, cursor_line)
+    rounded = _round_up(start_line, WINDOW_STEP_LINES)
+    # Very long last lines: rounding would drop everything but the cursor line.
+    start_line = rounded if rounded <= cursor_line else start_line
 
     def window(start: int) -> str:
         return "\n".join(lines[start:])
@@ -74,10 +76,12 @@ def build_completion_context(
         while start_line < cursor_line and count_tokens(prompt) > budget_tokens:
             start_line = min(cursor_line, start_line + WINDOW_STEP_LINES)
             prompt = window(start_line)
-        if count_tokens(prompt) > budget_tokens:
-            # One enormous line: keep its tail.
-            keep = int(budget_tokens * CHARS_PER_TOKEN / 2)
-            prompt = prompt[-keep:]
+        count = count_tokens(prompt)
+        while count > budget_tokens and prompt:
+            # One enormous line: keep its tail, shrinking by the measured ratio.
+            keep = min(len(prompt) - 1, int(len(prompt) * budget_tokens / count * 0.95))
+            prompt = prompt[-keep:] if keep > 0 else ""
+            count = count_tokens(prompt)
     return CompletionContext(
         prompt=prompt,
         suffix=after,
@@ -88,6 +92,5 @@ def build_completion_context(
     )
 
 
-def _round_up(value: int, step: int, limit: int) -> int:
-    rounded = -(-value // step) * step
-    return min(rounded, limit)
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step

@@ -69,7 +69,7 @@ def _trim_line_suffix_overlap(line: str, line_suffix: str) -> str:
     """Drop the end of a single-line suggestion that the text after the cursor already has,
     e.g. the `)` of `print(|)` — but only when the brackets say it is a duplicate."""
     tail = line_suffix.strip()
-    if tail and line.endswith(tail) and len(line) > len(tail):
+    if tail and line.endswith(tail):
         if any(c in BRACKETS for c in tail) and _unbalanced_closers(line) <= 0:
             return line  # its brackets balance: the closer is the suggestion's own
         return line[: -len(tail)].rstrip()
@@ -117,14 +117,15 @@ def trim_suggestion(
 
     opens_block = (line_prefix + lines[0]).rstrip().endswith(BLOCK_OPENERS)
     next_code = _first_code_line(suffix)
+    if not line_prefix.strip() and next_code and lines[0].strip() == next_code and (has_more or complete or finished):
+        return Trimmed("", True)  # the model only repeats the line after the cursor
     kept = [lines[0].rstrip()]
     for index, line in enumerate(lines[1:], start=1):
-        last = index == len(lines) - 1
-        if last and not (complete or finished):
-            break  # still being written; judge it when it is finished
         if len(kept) >= max_lines:
             complete = True
             break
+        if index == len(lines) - 1 and not (complete or finished):
+            break  # still being written; judge it when it is finished
         if not line.strip():
             if not opens_block:
                 complete = True  # a blank line ends a run of statements at this level

@@ -76,6 +76,7 @@ class Slot:
         self.busy_with: Job | None = None
         self._free = asyncio.Semaphore(1)
         self._loaded: asyncio.Future | None = None
+        self.closed = False
 
     def load(self) -> asyncio.Future:
         """Start loading the engine in the slot's thread (once); await the result to wait for it."""
@@ -113,7 +114,12 @@ class Slot:
     def close(self) -> None:
         if self.busy_with is not None:
             self.busy_with.abandon()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.closed:
+            return
+        self.closed = True
+        # Queued behind any generation still stopping, so the model is freed after it.
+        self.executor.submit(self.engine.close)
+        self.executor.shutdown(wait=False)
 
 
 class Scheduler:
@@ -170,7 +176,9 @@ class Scheduler:
             previous.abandon(superseded=True)
         self._live[job.key] = job
         try:
-            slot = await self.wait_ready()
+            loaded, slot = await self._unless_abandoned(job, self.wait_ready())
+            if not loaded:
+                return GenerationResult(cancelled=True)
             if not await self._acquire(slot, job):
                 slot.stats.cancelled += 1
                 return GenerationResult(cancelled=True)
@@ -182,6 +190,23 @@ class Scheduler:
             if self._live.get(job.key) is job:
                 del self._live[job.key]
 
+    @staticmethod
+    async def _unless_abandoned(job: Job, awaitable) -> tuple[bool, object]:
+        """Await `awaitable` unless the job is abandoned first: (finished, its result)."""
+        task = asyncio.ensure_future(awaitable)
+        abandoned = asyncio.ensure_future(job._abandoned.wait())
+        try:
+            await asyncio.wait({task, abandoned}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            abandoned.cancel()
+        if task.done():
+            return True, task.result()
+        task.cancel()
+        return False, None
+
     async def _acquire(self, slot: Slot, job: Job) -> bool:
         """Wait for the slot unless the job is abandoned first. True when acquired."""
         if job.cancel.is_set():
@@ -190,13 +215,22 @@ class Scheduler:
         abandoned = asyncio.ensure_future(job._abandoned.wait())
         try:
             await asyncio.wait({acquire, abandoned}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            # Cancelled from outside: give back a permit granted in the same instant.
+            if acquire.done() and not acquire.cancelled():
+                slot._free.release()
+            else:
+                acquire.cancel()
+            raise
         finally:
             abandoned.cancel()
-            if not acquire.done():
-                acquire.cancel()
-            elif not acquire.cancelled() and job.cancel.is_set():
-                slot._free.release()  # acquired in the same instant the job died
-        return acquire.done() and not acquire.cancelled() and not job.cancel.is_set()
+        if not acquire.done():
+            acquire.cancel()  # the semaphore passes a permit granted meanwhile to the next waiter
+            return False
+        if job.cancel.is_set():
+            slot._free.release()  # acquired in the same instant the job died
+            return False
+        return True
 
     async def _generate(self, slot: Slot, job: Job) -> GenerationResult:
         loop = asyncio.get_running_loop()

@@ -354,12 +354,9 @@ def test_find_key_line():
     assert find_key_line(text, "completion.max_lines") is None
 
 
-# --- bugs ----------------------------------------------------------------------------------------
+# --- found in review (fixed) ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.validate: the 'expected a table of settings' problem for a section given a "
-    "scalar uses the bare source, without the TOML line find_key_line could give"))
 def test_section_given_a_scalar_names_its_line(tmp_path):
     path = write(tmp_path, 'model = "default"\ncompletion = 5\n')
     (problem,) = load_file(path)[1]
@@ -367,9 +364,6 @@ def test_section_given_a_scalar_names_its_line(tmp_path):
     assert problem.source == f"{path}:2"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config._where/find_key_line search the snake_case name, so a camelCase key written "
-    "in settings.toml (accepted as valid) gets a Problem without its line"))
 def test_camel_case_key_in_toml_names_its_line(tmp_path):
     path = write(tmp_path, "[completion]\nmaxTokens = 0\n")
     (problem,) = load_file(path)[1]

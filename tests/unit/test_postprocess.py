@@ -283,31 +283,21 @@ def test_text_is_stable_once_complete():
         assert trim_suggestion(raw + more, **args) == done
 
 
-# --- bugs ------------------------------------------------------------------------------------------
+# --- edge cases found in review (fixed) ---------------------------------------------------------
 
 BUGS = [
     Case("print(|): output that is only the existing closer should be empty",
          raw=")\n", text="", complete=True,
-         line_prefix="    print(", line_suffix=")", suffix=")\n",
-         marks=[pytest.mark.xfail(strict=True, reason=(
-             "_trim_line_suffix_overlap requires len(line) > len(tail), so an output equal "
-             "to the text after the cursor is returned whole and duplicates it"))]),
+         line_prefix="    print(", line_suffix=")", suffix=")\n"),
     Case("first line repeating the next code line should be dropped",
          raw="\n    return result\n", text="", complete=True,
-         line_prefix="    ", held_back=" ", suffix="\n    return result\n",
-         marks=[pytest.mark.xfail(strict=True, reason=(
-             "the repeat-of-next-code-line check only looks at lines[1:], so a first line "
-             "that repeats the code after the cursor is suggested (a duplicate line)"))]),
+         line_prefix="    ", held_back=" ", suffix="\n    return result\n"),
     Case("max_lines reached: complete before the next line is decoded",
          raw="\n    a = 1\n    b", text="\n    a = 1", complete=True,
-         line_prefix="def f():", suffix="\n", max_lines=2,
-         marks=[pytest.mark.xfail(strict=True, reason=(
-             "the 'last line still being written' break comes before the max_lines check, so "
-             "complete stays False although no further output can change the text: one more "
-             "line is decoded that the user never sees"))]),
+         line_prefix="def f():", suffix="\n", max_lines=2),
 ]
 
 
 @pytest.mark.parametrize("case", params(BUGS))
-def test_known_bugs(case):
+def test_review_edge_cases(case):
     check(case)

@@ -417,12 +417,9 @@ def test_slot_stats_moving_average():
     assert stats.ttft_ms == pytest.approx(120.0) and stats.tokens_per_s == pytest.approx(24.0)
 
 
-# --- bugs ------------------------------------------------------------------------------------
+# --- races found in review (fixed) -------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Scheduler.run: a job superseded while the slot is still loading waits for the whole "
-    "model load (wait_ready does not watch job._abandoned) instead of returning at once"))
 async def test_job_superseded_while_model_loads_returns_at_once(make_scheduler):
     gate = threading.Event()
     engine = FakeEngine(output="ok", load_gate=gate)
@@ -440,10 +437,6 @@ async def test_job_superseded_while_model_loads_returns_at_once(make_scheduler):
         await asyncio.wait_for(asyncio.gather(t1, t2), 2.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Scheduler._acquire: an outer cancellation that lands after the slot semaphore was "
-    "acquired but before the waiting task resumes leaks the semaphore: the slot never "
-    "runs another job"))
 async def test_cancel_at_the_instant_the_slot_is_acquired_does_not_leak_the_slot(make_scheduler):
     engine = FakeEngine(output="a b c", token_delay=0.01)
     scheduler = make_scheduler(engine)
