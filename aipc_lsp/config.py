@@ -8,6 +8,7 @@ and the server carries on.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -26,8 +27,8 @@ ENGINE_NAMES = ("openvino",)
 LOG_LEVELS = ("error", "warning", "info", "debug")
 
 
-def _opt(default, doc: str, *, choices=None, minimum=None, maximum=None):
-    meta = {"doc": doc, "choices": choices, "min": minimum, "max": maximum}
+def _opt(default, doc: str, *, choices=None, minimum=None, maximum=None, upper=False):
+    meta = {"doc": doc, "choices": choices, "min": minimum, "max": maximum, "upper": upper}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -50,20 +51,45 @@ class CompletionSettings:
 
 
 @dataclass
+class SlotSettings:
+    """One device slot: an engine instance with its own model, device and worker thread."""
+
+    name: str = _opt("", "name in logs and aipc/status; \"\" = engine-device")
+    engine: str = _opt("openvino", "inference engine", choices=ENGINE_NAMES)
+    device: str = _opt("CPU", "device for the engine", upper=True)
+    model: str = _opt("", "model for this slot; \"\" = the top-level model")
+    threads: int = _opt(0, "CPU inference threads; 0 = the engine's choice", minimum=0, maximum=1024)
+
+    def label(self) -> str:
+        return self.name or f"{self.engine}-{self.device.lower()}"
+
+
+@dataclass
 class Settings:
     model: str = _opt("default", "\"default\" (SmolLM2-135M-Instruct) or a path to a .gguf file / OpenVINO IR folder")
     engine: str = _opt("openvino", "inference engine", choices=ENGINE_NAMES)
-    device: str = _opt("CPU", "device for the engine: CPU, GPU, GPU.0, NPU, AUTO")
+    device: str = _opt("CPU", "device for the engine: CPU, GPU, GPU.0, NPU, AUTO", upper=True)
     threads: int = _opt(0, "CPU inference threads; 0 = the engine's choice", minimum=0, maximum=1024)
     log_level: str = _opt("info", "server log verbosity", choices=LOG_LEVELS)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     openvino: OpenVINOSettings = field(default_factory=OpenVINOSettings)
+    slots: list = field(default_factory=list, metadata={
+        "doc": "device slots in order of preference; empty = one slot from engine/device/model above",
+        "item": SlotSettings})
 
-    def model_key(self) -> tuple:
-        """What a loaded model depends on: a change here means reloading it."""
-        return (self.model, self.engine, self.device.upper(), self.threads,
-                self.openvino.kv_cache_mb, self.openvino.prefix_caching,
-                tuple(sorted(self.openvino.config.items())))
+    def slot_list(self) -> list[SlotSettings]:
+        """The slots to run: the configured ones, or one made of the top-level settings."""
+        if not self.slots:
+            return [SlotSettings(engine=self.engine, device=self.device.upper(), model=self.model, threads=self.threads)]
+        return [dataclasses.replace(s, model=s.model or self.model, device=s.device.upper()) for s in self.slots]
+
+    def model_key(self) -> str:
+        """What the loaded models depend on: a change here means reloading them. Everything
+        but the settings read per request (completion, log level)."""
+        not_loaded = ("completion", "log_level", "model", "engine", "device", "threads")  # slots carry the last four
+        loaded = {k: v for k, v in dataclasses.asdict(self).items() if k not in not_loaded}
+        loaded["slots"] = [dataclasses.asdict(s) for s in self.slot_list()]
+        return json.dumps(loaded, sort_keys=True, default=str)
 
 
 @dataclass(frozen=True)
@@ -108,6 +134,8 @@ def _check_value(f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
         return None, f"{value!r} is above the maximum {meta['max']}"
     if isinstance(value, str) and meta.get("choices"):
         value = value.lower()
+    if isinstance(value, str) and meta.get("upper"):
+        value = value.upper()
     return value, None
 
 
@@ -138,6 +166,19 @@ def validate(raw: Any, source: str, *, text: str | None = None, cls=Settings,
             clean[name] = sub
             problems.extend(sub_problems)
             continue
+        if f.metadata.get("item"):
+            if not isinstance(value, list):
+                problems.append(Problem(where, dotted, f"expected a list of tables ([[{dotted}]]), got {value!r}"))
+                continue
+            items = []
+            for index, entry in enumerate(value):
+                sub, sub_problems = validate(entry, source, text=text, cls=f.metadata["item"],
+                                             prefix=f"{dotted}[{index}].", written_prefix=f"{written_prefix}{key}[{index}].")
+                problems.extend(sub_problems)
+                if isinstance(entry, dict):
+                    items.append(sub)
+            clean[name] = items
+            continue
         checked, error = _check_value(f, value)
         if error:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -165,7 +206,16 @@ def find_key_line(text: str, dotted: str) -> int | None:
     current = ""
     key_pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
     dotted_pattern = re.compile(rf"^\s*{re.escape(dotted)}\s*=")
+    seen: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
+        array = re.match(r"^\s*\[\[\s*([^\]]+?)\s*\]\]", line)
+        if array:  # [[slots]]: the n-th one is "slots[n]"
+            name = array.group(1)
+            current = f"{name}[{seen.get(name, 0)}]"
+            seen[name] = seen.get(name, 0) + 1
+            if current == table and key == "":
+                return number
+            continue
         header = re.match(r"^\s*\[\s*([^\]]+?)\s*\]", line)
         if header:
             current = header.group(1)
@@ -201,6 +251,8 @@ def _instantiate(cls, values: dict):
             continue
         if _is_section(f):
             kwargs[f.name] = _instantiate(f.default_factory, values[f.name])
+        elif f.metadata.get("item"):
+            kwargs[f.name] = [_instantiate(f.metadata["item"], item) for item in values[f.name]]
         else:
             kwargs[f.name] = values[f.name]
     return cls(**kwargs)

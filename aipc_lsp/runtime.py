@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Protocol
 
 from aipc_lsp.config import Settings
@@ -81,17 +82,14 @@ class ModelRuntime:
             loop.call_soon_threadsafe(reporter.report, message, scaled)
 
         try:
-            path = await asyncio.to_thread(resolve_model, settings.model, progress=progress)
-            reporter.report(f"loading {path.name} with {settings.engine} on {settings.device}", 90)
-            engine = create_engine(
-                settings.engine, str(path), settings.device,
-                threads=settings.threads,
-                kv_cache_mb=settings.openvino.kv_cache_mb,
-                prefix_caching=settings.openvino.prefix_caching,
-                ov_config=settings.openvino.config,
-            )
-            scheduler = Scheduler([Slot(f"{settings.engine}-{settings.device.lower()}", engine)])
-            await scheduler.wait_ready()
+            slots = []
+            for slot_settings in settings.slot_list():
+                path = await asyncio.to_thread(resolve_model, slot_settings.model, progress=progress)
+                reporter.report(f"loading {path.name} with {slot_settings.engine} on {slot_settings.device}", 90)
+                engine = create_engine(slot_settings, str(path), settings)
+                slots.append(Slot(slot_settings.label(), engine))
+            scheduler = Scheduler(slots)
+            ready = await scheduler.wait_ready()
         except (FetchError, EngineError) as exc:
             reporter.end("aipc-lsp: no model")
             self.error = str(exc)
@@ -101,7 +99,7 @@ class ModelRuntime:
             reporter.end("aipc-lsp: settings changed")
             raise
         self._scheduler = scheduler
-        reporter.end(f"aipc-lsp: {path.name} ready on {settings.device}")
+        reporter.end(f"aipc-lsp: {Path(ready.engine.model_path).name} ready on {ready.engine.device}")
         return scheduler
 
     async def scheduler(self) -> Scheduler:

@@ -145,7 +145,9 @@ class AipcServer(LanguageServer):
 
 
 def create_server(config_path: Path | None = None) -> AipcServer:
-    server = AipcServer(config_path=config_path)
+    from aipc_lsp.protocol import AipcProtocol
+
+    server = AipcServer(config_path=config_path, protocol_cls=AipcProtocol)
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: AipcServer, params: types.InitializeParams) -> None:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from aipc_lsp.engines.base import Engine, EngineError
+
+if TYPE_CHECKING:
+    from aipc_lsp.config import Settings, SlotSettings
 
 ENGINES = ("openvino",)
 
 
-def create_engine(name: str, model_path: str, device: str, **options) -> Engine:
-    """Instantiate an engine by its settings name; imports stay lazy so a missing
-    optional back end only fails when it is chosen."""
-    if name == "openvino":
+def create_engine(slot: "SlotSettings", model_path: str, settings: "Settings") -> Engine:
+    """Instantiate a slot's engine; each engine reads its own section of the settings.
+    Imports stay lazy so a missing optional back end only fails when it is chosen."""
+    if slot.engine == "openvino":
         from aipc_lsp.engines.openvino import OpenVINOEngine
 
-        return OpenVINOEngine(model_path, device, **options)
-    raise EngineError(f"unknown engine {name!r}; available: {', '.join(ENGINES)}")
+        ov = settings.openvino
+        return OpenVINOEngine(model_path, slot.device, threads=slot.threads, kv_cache_mb=ov.kv_cache_mb,
+                              prefix_caching=ov.prefix_caching, ov_config=ov.config)
+    raise EngineError(f"unknown engine {slot.engine!r}; available: {', '.join(ENGINES)}")

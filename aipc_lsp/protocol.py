@@ -1,0 +1,285 @@
+"""JSON-RPC / LSP conformance fixes on top of pygls' LanguageServerProtocol.
+
+pygls 2.1.1 serves requests before `initialize`, drops (with no response) requests whose
+params do not deserialize and requests after `shutdown`, answers malformed JSON with a
+`window/showMessage` instead of a -32700 response, buffers any `Content-Length` it is given,
+exits with status 0 after an `exit` that was not preceded by `shutdown`, and applies a
+`didChange` with a reversed range by duplicating text. Each fix sits at the hook where the
+problem arises:
+
+- message structuring (`structure_message`) turns a message that does not deserialize into a
+  record the dispatcher can answer, instead of an exception the reader loop swallows;
+- dispatch (`handle_message`) enforces the initialize / shutdown lifecycle and answers what
+  cannot be served with the right error code;
+- `didChange` normalizes reversed ranges before the workspace applies them;
+- the stdio reader loop (`_start_io`) bounds header lines and bodies, answers malformed JSON,
+  and lets `exit` set the process status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import sys
+import threading
+from typing import Any, BinaryIO
+
+import attrs
+from cattrs import transform_error
+from cattrs.errors import ClassValidationError
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError
+from pygls.io_ import StdoutWriter
+from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.protocol.json_rpc import RPCError, RPCNotification, RPCRequest, RPCResponse
+
+logger = logging.getLogger(__name__)
+
+# Bigger messages are skipped, not buffered: an editor opening a huge file must not make the
+# server allocate whatever a header claims.
+MAX_CONTENT_LENGTH = 64 * 1024 * 1024
+# Header lines are a few dozen bytes; a longer "line" is garbage and is dropped in pieces.
+MAX_HEADER_LINE = 64 * 1024
+_SKIP_CHUNK = 1024 * 1024
+# Searched anywhere in a line so that a header glued to junk (e.g. a body sent without its own
+# header) still resynchronizes the stream on the next message.
+_CONTENT_LENGTH = re.compile(rb"(?<![\w-])content-length[ \t]*:[ \t]*(\S*)", re.IGNORECASE)
+
+SHUTTING_DOWN = "server is shutting down"
+
+
+class _Malformed:
+    """A message that has the JSON-RPC shape but whose fields do not deserialize."""
+
+    jsonrpc = "2.0"
+
+    def __init__(self, data: dict[str, Any], problem: str):
+        self.data = data
+        self.problem = problem
+        self.method = data.get("method")
+        if "id" in data:
+            self.id = data["id"]
+
+
+def _valid_id(msg_id: Any) -> Any:
+    # A response may only echo a usable id; anything else is answered with id null.
+    return msg_id if isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool) else None
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, ClassValidationError):
+        return "; ".join(transform_error(exc))
+    if exc is None:
+        return "unknown error"
+    return str(exc) or type(exc).__name__
+
+
+class AipcProtocol(LanguageServerProtocol):
+    def __init__(self, server, converter):
+        super().__init__(server, converter)
+        self._initialize_seen = False
+        # pygls frames stdio messages in pygls.io_.run_async, a module function that
+        # JsonRPCServer._start_io_async calls with no protocol hook between reading the
+        # Content-Length header and allocating/decoding the body, and that swallows the
+        # SystemExit carrying `exit`'s status. Neither can be fixed from a protocol method, so
+        # the protocol takes over its own server's stdio entry point (TCP keeps pygls' loop
+        # and gets the dispatch-level fixes only).
+        server.start_io = self._start_io
+
+    # -- errors ---------------------------------------------------------------------------------
+    def _send_error(self, msg_id: Any, code: types.ErrorCodes, message: str) -> None:
+        # A plain dict: lsprotocol's ResponseErrorMessage drops `"id": null` when unstructured.
+        self._send_data({"jsonrpc": self.VERSION, "id": _valid_id(msg_id),
+                         "error": {"code": int(code), "message": message}})
+
+    # -- structuring ----------------------------------------------------------------------------
+    def structure_message(self, data: dict[str, Any]):
+        # pygls raises here, from inside json.loads' object_hook, so the reader loop only logs it
+        # and the request is never answered. Hand the dispatcher something it can answer.
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            return _Malformed(data, _describe(exc.__cause__))
+
+    # -- dispatch -------------------------------------------------------------------------------
+    def handle_message(self, message):
+        if not isinstance(message, (_Malformed, RPCRequest, RPCNotification, RPCResponse, RPCError)):
+            # Not a JSON-RPC message at all: no "jsonrpc" member, a batch, a bare value.
+            msg_id = message.get("id") if isinstance(message, dict) else None
+            logger.error("Invalid JSON-RPC message: %.200r", message)
+            self._send_error(msg_id, types.ErrorCodes.InvalidRequest, "Invalid Request: not a JSON-RPC 2.0 message")
+            return
+
+        method = getattr(message, "method", None)
+        is_request = method is not None and hasattr(message, "id")
+
+        if message.jsonrpc != self.VERSION:
+            logger.error("Unsupported jsonrpc version %r in %r", message.jsonrpc, method)
+            if is_request:
+                self._send_error(message.id, types.ErrorCodes.InvalidRequest,
+                                 f"Invalid Request: jsonrpc must be {self.VERSION!r}")
+            return
+
+        if self._shutdown and method != types.EXIT:
+            if is_request:
+                self._send_error(message.id, types.ErrorCodes.InvalidRequest, SHUTTING_DOWN)
+            else:
+                logger.warning("Ignoring %s after shutdown", method or "response")
+            return
+
+        if not self._initialize_seen:
+            if method == types.INITIALIZE and is_request:
+                self._initialize_seen = not isinstance(message, _Malformed)
+            elif is_request:
+                self._send_error(message.id, types.ErrorCodes.ServerNotInitialized,
+                                 f"Server not initialized: {method!r} sent before 'initialize'")
+                return
+            elif method is not None and method != types.EXIT:
+                # LSP: notifications before initialize are dropped, except exit.
+                logger.warning("Ignoring notification %r before initialize", method)
+                return
+        elif method == types.INITIALIZE and is_request:
+            self._send_error(message.id, types.ErrorCodes.InvalidRequest,
+                             "Invalid Request: 'initialize' may only be sent once")
+            return
+
+        if isinstance(message, _Malformed):
+            self._reject_malformed(message, is_request)
+            return
+
+        super().handle_message(message)
+
+    def _reject_malformed(self, message: _Malformed, is_request: bool) -> None:
+        method = message.method
+        if is_request:
+            logger.error("Invalid params for %r (id %r): %s", method, message.id, message.problem)
+            self._send_error(message.id, types.ErrorCodes.InvalidParams,
+                             f"Invalid params for {method!r}: {message.problem}")
+        elif method is not None:
+            logger.warning("Ignoring notification %r with invalid params: %s", method, message.problem)
+        elif hasattr(message, "id"):
+            # A client response we cannot read: fail whoever waits for it instead of hanging.
+            future = self._request_futures.pop(message.id, None)
+            logger.error("Malformed response to %r: %s", message.id, message.problem)
+            if future is not None and not future.done():
+                future.set_exception(JsonRpcInternalError(f"malformed response: {message.problem}"))
+        else:
+            logger.error("Invalid JSON-RPC message: %s", message.problem)
+            self._send_error(None, types.ErrorCodes.InvalidRequest, f"Invalid Request: {message.problem}")
+
+    # -- documents ------------------------------------------------------------------------------
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
+        # pygls splices a reversed range as start..start + text + end.. , duplicating the text in
+        # between. Swap the ends, as vscode-languageserver-textdocument does (getWellformedRange).
+        changes = []
+        for change in params.content_changes:
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                start, end = change.range.start, change.range.end
+                if (end.line, end.character) < (start.line, start.character):
+                    logger.warning("didChange for %s (version %s) has a reversed range %s:%s-%s:%s; "
+                                   "applying it with its ends swapped", params.text_document.uri,
+                                   params.text_document.version, start.line, start.character,
+                                   end.line, end.character)
+                    change = attrs.evolve(change, range=types.Range(start=end, end=start))
+            changes.append(change)
+        params = attrs.evolve(params, content_changes=changes)
+        return (yield from super().lsp_text_document__did_change(params))
+
+    # -- stdio ----------------------------------------------------------------------------------
+    def _start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+        """JsonRPCServer._start_io_async with our reader loop; `exit`'s SystemExit propagates."""
+        server = self._server
+        server._stop_event = stop_event = threading.Event()
+        self.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        try:
+            asyncio.run(self._read_messages(stdin or sys.stdin.buffer, stop_event))
+        except BrokenPipeError:
+            logger.error("Connection to the client is lost! Shutting down the server.")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.shutdown()
+
+    async def _read_messages(self, stream: BinaryIO, stop_event: threading.Event) -> None:
+        loop = asyncio.get_running_loop()
+        pool = self._server.thread_pool
+
+        def call(fn, *args):  # blocking reads happen off the event loop, as in pygls
+            return loop.run_in_executor(pool, fn, *args)
+
+        async def read_exactly(n: int) -> bytes:
+            parts = []
+            while n > 0:
+                chunk = await call(stream.read, n)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                n -= len(chunk)
+            return b"".join(parts)
+
+        while not stop_event.is_set():
+            # Headers, up to the blank line.
+            length: int | None = None
+            seen_headers = False
+            while True:
+                line = await call(stream.readline, MAX_HEADER_LINE)
+                if not line:
+                    return
+                if len(line) >= MAX_HEADER_LINE and not line.endswith(b"\n"):
+                    logger.error("Header line longer than %d bytes; discarding it", MAX_HEADER_LINE)
+                    while line and not line.endswith(b"\n"):
+                        line = await call(stream.readline, MAX_HEADER_LINE)
+                    if not line:
+                        return
+                if not line.strip():
+                    if length is not None:
+                        break
+                    if seen_headers:
+                        logger.error("Header block without a valid Content-Length; ignoring it")
+                    seen_headers = False
+                    continue
+                seen_headers = True
+                match = _CONTENT_LENGTH.search(line)
+                if match is None:
+                    if b":" not in line:
+                        logger.warning("Ignoring malformed header line %.80r", line)
+                    continue
+                value = match.group(1)
+                # isdigit on bytes is ASCII-only; 20 digits keep int() cheap and bounded.
+                length = int(value) if value.isdigit() and len(value) <= 20 else None
+                if length is None:
+                    logger.error("Invalid Content-Length %.40r", value)
+
+            if length > MAX_CONTENT_LENGTH:
+                # Honour the framing by discarding exactly that many bytes, in bounded pieces.
+                logger.error("Content-Length %d exceeds the %d byte limit; skipping that message",
+                             length, MAX_CONTENT_LENGTH)
+                remaining = length
+                while remaining > 0:
+                    chunk = await call(stream.read, min(remaining, _SKIP_CHUNK))
+                    if not chunk:
+                        return
+                    remaining -= len(chunk)
+                continue
+
+            body = await read_exactly(length)
+            if len(body) < length:
+                logger.error("Input ended %d bytes into a %d byte message", len(body), length)
+                return
+            self._receive(body)
+
+    def _receive(self, body: bytes) -> None:
+        try:
+            message = json.loads(body, object_hook=self.structure_message)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            logger.error("Parse error in a %d byte message: %s", len(body), exc)
+            self._send_error(None, types.ErrorCodes.ParseError, f"Parse error: {exc}")
+            return
+        try:
+            self.handle_message(message)
+        except Exception as exc:  # as pygls' loop: report, keep serving (SystemExit passes)
+            logger.exception("Unable to handle message")
+            self._server._report_server_error(exc, JsonRpcException)

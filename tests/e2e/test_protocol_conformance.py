@@ -1,0 +1,371 @@
+"""JSON-RPC / LSP conformance of the real server process, driven over raw stdio.
+
+Messages are framed by hand so that broken ones can be sent. No test loads the model: the
+client never sends `initialized` (model preparation starts there), and the model setting points
+at a file that does not exist in case it ever does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+SERVER = [sys.executable, "-m", "aipc_lsp", "serve"]
+INIT_PARAMS = {"processId": None, "rootUri": None, "capabilities": {},
+               "initializationOptions": {"model": "/nonexistent.gguf"}}
+TIMEOUT = 10
+MiB = 1024 * 1024
+
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
+SERVER_NOT_INITIALIZED = -32002
+
+_HEADER = re.compile(rb"(Content-Length: (\d+)|Content-Type: [^\r\n]+)\r\n")
+
+
+class RawServer:
+    """The server process with framed JSON-RPC over its pipes, checking every byte it writes."""
+
+    def __init__(self, *args: str):
+        self.proc = subprocess.Popen([*SERVER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.ids = itertools.count(1000)
+        self.inbox: queue.Queue = queue.Queue()
+        self.notifications: list[dict] = []
+        self.framing_errors: list[str] = []
+        self.stderr_lines: list[str] = []
+        self._readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                         threading.Thread(target=self._read_stderr, daemon=True)]
+        for thread in self._readers:
+            thread.start()
+
+    # -- the server's output ---------------------------------------------------------------------
+    def _read_stderr(self) -> None:
+        for line in self.proc.stderr:  # drained so the pipe never fills
+            self.stderr_lines.append(line.decode("utf-8", "replace"))
+
+    def _read_stdout(self) -> None:
+        out = self.proc.stdout
+        while True:
+            length = None
+            line = out.readline()
+            if not line:
+                return  # clean end: between messages
+            while line != b"\r\n":
+                match = _HEADER.fullmatch(line)
+                if match is None:
+                    self.framing_errors.append(f"not a header line: {line[:200]!r}")
+                    return
+                if match.group(2):
+                    length = int(match.group(2))
+                line = out.readline()
+            if length is None:
+                self.framing_errors.append("header block without Content-Length")
+                return
+            body = out.read(length)
+            try:
+                message = json.loads(body)
+                assert isinstance(message, dict) and message.get("jsonrpc") == "2.0"
+                assert "method" in message or ("id" in message and ("result" in message) != ("error" in message))
+            except Exception:
+                self.framing_errors.append(f"not a JSON-RPC message: {body[:200]!r}")
+                return
+            self.inbox.put(message)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.stderr_lines)
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send_raw(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send_body(self, body: bytes) -> None:
+        self.send_raw(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def send(self, message: dict) -> None:
+        self.send_body(json.dumps(message).encode())
+
+    def notify(self, method: str, params=None) -> None:
+        self.send({"jsonrpc": "2.0", "method": method, **({"params": params} if params is not None else {})})
+
+    def request(self, method: str, params=None, msg_id=None):
+        msg_id = next(self.ids) if msg_id is None else msg_id
+        self.send({"jsonrpc": "2.0", "id": msg_id, "method": method,
+                   **({"params": params} if params is not None else {})})
+        return msg_id
+
+    def response(self, msg_id, timeout: float = TIMEOUT) -> dict:
+        """The response with this id; notifications seen meanwhile are kept."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                message = self.inbox.get(timeout=max(remaining, 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no response to {msg_id!r} within {timeout}s; stderr:\n{self.stderr}") from None
+            if "method" in message:
+                self.notifications.append(message)
+            elif message.get("id") == msg_id:
+                return message
+            else:
+                raise AssertionError(f"unexpected response {message} while waiting for {msg_id!r}")
+
+    def call(self, method: str, params=None, msg_id=None) -> dict:
+        return self.response(self.request(method, params, msg_id))
+
+    def error(self, response: dict, code: int) -> dict:
+        assert "error" in response, response
+        assert response["error"]["code"] == code, response
+        return response["error"]
+
+    def assert_alive(self) -> None:
+        """The server still answers a valid request."""
+        reply = self.call("aipc/status", {})
+        assert "result" in reply and reply["result"]["version"], reply
+
+    def initialize(self) -> None:
+        reply = self.call("initialize", INIT_PARAMS)
+        assert "capabilities" in reply["result"], reply
+
+    # -- ending ----------------------------------------------------------------------------------
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        code = self.proc.wait(timeout)
+        for thread in self._readers:
+            thread.join(timeout)
+        return code
+
+    def check_output(self) -> None:
+        assert not self.framing_errors, f"{self.framing_errors}\nstderr:\n{self.stderr}"
+        assert self.inbox.empty() or all("method" in m for m in list(self.inbox.queue))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def raw():
+    """A server that has not been initialized."""
+    server = RawServer()
+    yield server
+    server.kill()
+    server.check_output()
+
+
+@pytest.fixture
+def server(raw):
+    """An initialized server (without `initialized`, so no model is prepared); it must end
+    through the shutdown/exit handshake with status 0 unless the test ended it already."""
+    raw.initialize()
+    yield raw
+    if raw.proc.poll() is None:
+        assert "result" in raw.call("shutdown")
+        raw.notify("exit")
+        assert raw.wait() == 0, raw.stderr
+    raw.check_output()
+
+
+def test_requests_before_initialize_get_server_not_initialized(raw):
+    reply = raw.response(raw.request("aipc/status", {}, msg_id=1))
+    assert reply["id"] == 1 and raw.error(reply, SERVER_NOT_INITIALIZED)
+    reply = raw.response(raw.request("textDocument/hover", {"textDocument": {"uri": "file:///a.py"},
+                                                            "position": {"line": 0, "character": 0}},
+                                      msg_id="early"))
+    assert reply["id"] == "early" and raw.error(reply, SERVER_NOT_INITIALIZED)
+    # Notifications before initialize are dropped, quietly: the workspace does not exist yet,
+    # and handling it would answer with an error message.
+    raw.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///a.py", "languageId": "python",
+                                                         "version": 1, "text": "x = 1\n"}})
+    raw.initialize()
+    raw.assert_alive()
+    assert raw.notifications == []
+    assert "Ignoring notification 'textDocument/didOpen' before initialize" in raw.stderr
+    # initialize only once.
+    raw.error(raw.call("initialize", INIT_PARAMS), INVALID_REQUEST)
+    raw.assert_alive()
+
+
+def test_exit_before_initialize_ends_with_status_1(raw):
+    raw.notify("exit")
+    assert raw.wait() == 1
+
+
+def test_invalid_params_get_invalid_params_with_the_request_id(server):
+    # Both required members missing: the message names them.
+    reply = server.call("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///a.py"}}, msg_id=7)
+    error = server.error(reply, INVALID_PARAMS)
+    assert reply["id"] == 7
+    assert "textDocument/inlineCompletion" in error["message"]
+    assert "position" in error["message"] and "context" in error["message"]
+    server.assert_alive()
+    # Wrong type, string id.
+    reply = server.call("textDocument/completion", {"textDocument": {"uri": "file:///a.py"},
+                                                    "position": {"line": "zero", "character": 0}},
+                        msg_id="s-1")
+    assert reply["id"] == "s-1" and "position" in server.error(reply, INVALID_PARAMS)["message"]
+    server.assert_alive()
+    # A notification with bad params cannot be answered; it is logged and dropped.
+    server.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///a.py"}})
+    server.assert_alive()
+    assert "Ignoring notification 'textDocument/didOpen' with invalid params" in server.stderr
+
+
+def test_unknown_method_gets_method_not_found(server):
+    reply = server.call("aipc/noSuchMethod", {}, msg_id=11)
+    assert reply["id"] == 11 and "aipc/noSuchMethod" in server.error(reply, METHOD_NOT_FOUND)["message"]
+    server.assert_alive()
+    # Unknown notifications are ignored, not answered.
+    server.notify("aipc/noSuchNotification", {})
+    server.assert_alive()
+    assert server.notifications == []
+
+
+def test_requests_after_shutdown_get_invalid_request(server):
+    assert server.call("shutdown", msg_id=20) == {"jsonrpc": "2.0", "id": 20, "result": None}
+    for msg_id in (21, "after"):
+        reply = server.call("aipc/status", {}, msg_id=msg_id)
+        assert reply["id"] == msg_id
+        assert server.error(reply, INVALID_REQUEST)["message"] == "server is shutting down"
+    server.error(server.call("shutdown", msg_id=22), INVALID_REQUEST)
+    server.notify("exit")
+    assert server.wait() == 0
+
+
+def test_exit_without_shutdown_ends_with_status_1(server):
+    server.notify("exit")
+    assert server.wait() == 1, server.stderr
+
+
+def test_malformed_json_gets_parse_error_with_null_id(server):
+    for body in (b'{"jsonrpc": "2.0", "id": 30, "method": "aipc/status", "params": {', b"{bad}",
+                 b"\xff\xfe not utf-8", b""):
+        server.send_body(body)
+        reply = server.response(None)
+        assert server.error(reply, PARSE_ERROR)["message"].startswith("Parse error")
+        assert reply["id"] is None
+        server.assert_alive()
+    # Valid JSON that is not a JSON-RPC message: Invalid Request.
+    for body, msg_id in ((b"[1, 2]", None), (b'{"id": 31, "method": "aipc/status"}', 31)):
+        server.send_body(body)
+        reply = server.response(msg_id)
+        server.error(reply, INVALID_REQUEST)
+        server.assert_alive()
+    assert server.notifications == []  # pygls used to send window/showMessage instead
+
+
+def test_oversized_content_length_is_skipped_not_buffered(server):
+    # An honest but oversized message: discarded in bounded pieces, the stream stays in sync.
+    size = 64 * MiB + 1
+    server.send_raw(b"Content-Length: %d\r\n\r\n" % size)
+    chunk = b" " * MiB
+    for _ in range(64):
+        server.send_raw(chunk)
+    server.send_raw(b" ")
+    server.assert_alive()
+    assert "exceeds the 67108864 byte limit" in server.stderr
+    # A length no message could have is not a length at all: the block is ignored and the
+    # stream resynchronizes on the next header.
+    server.send_raw(b"Content-Length: 99999999999999999999999\r\n\r\n{}")
+    server.assert_alive()
+    assert "Invalid Content-Length" in server.stderr
+    assert "Traceback" not in server.stderr
+
+
+def test_garbage_headers_do_not_crash_the_server(server):
+    server.send_raw(b"garbage\r\n\r\n")
+    server.assert_alive()
+    server.send_raw(b"Content-Length: -5\r\nX-Whatever: 1\r\n\r\n")
+    server.assert_alive()
+    server.send_raw(b"Content-Length: twelve\r\n\r\n")
+    server.assert_alive()
+    server.send_raw(b"\r\n\r\n\n")  # stray blank lines between messages
+    server.assert_alive()
+    server.send_raw(b"x" * (200 * 1024) + b"\r\n")  # a header line far over the limit
+    server.assert_alive()
+    # A header glued to the tail of junk (a body sent without a header) still frames the next message.
+    server.send_raw(b'{"jsonrpc": "2.0"}')
+    server.assert_alive()
+    # Lower-case header names are accepted, as HTTP-style headers are case-insensitive.
+    body = json.dumps({"jsonrpc": "2.0", "id": 40, "method": "aipc/status", "params": {}}).encode()
+    server.send_raw(b"content-length: %d\r\n\r\n" % len(body) + body)
+    assert "result" in server.response(40)
+    assert "Traceback" not in server.stderr
+    assert server.notifications == []
+
+
+def test_reversed_did_change_range_is_normalized(server):
+    uri = "file:///reversed.py"
+    server.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
+                                                            "text": "hello world\n"}})
+    server.notify("textDocument/didChange", {
+        "textDocument": {"uri": uri, "version": 2},
+        "contentChanges": [{"range": {"start": {"line": 0, "character": 5}, "end": {"line": 0, "character": 2}},
+                            "text": "X"}]})
+    server.assert_alive()
+    assert "has a reversed range 0:5-0:2" in server.stderr
+    assert server.notifications == []
+
+
+def test_reversed_did_change_range_leaves_the_document_consistent():
+    """The document text itself is not visible over the wire without the model, so the same
+    messages go through the server's protocol in process."""
+    from aipc_lsp.server import create_server
+
+    ls = create_server()
+    written: list[bytes] = []
+
+    class Writer:
+        def write(self, data: bytes) -> None:
+            written.append(data)
+
+        def close(self) -> None:
+            pass
+
+    ls.protocol.set_writer(Writer())
+    uri = "file:///reversed.py"
+    for message in (
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT_PARAMS},
+        {"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": uri, "languageId": "python", "version": 1, "text": "hello world\nsecond line\n"}}},
+        {"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+            "textDocument": {"uri": uri, "version": 2},
+            "contentChanges": [
+                {"range": {"start": {"line": 0, "character": 5}, "end": {"line": 0, "character": 2}}, "text": "X"},
+                {"range": {"start": {"line": 1, "character": 3}, "end": {"line": 0, "character": 4}}, "text": "Y"},
+            ]}},
+    ):
+        ls.protocol._receive(json.dumps(message).encode())
+    # As if each range had been sent start-first: "he[llo] world" -> "heX world", then
+    # "heX [world\nsec]ond line" -> "heX Yond line".
+    assert ls.workspace.get_text_document(uri).source == "heX Yond line\n"
+    assert ls.workspace.get_text_document(uri).version == 2
+    assert len(written) == 1 and b'"id": 1' in written[0]  # only the initialize result
+
+
+def test_stdout_carries_only_framed_messages_even_with_debug_logging():
+    server = RawServer("-vv")  # pygls logs every message body at this level: to stderr only
+    try:
+        server.initialize()
+        server.send_body(b"{bad}")
+        server.response(None)
+        server.call("textDocument/inlineCompletion", {}, msg_id=50)
+        server.call("aipc/nothing", {}, msg_id=51)
+        server.assert_alive()
+        assert server.call("shutdown")["result"] is None
+        server.call("aipc/status", {})
+        server.notify("exit")
+        assert server.wait() == 0
+        assert "Sending data" in server.stderr
+        server.check_output()
+    finally:
+        server.kill()
