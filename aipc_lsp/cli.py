@@ -35,11 +35,36 @@ def _config_path(arg: str | None) -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aipc_lsp.server import create_server
 
-    server = create_server(config_path=_config_path(args.config))
+    server = create_server(config_path=_config_path(args.config), status_port=args.status_port)
     if args.tcp is not None:
         server.start_tcp("127.0.0.1", args.tcp)
     else:
         server.start_io()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from aipc_lsp.features.status import query_status
+
+    try:
+        state = asyncio.run(query_status(args.port))
+    except (OSError, ConnectionError, asyncio.TimeoutError) as exc:
+        print(f"error: no aipc-lsp status endpoint on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(state, indent=2))
+        return 0
+    print(f"aipc-lsp {state['version']}: {'ready' if state['ready'] else state['error'] or 'preparing'}")
+    print(f"{'slot':20} {'engine':10} {'device':8} {'state':10} {'busy':5} {'served':>6} {'cancel':>6} "
+          f"{'failed':>6} {'ttft ms':>8} {'tok/s':>6}")
+    for slot in state["slots"]:
+        ttft = f"{slot['ttft_ms']:.0f}" if slot["ttft_ms"] is not None else "-"
+        rate = f"{slot['tokens_per_s']:.1f}" if slot["tokens_per_s"] is not None else "-"
+        print(f"{slot['slot']:20} {slot['engine']:10} {slot['device']:8} {slot['state']:10} "
+              f"{'yes' if slot['busy'] else 'no':5} {slot['served']:>6} {slot['cancelled']:>6} "
+              f"{slot['failed']:>6} {ttft:>8} {rate:>6}")
+        if slot["error"]:
+            print(f"    {slot['error']}")
     return 0
 
 
@@ -145,7 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the language server (stdio by default)")
     serve.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default)")
     serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead")
+    serve.add_argument("--status-port", type=int, metavar="PORT",
+                       help="also answer aipc/status on 127.0.0.1:PORT (for `aipc-lsp status`)")
     serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser("status", parents=[common], help="show a running server's slots (see serve --status-port)")
+    status.add_argument("--port", type=int, required=True, help="the server's --status-port")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     models = sub.add_parser("models", parents=[common], help="fetch or list models")
     models.add_argument("action", choices=["fetch", "list"])

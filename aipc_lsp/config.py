@@ -51,6 +51,16 @@ class CompletionSettings:
 
 
 @dataclass
+class SchedulerSettings:
+    stall_timeout_s: float = _opt(20.0, "a slot that produces no token for this long is unhealthy; its job moves on",
+                                  minimum=0.5, maximum=3600.0)
+    retry_interval_s: float = _opt(60.0, "longest wait between background retries of an unhealthy slot",
+                                   minimum=0.1, maximum=86400.0)
+    chat_chunk_tokens: int = _opt(32, "chat generates in chunks of this many tokens so completions can cut in",
+                                  minimum=1, maximum=4096)
+
+
+@dataclass
 class SlotSettings:
     """One device slot: an engine instance with its own model, device and worker thread."""
 
@@ -73,6 +83,7 @@ class Settings:
     log_level: str = _opt("info", "server log verbosity", choices=LOG_LEVELS)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     openvino: OpenVINOSettings = field(default_factory=OpenVINOSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     slots: list = field(default_factory=list, metadata={
         "doc": "device slots in order of preference; empty = one slot from engine/device/model above",
         "item": SlotSettings})

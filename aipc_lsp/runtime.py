@@ -28,6 +28,7 @@ class Reporter(Protocol):
     def report(self, message: str, percent: int | None) -> None: ...
     def end(self, message: str) -> None: ...
     def error(self, message: str) -> None: ...
+    def warn(self, message: str) -> None: ...
 
 
 class LogReporter:
@@ -42,6 +43,9 @@ class LogReporter:
 
     def error(self, message: str) -> None:
         log.error("%s", message)
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
 
 
 class ModelUnavailable(RuntimeError):
@@ -88,8 +92,15 @@ class ModelRuntime:
                 reporter.report(f"loading {path.name} with {slot_settings.engine} on {slot_settings.device}", 90)
                 engine = create_engine(slot_settings, str(path), settings)
                 slots.append(Slot(slot_settings.label(), engine))
-            scheduler = Scheduler(slots)
-            ready = await scheduler.wait_ready()
+            options = settings.scheduler
+            scheduler = Scheduler(
+                slots, stall_timeout_s=options.stall_timeout_s, retry_interval_s=options.retry_interval_s,
+                chunk_tokens=options.chat_chunk_tokens, on_problem=reporter.warn)
+            try:
+                ready = await scheduler.wait_ready()
+            except EngineError:
+                scheduler.close()
+                raise
         except (FetchError, EngineError) as exc:
             reporter.end("aipc-lsp: no model")
             self.error = str(exc)

@@ -1,26 +1,37 @@
-"""Runs generation jobs on device slots: one live job per (document, kind), stale work dies.
+"""Runs generation jobs on device slots: accelerator first, CPU when it is busy, never stale.
 
 Each slot owns one engine and one worker thread and runs one generation at a time. The
-asyncio loop only routes: it submits work to a slot's thread and awaits it, so
-`$/cancelRequest` and `didChange` are seen while a generation runs. Cancelling a job
-sets its flag; the engine checks it between tokens, and the slot is released when the
-thread actually returns, never earlier.
+asyncio loop only routes: a dispatcher assigns pending jobs to slots whenever something
+changes (a job arrives, a slot frees up, a slot's health changes), using each slot's measured
+moving averages to estimate when a job would finish there. The rules are in docs/SCHEDULER.md.
+
+Cancelling a job sets its flag; the engine checks it between tokens, and the slot is free
+again only when the worker thread has really returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import itertools
 import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 from aipc_lsp.engines.base import Engine, EngineError, GenerationParams, GenerationResult, OnText
 
 log = logging.getLogger(__name__)
 _job_ids = itertools.count(1)
+
+COMPLETION = "completion"
+# Until a slot has measured itself, estimates use these (a small model on a CPU).
+PRIOR_TTFT_MS = 150.0
+PRIOR_TOKENS_PER_S = 20.0
+PRIOR_COMPLETION_TOKENS = 24.0
 
 
 @dataclass(eq=False)
@@ -32,18 +43,38 @@ class Job:
     version: int | None = None
     # Called in the slot's thread with each new piece; False stops generation.
     on_text: OnText | None = None
+    # Long jobs (chat) run in chunks so that completions can take the slot in between.
+    preemptible: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     id: int = field(default_factory=lambda: next(_job_ids))
     superseded: bool = False
     created: float = field(default_factory=time.perf_counter)
-    _abandoned: asyncio.Event | None = None
+    # Set by the scheduler.
+    slot_name: str | None = None
+    _future: asyncio.Future | None = field(default=None, repr=False)
+    _attempt: threading.Event | None = field(default=None, repr=False)
+    _excluded: set = field(default_factory=set, repr=False)
+    _result: GenerationResult = field(default_factory=GenerationResult, repr=False)
+    _tokens_now: int = 0
+    _last_progress: float = 0.0
+
+    @property
+    def kind(self) -> str:
+        return self.key[1]
+
+    @property
+    def priority(self) -> int:
+        """Lower runs first: completions are what the user waits for while typing."""
+        return 0 if self.kind == COMPLETION else 1
 
     def abandon(self, *, superseded: bool = False) -> None:
         """Stop the job: the engine stops within a decode step, its awaiter returns at once."""
         self.superseded = self.superseded or superseded
         self.cancel.set()
-        if self._abandoned is not None:
-            self._abandoned.set()
+        if self._attempt is not None:
+            self._attempt.set()
+        if self._future is not None and not self._future.done():
+            self._future.set_result(dataclasses.replace(self._result, cancelled=True))
 
 
 @dataclass
@@ -64,6 +95,12 @@ class SlotStats:
             self.tokens_per_s = rate if self.tokens_per_s is None else (1 - alpha) * self.tokens_per_s + alpha * rate
 
 
+class Health(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
+
+
 class Slot:
     """One engine instance on one device, with its own worker thread."""
 
@@ -72,38 +109,44 @@ class Slot:
         self.engine = engine
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"aipc-slot-{name}")
         self.stats = SlotStats()
+        self.health = Health.LOADING
         self.error: str | None = None
         self.busy_with: Job | None = None
-        self._free = asyncio.Semaphore(1)
-        self._loaded: asyncio.Future | None = None
+        self.loaded = False
         self.closed = False
+        self._loading: asyncio.Future | None = None
 
     def load(self) -> asyncio.Future:
-        """Start loading the engine in the slot's thread (once); await the result to wait for it."""
-        if self._loaded is None:
+        """Start loading the engine in the slot's thread (once); await it to wait for it."""
+        if self._loading is None:
             loop = asyncio.get_running_loop()
-            self._loaded = asyncio.ensure_future(loop.run_in_executor(self.executor, self.engine.load))
-            self._loaded.add_done_callback(self._on_loaded)
-        return self._loaded
-
-    def _on_loaded(self, future: asyncio.Future) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            self.error = str(future.exception())
+            self._loading = asyncio.ensure_future(loop.run_in_executor(self.executor, self.engine.load))
+        return self._loading
 
     @property
     def ready(self) -> bool:
-        return self._loaded is not None and self._loaded.done() and self.error is None
+        return self.health is Health.READY
+
+    def expected_ttft_ms(self) -> float:
+        return self.stats.ttft_ms if self.stats.ttft_ms is not None else PRIOR_TTFT_MS
+
+    def expected_tokens_per_s(self) -> float:
+        return self.stats.tokens_per_s if self.stats.tokens_per_s else PRIOR_TOKENS_PER_S
+
+    def service_ms(self, tokens: float) -> float:
+        return self.expected_ttft_ms() + 1000 * tokens / self.expected_tokens_per_s()
 
     def status(self) -> dict:
-        state = "failed" if self.error else "ready" if self.ready else "loading"
+        job = self.busy_with
         return {
             "slot": self.name,
             "engine": self.engine.name,
             "device": self.engine.device,
             "model": self.engine.model_path,
-            "state": state,
+            "state": self.health.value,
             "error": self.error,
-            "busy": self.busy_with is not None,
+            "busy": job is not None,
+            "job": {"uri": job.key[0], "kind": job.kind, "id": job.id} if job else None,
             "served": self.stats.served,
             "cancelled": self.stats.cancelled,
             "failed": self.stats.failed,
@@ -123,28 +166,130 @@ class Slot:
 
 
 class Scheduler:
-    def __init__(self, slots: list[Slot]):
+    def __init__(
+        self,
+        slots: list[Slot],
+        *,
+        stall_timeout_s: float = 20.0,
+        retry_interval_s: float = 60.0,
+        chunk_tokens: int = 32,
+        on_problem: Callable[[str], None] | None = None,
+    ):
         if not slots:
             raise ValueError("a scheduler needs at least one slot")
         self.slots = slots
+        self.stall_timeout_s = stall_timeout_s
+        self.retry_interval_s = retry_interval_s
+        self.chunk_tokens = chunk_tokens
+        # Told once per slot failure (e.g. window/showMessage); the log always says why.
+        self.on_problem = on_problem or (lambda message: None)
+        # Never above 1: a key's next generation starts only after the previous one stopped.
+        self.max_generations_per_key = 0
         self._live: dict[tuple[str, str], Job] = {}
+        self._pending: list[Job] = []
+        # Generations whose thread has not returned yet (and was not written off as stalled),
+        # by attempt, and how many per job key.
+        self._attempts: dict[threading.Event, tuple[str, str]] = {}
+        self._running: dict[tuple[str, str], int] = {}
+        self._completion_tokens = PRIOR_COMPLETION_TOKENS
         self._closed = False
+        self._any_ready: asyncio.Event | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._retries: set[asyncio.Task] = set()
 
-    def start(self) -> list[asyncio.Future]:
-        return [slot.load() for slot in self.slots]
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load every slot in the background; jobs are served as soon as one is ready."""
+        self._any_ready = asyncio.Event()
+        for slot in self.slots:
+            slot.load().add_done_callback(lambda fut, slot=slot: self._loaded(slot, fut))
+        self._watchdog = asyncio.ensure_future(self._watch())
+
+    def _loaded(self, slot: Slot, future: asyncio.Future) -> None:
+        if self._closed or slot.closed:
+            return
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            self._mark_unhealthy(slot, f"failed to load: {error or 'cancelled'}")
+        else:
+            slot.loaded = True
+            self._mark_ready(slot)
+
+    def _mark_ready(self, slot: Slot) -> None:
+        was = slot.health
+        slot.health, slot.error = Health.READY, None
+        if was is Health.UNHEALTHY:
+            log.info("slot %s recovered", slot.name)
+        if self._any_ready is not None:
+            self._any_ready.set()
+        self._dispatch()
+
+    def _mark_unhealthy(self, slot: Slot, reason: str) -> None:
+        if slot.health is Health.UNHEALTHY:
+            return
+        slot.health, slot.error = Health.UNHEALTHY, reason
+        others = [s.name for s in self.slots if s is not slot and s.health is not Health.UNHEALTHY]
+        message = f"aipc-lsp: slot {slot.name} ({slot.engine.name} on {slot.engine.device}) {reason}"
+        message += f"; using {', '.join(others)} meanwhile" if others else "; no other slot can serve"
+        log.warning("%s", message)
+        self.on_problem(message)
+        task = asyncio.ensure_future(self._retry_later(slot))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+        if self._any_ready is not None and not self._can_ever_serve():
+            self._any_ready.set()  # wake waiters so they learn that nothing can serve
+        self._dispatch()
+
+    async def _retry_later(self, slot: Slot) -> None:
+        """An unhealthy slot gets another chance in the background: load again if loading
+        failed, otherwise a tiny probe generation once its thread is free."""
+        delay = min(1.0, self.retry_interval_s)  # a transient fault heals fast; a hard one backs off
+        while not self._closed and not slot.closed and slot.health is Health.UNHEALTHY:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_interval_s)
+            if slot.busy_with is not None:
+                continue  # its thread is still stuck in the stalled generation
+            loop = asyncio.get_running_loop()
+            probe = slot.engine.load if not slot.loaded else (
+                lambda: slot.engine.generate("\n", GenerationParams(max_new_tokens=2), threading.Event()))
+            try:
+                await loop.run_in_executor(slot.executor, probe)
+            except Exception as exc:
+                log.info("slot %s still unhealthy: %s", slot.name, exc)
+                continue
+            if not self._closed and not slot.closed:
+                slot.loaded = True
+                self._mark_ready(slot)
+
+    def _can_ever_serve(self) -> bool:
+        return any(s.health is not Health.UNHEALTHY for s in self.slots)
 
     async def wait_ready(self) -> Slot:
-        """The first slot that loads; raises EngineError if every slot failed."""
-        for slot in self.slots:
-            try:
-                await asyncio.shield(slot.load())
-                return slot
-            except EngineError:
-                continue
-            except Exception as exc:  # an engine bug must not take the server down
-                slot.error = slot.error or str(exc)
-        raise EngineError("; ".join(f"{s.name}: {s.error}" for s in self.slots))
+        """The first ready slot; raises EngineError when no slot is healthy."""
+        if self._any_ready is None:
+            self.start()
+        while True:
+            ready = [s for s in self.slots if s.ready]
+            if ready:
+                return ready[0]
+            if not self._can_ever_serve():
+                raise EngineError("; ".join(f"{s.name}: {s.error}" for s in self.slots))
+            self._any_ready.clear()
+            await self._any_ready.wait()
 
+    def close(self) -> None:
+        self._closed = True
+        for job in [*self._live.values(), *self._pending]:
+            job.abandon()
+        self._live.clear()
+        self._pending.clear()
+        for task in [self._watchdog, *self._retries]:
+            if task is not None:
+                task.cancel()
+        for slot in self.slots:
+            slot.close()
+
+    # -- jobs -----------------------------------------------------------------------------------
     def live_jobs(self) -> list[Job]:
         return list(self._live.values())
 
@@ -152,123 +297,194 @@ class Scheduler:
         job = self._live.pop(key, None)
         if job is not None:
             job.abandon(superseded=True)
+            self._dispatch()
 
     def cancel_document(self, uri: str) -> None:
         for key in [k for k in self._live if k[0] == uri]:
             self.cancel_key(key)
 
-    def close(self) -> None:
-        self._closed = True
-        for job in list(self._live.values()):
-            job.abandon()
-        self._live.clear()
-        for slot in self.slots:
-            slot.close()
-
     async def run(self, job: Job) -> GenerationResult:
-        """Run `job` on a slot. A superseded job returns at once with `cancelled` set;
-        an outer cancellation (the request was cancelled) stops the engine and re-raises."""
+        """Run `job` on the best slot. A superseded job returns at once with `cancelled` set;
+        an outer cancellation (the request was cancelled) stops the engine and re-raises.
+        Raises EngineError when no slot can serve."""
         if self._closed:
             return GenerationResult(cancelled=True)
-        job._abandoned = asyncio.Event()
+        if self._any_ready is None:
+            self.start()
         previous = self._live.get(job.key)
         if previous is not None:
             previous.abandon(superseded=True)
         self._live[job.key] = job
+        job._future = asyncio.get_running_loop().create_future()
+        self._pending.append(job)
+        self._dispatch()
         try:
-            loaded, slot = await self._unless_abandoned(job, self.wait_ready())
-            if not loaded:
-                return GenerationResult(cancelled=True)
-            if not await self._acquire(slot, job):
-                slot.stats.cancelled += 1
-                return GenerationResult(cancelled=True)
-            return await self._generate(slot, job)
+            result = await job._future
         except asyncio.CancelledError:
             job.abandon()
             raise
         finally:
             if self._live.get(job.key) is job:
                 del self._live[job.key]
+            if job in self._pending:
+                self._pending.remove(job)
+                self._dispatch()
+        return result
 
-    @staticmethod
-    async def _unless_abandoned(job: Job, awaitable) -> tuple[bool, object]:
-        """Await `awaitable` unless the job is abandoned first: (finished, its result)."""
-        task = asyncio.ensure_future(awaitable)
-        abandoned = asyncio.ensure_future(job._abandoned.wait())
-        try:
-            await asyncio.wait({task, abandoned}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            task.cancel()
-            raise
-        finally:
-            abandoned.cancel()
-        if task.done():
-            return True, task.result()
-        task.cancel()
-        return False, None
+    # -- routing --------------------------------------------------------------------------------
+    def _expected_tokens(self, job: Job) -> float:
+        if job.kind == COMPLETION:
+            return min(self._completion_tokens, job.params.max_new_tokens)
+        return float(min(job.params.max_new_tokens, self.chunk_tokens if job.preemptible else job.params.max_new_tokens))
 
-    async def _acquire(self, slot: Slot, job: Job) -> bool:
-        """Wait for the slot unless the job is abandoned first. True when acquired."""
-        if job.cancel.is_set():
-            return False
-        acquire = asyncio.ensure_future(slot._free.acquire())
-        abandoned = asyncio.ensure_future(job._abandoned.wait())
-        try:
-            await asyncio.wait({acquire, abandoned}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
-            # Cancelled from outside: give back a permit granted in the same instant.
-            if acquire.done() and not acquire.cancelled():
-                slot._free.release()
+    def _remaining_ms(self, slot: Slot) -> float:
+        job = slot.busy_with
+        if job is None:
+            return 0.0
+        left = max(0.0, self._expected_tokens(job) - job._tokens_now)
+        return (0.0 if job._tokens_now else slot.expected_ttft_ms()) + 1000 * left / slot.expected_tokens_per_s()
+
+    def _dispatch(self) -> None:
+        """Assign pending jobs to slots. A job waits for a busy slot only when it would still
+        finish sooner there than on a free one (estimates from measured moving averages)."""
+        if self._closed:
+            return
+        ready = [s for s in self.slots if s.ready and not s.closed]
+        wait = {s.name: self._remaining_ms(s) for s in ready}
+        for job in sorted(self._pending, key=lambda j: (j.priority, j.created)):
+            if job.cancel.is_set():
+                self._pending.remove(job)
+                continue
+            if self._running.get(job.key):
+                continue  # the key's previous generation is still stopping (one decode step)
+            candidates = [s for s in ready if s.name not in job._excluded]
+            if not candidates:
+                if not any(s.health is Health.LOADING or (s.ready and s.name not in job._excluded) for s in self.slots):
+                    self._pending.remove(job)
+                    self._fail(job, EngineError("no healthy slot can serve: " + "; ".join(
+                        f"{s.name}: {s.error or s.health.value}" for s in self.slots)))
+                continue
+            if job.priority > 0:
+                best = candidates[0]  # chat prefers the accelerator (slots are in preference order)
             else:
-                acquire.cancel()
-            raise
-        finally:
-            abandoned.cancel()
-        if not acquire.done():
-            acquire.cancel()  # the semaphore passes a permit granted meanwhile to the next waiter
-            return False
-        if job.cancel.is_set():
-            slot._free.release()  # acquired in the same instant the job died
-            return False
-        return True
+                tokens = self._expected_tokens(job)
+                best = min(candidates, key=lambda s: wait[s.name] + s.service_ms(tokens))
+            if best.busy_with is None and wait[best.name] == 0.0:
+                self._pending.remove(job)
+                self._start(job, best)
+                wait[best.name] = self._remaining_ms(best)
+            else:
+                wait[best.name] += best.service_ms(self._expected_tokens(job))
 
-    async def _generate(self, slot: Slot, job: Job) -> GenerationResult:
+    def _fail(self, job: Job, error: Exception) -> None:
+        if job._future is not None and not job._future.done():
+            job._future.set_exception(error)
+
+    def _start(self, job: Job, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
-        queued_ms = (time.perf_counter() - job.created) * 1000
+        job.slot_name = slot.name
+        job._attempt = attempt = threading.Event()
+        if job.cancel.is_set():
+            attempt.set()
+        job._tokens_now = 0
+        job._last_progress = time.perf_counter()
         slot.busy_with = job
+        self._attempts[attempt] = job.key
+        self._running[job.key] = self._running.get(job.key, 0) + 1
+        self.max_generations_per_key = max(self.max_generations_per_key, self._running[job.key])
+        params = job.params
+        if job.preemptible:
+            left = params.max_new_tokens - job._result.tokens
+            params = dataclasses.replace(params, max_new_tokens=max(1, min(self.chunk_tokens, left)))
+        prompt = job.prompt + job._result.text  # a resumed chunk continues the text so far
+
+        def on_text(piece: str) -> bool:
+            job._tokens_now += 1
+            job._last_progress = time.perf_counter()
+            return job.on_text(piece) if job.on_text is not None else True
 
         def work() -> GenerationResult:
-            return slot.engine.generate(job.prompt, job.params, job.cancel, job.on_text)
+            return slot.engine.generate(prompt, params, attempt, on_text)
 
+        started = time.perf_counter()
         future = loop.run_in_executor(slot.executor, work)
+        future.add_done_callback(lambda fut: self._finished(job, slot, attempt, params, started, fut))
 
-        def finished(fut: asyncio.Future) -> None:
-            # The slot is free only once the thread has really returned.
-            slot.busy_with = None
-            slot._free.release()
-            if fut.cancelled() or fut.exception() is not None:
-                slot.stats.failed += 1
-                return
-            result = fut.result()
-            if result.cancelled:
-                slot.stats.cancelled += 1
-            else:
-                slot.stats.served += 1
-                slot.stats.record(result)
-            log.info(
-                "job %d %s slot=%s queued=%.0fms ttft=%s tokens=%d total=%.0fms outcome=%s",
-                job.id, job.key[1], slot.name, queued_ms,
-                f"{result.first_token_s * 1000:.0f}ms" if result.first_token_s is not None else "-",
-                result.tokens, result.total_s * 1000,
-                "cancelled" if result.cancelled else "stopped" if result.stopped_by_caller else "done",
-            )
+    def _finished(self, job: Job, slot: Slot, attempt: threading.Event, params: GenerationParams,
+                  started: float, future: asyncio.Future) -> None:
+        # The slot is free only once the thread has really returned.
+        slot.busy_with = None if slot.busy_with is job else slot.busy_with
+        self._forget_attempt(attempt)
+        stale = job._attempt is not attempt  # the watchdog moved the job elsewhere
+        error = None if future.cancelled() else future.exception()
+        if error is not None:
+            slot.stats.failed += 1
+            log.warning("job %d on slot %s failed: %s", job.id, slot.name, error)
+            self._mark_unhealthy(slot, f"failed while generating: {error}")
+            if not stale and not job.cancel.is_set():
+                job._excluded.add(slot.name)
+                self._pending.append(job)  # retried on the next slot
+        elif not stale:
+            self._account(job, slot, future.result(), params, started)
+        self._dispatch()
 
-        future.add_done_callback(finished)
-        abandoned = asyncio.ensure_future(job._abandoned.wait())
-        try:
-            await asyncio.wait({future, abandoned}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            abandoned.cancel()
-        if not future.done():
-            return GenerationResult(cancelled=True)  # superseded: answer now, the thread follows
-        return future.result()
+    def _forget_attempt(self, attempt: threading.Event) -> None:
+        key = self._attempts.pop(attempt, None)
+        if key is not None:
+            self._running[key] -= 1
+            if not self._running[key]:
+                del self._running[key]
+
+    def _account(self, job: Job, slot: Slot, chunk: GenerationResult, params: GenerationParams, started: float) -> None:
+        total = job._result
+        if chunk.first_token_s is not None and total.first_token_s is None:
+            total.first_token_s = started - job.created + chunk.first_token_s
+        total.text += chunk.text
+        total.tokens += chunk.tokens
+        total.prompt_tokens = chunk.prompt_tokens or total.prompt_tokens
+        total.total_s = time.perf_counter() - job.created
+        total.stopped_by_caller = chunk.stopped_by_caller
+        if chunk.cancelled or job.cancel.is_set():
+            slot.stats.cancelled += 1
+            outcome = "cancelled"
+            total.cancelled = True
+        else:
+            slot.stats.served += 1
+            slot.stats.record(chunk)
+            outcome = "stopped" if chunk.stopped_by_caller else "done"
+        log.info(
+            "job %d %s slot=%s queued=%.0fms ttft=%s tokens=%d total=%.0fms outcome=%s",
+            job.id, job.kind, slot.name, (started - job.created) * 1000,
+            f"{total.first_token_s * 1000:.0f}ms" if total.first_token_s is not None else "-",
+            total.tokens, total.total_s * 1000, outcome,
+        )
+        more = (job.preemptible and outcome == "done" and chunk.tokens >= params.max_new_tokens
+                and total.tokens < job.params.max_new_tokens)
+        if more:
+            # Next chunk: right away, unless a more urgent job wants a slot.
+            self._pending.append(job)
+            return
+        if job.kind == COMPLETION and outcome != "cancelled":
+            self._completion_tokens = 0.8 * self._completion_tokens + 0.2 * max(1, total.tokens)
+        if job._future is not None and not job._future.done():
+            job._future.set_result(total)
+
+    async def _watch(self) -> None:
+        """A slot whose generation makes no progress for `stall_timeout_s` is unhealthy; its
+        job moves to the next slot."""
+        while not self._closed:
+            await asyncio.sleep(min(0.5, self.stall_timeout_s / 4))
+            now = time.perf_counter()
+            for slot in self.slots:
+                job = slot.busy_with
+                if (job is None or job.cancel.is_set() or job.slot_name != slot.name
+                        or now - job._last_progress < self.stall_timeout_s):
+                    continue
+                log.warning("job %d: no token from slot %s for %.1fs", job.id, slot.name, now - job._last_progress)
+                if job._attempt is not None:
+                    job._attempt.set()
+                    self._forget_attempt(job._attempt)
+                job._attempt = None  # whatever that thread returns now is ignored
+                job._excluded.add(slot.name)
+                self._pending.append(job)
+                self._mark_unhealthy(slot, f"produced no token for {self.stall_timeout_s:.0f}s")

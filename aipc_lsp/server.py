@@ -90,11 +90,16 @@ class LspReporter:
     def error(self, message: str) -> None:
         self.server.tell_user(message, types.MessageType.Error)
 
+    def warn(self, message: str) -> None:
+        self.server.tell_user(message, types.MessageType.Warning)
+
 
 class AipcServer(LanguageServer):
-    def __init__(self, config_path: Path | None = None, **kwargs):
+    def __init__(self, config_path: Path | None = None, status_port: int | None = None, **kwargs):
         super().__init__("aipc-lsp", __version__, **kwargs)
         self.config_path = config_path
+        self.status_port = status_port
+        self.status_endpoint = None
         self.layers = SettingsLayers()
         self.settings = Settings()
         self.runtime = ModelRuntime(LspReporter(self))
@@ -144,10 +149,10 @@ class AipcServer(LanguageServer):
         return problems
 
 
-def create_server(config_path: Path | None = None) -> AipcServer:
+def create_server(config_path: Path | None = None, status_port: int | None = None) -> AipcServer:
     from aipc_lsp.protocol import AipcProtocol
 
-    server = AipcServer(config_path=config_path, protocol_cls=AipcProtocol)
+    server = AipcServer(config_path=config_path, status_port=status_port, protocol_cls=AipcProtocol)
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: AipcServer, params: types.InitializeParams) -> None:
@@ -157,6 +162,13 @@ def create_server(config_path: Path | None = None) -> AipcServer:
 
     @server.feature(types.INITIALIZED)
     async def on_initialized(ls: AipcServer, params: types.InitializedParams) -> None:
+        if ls.status_port is not None:
+            from aipc_lsp.features.status import serve_status
+
+            try:
+                ls.status_endpoint = await serve_status(ls, ls.status_port)
+            except OSError as exc:
+                ls.tell_user(f"aipc-lsp: cannot serve status on 127.0.0.1:{ls.status_port}: {exc}")
         problems = ls.pending_problems + await ls.pull_workspace_settings()
         ls.pending_problems = []
         ls.report_problems(problems)

@@ -71,7 +71,8 @@ class Suggester:
     async def _suggest(self, text, offset, settings, uri, language_id, version) -> Suggestion | None:
         started = time.perf_counter()
         scheduler = await self.runtime.scheduler()
-        engine = scheduler.slots[0].engine
+        # Any ready slot's tokenizer sizes the prompt; slots normally share one model family.
+        engine = next((s for s in scheduler.slots if s.ready), scheduler.slots[0]).engine
         ctx = build_completion_context(
             text, offset,
             budget_tokens=settings.context_tokens, count_tokens=engine.count_tokens,

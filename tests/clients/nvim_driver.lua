@@ -93,7 +93,9 @@ local function main()
     overrides.settings = settings
   end
   -- Record what is really put on the wire in `initialize`.
+  local started = false
   overrides.before_init = function(params, _)
+    started = true -- the server process is running and `initialize` is about to be sent
     report.sent_initialization_options = params.initializationOptions == nil and vim.NIL
       or params.initializationOptions
     report.sent_client_info = params.clientInfo
@@ -129,18 +131,19 @@ local function main()
     attached = client ~= nil
       and client.initialized == true
       and vim.lsp.buf_is_attached(bufnr, client.id)
-    local never_started = #vim.lsp.get_clients({ name = NAME }) == 0 and now_ms() - t0 > 3000
+    -- A bad `cmd` never gets as far as before_init; don't wait the full attach time for it.
+    local never_started = not started and now_ms() - t0 > 5000
     return attached or report.server_exit ~= nil or never_started
   end, 50)
   report.attach_ms = math.floor(now_ms() - t0)
   if not attached then
-    local any = vim.lsp.get_clients({ name = NAME })[1]
     error(
-      ('client %s did not attach (waited %d ms, filetype=%q, client=%s, server exit=%s); see the LSP log'):format(
+      ('client %s did not attach (waited %d ms, filetype=%q, started=%s, initialized=%s, server exit=%s); see the LSP log'):format(
         NAME,
         report.attach_ms,
         report.filetype,
-        any and ('id ' .. any.id .. ', initialized=' .. tostring(any.initialized)) or 'none',
+        tostring(started),
+        tostring(client ~= nil and client.initialized),
         vim.inspect(report.server_exit)
       )
     )

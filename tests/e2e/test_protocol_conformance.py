@@ -83,6 +83,13 @@ class RawServer:
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
 
+    def expect_log(self, text: str, timeout: float = TIMEOUT) -> None:
+        """Wait for `text` on stderr: its pipe is read apart from stdout, so it may lag a response."""
+        deadline = time.monotonic() + timeout
+        while text not in self.stderr:
+            assert time.monotonic() < deadline, f"{text!r} not logged; stderr:\n{self.stderr}"
+            time.sleep(0.02)
+
     # -- sending ---------------------------------------------------------------------------------
     def send_raw(self, data: bytes) -> None:
         self.proc.stdin.write(data)
@@ -132,6 +139,22 @@ class RawServer:
         reply = self.call("aipc/status", {})
         assert "result" in reply and reply["result"]["version"], reply
 
+    def log_of(self, action) -> str:
+        """What the server logged while handling the messages `action` sends: a marker
+        notification after them is logged last, as messages are handled in order."""
+        start = len(self.stderr_lines)
+        action()
+        marker = f"aipc/marker-{next(self.ids)}"
+        self.notify(marker, {})
+        self.expect_log(marker)
+        return "".join(self.stderr_lines[start:])
+
+    def end(self) -> int:
+        """The shutdown/exit handshake; the exit status."""
+        assert "result" in self.call("shutdown")
+        self.notify("exit")
+        return self.wait()
+
     def initialize(self) -> None:
         reply = self.call("initialize", INIT_PARAMS)
         assert "capabilities" in reply["result"], reply
@@ -169,10 +192,22 @@ def server(raw):
     raw.initialize()
     yield raw
     if raw.proc.poll() is None:
-        assert "result" in raw.call("shutdown")
-        raw.notify("exit")
-        assert raw.wait() == 0, raw.stderr
+        assert raw.end() == 0, raw.stderr
     raw.check_output()
+
+
+@pytest.fixture(scope="module")
+def shared():
+    """One initialized server for the tests that feed it bad input and check it keeps serving:
+    it must survive all of them and still end with the shutdown/exit handshake and status 0."""
+    server = RawServer()
+    try:
+        server.initialize()
+        yield server
+        assert server.end() == 0, server.stderr
+        server.check_output()
+    finally:
+        server.kill()
 
 
 def test_requests_before_initialize_get_server_not_initialized(raw):
@@ -189,7 +224,7 @@ def test_requests_before_initialize_get_server_not_initialized(raw):
     raw.initialize()
     raw.assert_alive()
     assert raw.notifications == []
-    assert "Ignoring notification 'textDocument/didOpen' before initialize" in raw.stderr
+    raw.expect_log("Ignoring notification 'textDocument/didOpen' before initialize")
     # initialize only once.
     raw.error(raw.call("initialize", INIT_PARAMS), INVALID_REQUEST)
     raw.assert_alive()
@@ -200,34 +235,34 @@ def test_exit_before_initialize_ends_with_status_1(raw):
     assert raw.wait() == 1
 
 
-def test_invalid_params_get_invalid_params_with_the_request_id(server):
+def test_invalid_params_get_invalid_params_with_the_request_id(shared):
     # Both required members missing: the message names them.
-    reply = server.call("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///a.py"}}, msg_id=7)
-    error = server.error(reply, INVALID_PARAMS)
+    reply = shared.call("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///a.py"}}, msg_id=7)
+    error = shared.error(reply, INVALID_PARAMS)
     assert reply["id"] == 7
     assert "textDocument/inlineCompletion" in error["message"]
     assert "position" in error["message"] and "context" in error["message"]
-    server.assert_alive()
+    shared.assert_alive()
     # Wrong type, string id.
-    reply = server.call("textDocument/completion", {"textDocument": {"uri": "file:///a.py"},
+    reply = shared.call("textDocument/completion", {"textDocument": {"uri": "file:///a.py"},
                                                     "position": {"line": "zero", "character": 0}},
                         msg_id="s-1")
-    assert reply["id"] == "s-1" and "position" in server.error(reply, INVALID_PARAMS)["message"]
-    server.assert_alive()
+    assert reply["id"] == "s-1" and "position" in shared.error(reply, INVALID_PARAMS)["message"]
+    shared.assert_alive()
     # A notification with bad params cannot be answered; it is logged and dropped.
-    server.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///a.py"}})
-    server.assert_alive()
-    assert "Ignoring notification 'textDocument/didOpen' with invalid params" in server.stderr
+    shared.notify("textDocument/didOpen", {"textDocument": {"uri": "file:///a.py"}})
+    shared.assert_alive()
+    shared.expect_log("Ignoring notification 'textDocument/didOpen' with invalid params")
 
 
-def test_unknown_method_gets_method_not_found(server):
-    reply = server.call("aipc/noSuchMethod", {}, msg_id=11)
-    assert reply["id"] == 11 and "aipc/noSuchMethod" in server.error(reply, METHOD_NOT_FOUND)["message"]
-    server.assert_alive()
+def test_unknown_method_gets_method_not_found(shared):
+    reply = shared.call("aipc/noSuchMethod", {}, msg_id=11)
+    assert reply["id"] == 11 and "aipc/noSuchMethod" in shared.error(reply, METHOD_NOT_FOUND)["message"]
+    shared.assert_alive()
     # Unknown notifications are ignored, not answered.
-    server.notify("aipc/noSuchNotification", {})
-    server.assert_alive()
-    assert server.notifications == []
+    shared.notify("aipc/noSuchNotification", {})
+    shared.assert_alive()
+    assert shared.notifications == []
 
 
 def test_requests_after_shutdown_get_invalid_request(server):
@@ -246,74 +281,76 @@ def test_exit_without_shutdown_ends_with_status_1(server):
     assert server.wait() == 1, server.stderr
 
 
-def test_malformed_json_gets_parse_error_with_null_id(server):
+def test_malformed_json_gets_parse_error_with_null_id(shared):
     for body in (b'{"jsonrpc": "2.0", "id": 30, "method": "aipc/status", "params": {', b"{bad}",
                  b"\xff\xfe not utf-8", b""):
-        server.send_body(body)
-        reply = server.response(None)
-        assert server.error(reply, PARSE_ERROR)["message"].startswith("Parse error")
+        shared.send_body(body)
+        reply = shared.response(None)
+        assert shared.error(reply, PARSE_ERROR)["message"].startswith("Parse error")
         assert reply["id"] is None
-        server.assert_alive()
+        shared.assert_alive()
     # Valid JSON that is not a JSON-RPC message: Invalid Request.
     for body, msg_id in ((b"[1, 2]", None), (b'{"id": 31, "method": "aipc/status"}', 31)):
-        server.send_body(body)
-        reply = server.response(msg_id)
-        server.error(reply, INVALID_REQUEST)
-        server.assert_alive()
-    assert server.notifications == []  # pygls used to send window/showMessage instead
+        shared.send_body(body)
+        reply = shared.response(msg_id)
+        shared.error(reply, INVALID_REQUEST)
+        shared.assert_alive()
+    assert shared.notifications == []  # pygls used to send window/showMessage instead
 
 
-def test_oversized_content_length_is_skipped_not_buffered(server):
-    # An honest but oversized message: discarded in bounded pieces, the stream stays in sync.
-    size = 64 * MiB + 1
-    server.send_raw(b"Content-Length: %d\r\n\r\n" % size)
-    chunk = b" " * MiB
-    for _ in range(64):
-        server.send_raw(chunk)
-    server.send_raw(b" ")
-    server.assert_alive()
-    assert "exceeds the 67108864 byte limit" in server.stderr
-    # A length no message could have is not a length at all: the block is ignored and the
-    # stream resynchronizes on the next header.
-    server.send_raw(b"Content-Length: 99999999999999999999999\r\n\r\n{}")
-    server.assert_alive()
-    assert "Invalid Content-Length" in server.stderr
-    assert "Traceback" not in server.stderr
+def test_oversized_content_length_is_skipped_not_buffered(shared):
+    def oversized():
+        # An honest but oversized message: discarded in bounded pieces, the stream stays in sync.
+        shared.send_raw(b"Content-Length: %d\r\n\r\n" % (64 * MiB + 1))
+        for _ in range(64):
+            shared.send_raw(b" " * MiB)
+        shared.send_raw(b" ")
+        shared.assert_alive()
+        # A length no message could have is not a length at all: the block is ignored and the
+        # stream resynchronizes on the next header.
+        shared.send_raw(b"Content-Length: 99999999999999999999999\r\n\r\n{}")
+        shared.assert_alive()
+
+    log = shared.log_of(oversized)
+    assert "exceeds the 67108864 byte limit" in log and "Invalid Content-Length" in log
+    assert "Traceback" not in log
+    assert shared.notifications == []
 
 
-def test_garbage_headers_do_not_crash_the_server(server):
-    server.send_raw(b"garbage\r\n\r\n")
-    server.assert_alive()
-    server.send_raw(b"Content-Length: -5\r\nX-Whatever: 1\r\n\r\n")
-    server.assert_alive()
-    server.send_raw(b"Content-Length: twelve\r\n\r\n")
-    server.assert_alive()
-    server.send_raw(b"\r\n\r\n\n")  # stray blank lines between messages
-    server.assert_alive()
-    server.send_raw(b"x" * (200 * 1024) + b"\r\n")  # a header line far over the limit
-    server.assert_alive()
-    # A header glued to the tail of junk (a body sent without a header) still frames the next message.
-    server.send_raw(b'{"jsonrpc": "2.0"}')
-    server.assert_alive()
-    # Lower-case header names are accepted, as HTTP-style headers are case-insensitive.
-    body = json.dumps({"jsonrpc": "2.0", "id": 40, "method": "aipc/status", "params": {}}).encode()
-    server.send_raw(b"content-length: %d\r\n\r\n" % len(body) + body)
-    assert "result" in server.response(40)
-    assert "Traceback" not in server.stderr
-    assert server.notifications == []
+def test_garbage_headers_do_not_crash_the_server(shared):
+    def garbage():
+        for junk in (b"garbage\r\n\r\n",
+                     b"Content-Length: -5\r\nX-Whatever: 1\r\n\r\n",
+                     b"Content-Length: twelve\r\n\r\n",
+                     b"\r\n\r\n\n",  # stray blank lines between messages
+                     b"x" * (200 * 1024) + b"\r\n",  # a header line far over the limit
+                     # A body without its header: the next message's header, glued to its
+                     # tail, still frames that message.
+                     b'{"jsonrpc": "2.0"}'):
+            shared.send_raw(junk)
+            shared.assert_alive()
+        # Lower-case header names are accepted (HTTP-style names are case-insensitive).
+        body = json.dumps({"jsonrpc": "2.0", "id": 40, "method": "aipc/status", "params": {}}).encode()
+        shared.send_raw(b"content-length: %d\r\n\r\n" % len(body) + body)
+        assert "result" in shared.response(40)
+
+    log = shared.log_of(garbage)
+    assert "Header line longer than" in log and "Invalid Content-Length" in log
+    assert "Traceback" not in log
+    assert shared.notifications == []
 
 
-def test_reversed_did_change_range_is_normalized(server):
+def test_reversed_did_change_range_is_normalized(shared):
     uri = "file:///reversed.py"
-    server.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
+    shared.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
                                                             "text": "hello world\n"}})
-    server.notify("textDocument/didChange", {
+    shared.notify("textDocument/didChange", {
         "textDocument": {"uri": uri, "version": 2},
         "contentChanges": [{"range": {"start": {"line": 0, "character": 5}, "end": {"line": 0, "character": 2}},
                             "text": "X"}]})
-    server.assert_alive()
-    assert "has a reversed range 0:5-0:2" in server.stderr
-    assert server.notifications == []
+    shared.assert_alive()
+    shared.expect_log("has a reversed range 0:5-0:2")
+    assert shared.notifications == []
 
 
 def test_reversed_did_change_range_leaves_the_document_consistent():
@@ -365,7 +402,7 @@ def test_stdout_carries_only_framed_messages_even_with_debug_logging():
         server.call("aipc/status", {})
         server.notify("exit")
         assert server.wait() == 0
-        assert "Sending data" in server.stderr
+        server.expect_log("Sending data")
         server.check_output()
     finally:
         server.kill()
