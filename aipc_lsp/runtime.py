@@ -132,7 +132,7 @@ class ModelRuntime:
         return self._scheduler
 
     def close(self) -> None:
-        if self._task is not None and not self._task.done():
+        if self._task is not None and not self._task.done() and not self._task.get_loop().is_closed():
             self._task.cancel()
         if self._scheduler is not None:
             self._scheduler.close()

@@ -73,8 +73,9 @@ class Job:
         self.cancel.set()
         if self._attempt is not None:
             self._attempt.set()
-        if self._future is not None and not self._future.done():
-            self._future.set_result(dataclasses.replace(self._result, cancelled=True))
+        future = self._future
+        if future is not None and not future.done() and not future.get_loop().is_closed():
+            future.set_result(dataclasses.replace(self._result, cancelled=True))
 
 
 @dataclass
@@ -284,7 +285,7 @@ class Scheduler:
         self._live.clear()
         self._pending.clear()
         for task in [self._watchdog, *self._retries]:
-            if task is not None:
+            if task is not None and not task.get_loop().is_closed():
                 task.cancel()
         for slot in self.slots:
             slot.close()

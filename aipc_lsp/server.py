@@ -108,6 +108,12 @@ class AipcServer(LanguageServer):
         # Settings problems found before the client can be shown messages (initialize).
         self.pending_problems: list[Problem] = []
 
+    def shutdown(self) -> None:
+        # Also reached when the client goes away (end of input) without `shutdown`: stop every
+        # generation so worker threads end within a decode step and the process can exit.
+        self.runtime.close()
+        super().shutdown()
+
     # -- messages to the user -------------------------------------------------------------
     def tell_user(self, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
         level = {types.MessageType.Error: logging.ERROR, types.MessageType.Warning: logging.WARNING}.get(kind, logging.INFO)

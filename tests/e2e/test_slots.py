@@ -158,3 +158,4 @@ async def test_a_slot_that_cannot_load_is_reported_once_and_the_next_one_serves(
     table = subprocess.run([sys.executable, "-m", "aipc_lsp", "status", "--port", str(STATUS_PORT)],
                            capture_output=True, text=True, timeout=60)
     assert "unhealthy" in table.stdout and "cpu" in table.stdout
+

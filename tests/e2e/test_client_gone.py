@@ -1,0 +1,43 @@
+"""A client that disappears mid-generation must not leave the server decoding for nobody."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from test_protocol_conformance import RawServer
+
+pytestmark = pytest.mark.model
+LONG = "PRIMES = [\n    2,\n    3,\n    5,\n    7,\n    11,\n    13,\n"  # extended for hundreds of tokens
+
+
+def test_a_client_that_goes_away_stops_the_generation_and_the_server():
+    """End of input without shutdown/exit (the editor crashed): the running generation is
+    stopped and the process ends promptly instead of decoding hundreds of tokens first."""
+    server = RawServer()
+    try:
+        reply = server.call("initialize", {"processId": None, "rootUri": None, "capabilities": {},
+                                           "initializationOptions": {"completion": {"max_tokens": 400, "max_lines": 200}}})
+        assert "result" in reply
+        server.notify("initialized", {})
+        uri = "file:///work/gone.py"
+        server.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": LONG}})
+        deadline = time.monotonic() + 120
+        while not server.call("aipc/status", {})["result"]["ready"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        lines = LONG.split("\n")
+        server.request("textDocument/inlineCompletion", {
+            "textDocument": {"uri": uri}, "position": {"line": len(lines) - 1, "character": 0},
+            "context": {"triggerKind": 1}})
+        while not server.call("aipc/status", {})["result"]["slots"][0]["busy"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        gone_at = time.monotonic()
+        server.proc.stdin.close()
+        server.proc.wait(timeout=15)
+        assert time.monotonic() - gone_at < 5, "the server kept generating after its client left"
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
