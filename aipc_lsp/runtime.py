@@ -48,6 +48,9 @@ class LogReporter:
         log.warning("%s", message)
 
 
+CONFIGURE_TIMEOUT_S = 30.0
+
+
 class ModelUnavailable(RuntimeError):
     """No model can serve right now; the message says why and what to do."""
 
@@ -60,6 +63,7 @@ class ModelRuntime:
         self._scheduler: Scheduler | None = None
         # Why no model is available, for status reports; None while loading or ready.
         self.error: str | None = None
+        self._configured = asyncio.Event()
 
     def configure(self, settings: Settings) -> None:
         """Start preparing the model for `settings` unless it is the one already there."""
@@ -74,6 +78,7 @@ class ModelRuntime:
         self._key = key
         self.error = None
         self._task = asyncio.ensure_future(self._prepare(settings))
+        self._configured.set()
 
     async def _prepare(self, settings: Settings) -> Scheduler:
         reporter = self.reporter
@@ -116,8 +121,12 @@ class ModelRuntime:
     async def scheduler(self) -> Scheduler:
         """The ready scheduler, waiting for the model if it is still loading.
         Raises ModelUnavailable when preparation failed."""
-        if self._task is None:
-            raise ModelUnavailable("the server has not been configured yet")
+        # A request may arrive between `initialize` and the end of `initialized` (which still
+        # waits for workspace/configuration): it waits for the model instead of failing.
+        try:
+            await asyncio.wait_for(self._configured.wait(), CONFIGURE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise ModelUnavailable("the client never finished initialization (no `initialized`)") from None
         task = self._task
         try:
             return await asyncio.shield(task)

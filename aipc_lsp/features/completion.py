@@ -41,6 +41,25 @@ async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocum
     return document, suggestion
 
 
+def _snippets_supported(ls) -> bool:
+    completion = ls.client_capabilities.text_document and ls.client_capabilities.text_document.completion
+    item = completion.completion_item if completion else None
+    return bool(item and item.snippet_support)
+
+
+def _indentation(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def _as_snippet(text: str, base_indent: str) -> str:
+    """Plain text as a snippet body: `$`, `}` and `\\` escaped, later lines relative to the
+    cursor line's indentation."""
+    escaped = text.replace("\\", "\\\\").replace("$", "\\$").replace("}", "\\}")
+    first, *rest = escaped.split("\n")
+    rest = [l[len(base_indent):] if l.startswith(base_indent) else l.lstrip(" \t") for l in rest]
+    return "\n".join([first, *rest])
+
+
 def register(server) -> None:
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def inline_completion(ls, params: types.InlineCompletionParams) -> types.InlineCompletionList:
@@ -69,6 +88,14 @@ def register(server) -> None:
         start_character = params.position.character - document.position_codec.client_num_units(word)
         new_text = word + suggestion.text
         first_line = new_text.split("\n", 1)[0].strip() or new_text.strip()
+        text_format = types.InsertTextFormat.PlainText
+        edit_text = new_text
+        if _snippets_supported(ls):
+            # Neovim 0.11 inserts only the first word of a plain-text item; as a snippet it
+            # inserts all of it, re-indenting later lines by the cursor line's indentation
+            # (VS Code does the same), so those lines are made relative to it.
+            text_format = types.InsertTextFormat.Snippet
+            edit_text = _as_snippet(new_text, _indentation(line))
         label = first_line if len(first_line) <= 60 else first_line[:57] + "..."
         item = types.CompletionItem(
             label=label,
@@ -79,12 +106,12 @@ def register(server) -> None:
                 value=f"```{document.language_id or ''}\n{new_text}\n```"),
             filter_text=word + suggestion.text.split("\n", 1)[0],
             sort_text="0",
-            insert_text_format=types.InsertTextFormat.PlainText,
+            insert_text_format=text_format,
             text_edit=types.TextEdit(
                 range=types.Range(
                     start=types.Position(line=params.position.line, character=start_character),
                     end=params.position),
-                new_text=new_text),
+                new_text=edit_text),
         )
         return types.CompletionList(is_incomplete=True, items=[item])
 
