@@ -1,7 +1,7 @@
 // aipc-lsp for VS Code: starts the server over stdio, ghost text, inline chat, status bar.
 import * as vscode from 'vscode';
 import {
-  DidChangeConfigurationNotification, LanguageClient, LanguageClientOptions, ProtocolRequestType,
+  DidChangeConfigurationNotification, LanguageClient, LanguageClientOptions, ProgressType,
   ServerOptions, TransportKind, WorkspaceEdit as LspWorkspaceEdit,
 } from 'vscode-languageclient/node';
 
@@ -75,10 +75,9 @@ async function inlineChat(preview: ChatPreview): Promise<void> {
   await vscode.window.showTextDocument(uri, { viewColumn: vscode.ViewColumn.Beside, preserveFocus: true, preview: true });
   const connection = {
     sendRequest: (method: string, params: unknown, token?: vscode.CancellationToken) =>
-      client!.sendRequest(new ProtocolRequestType<unknown, ChatResult, never, void, void>(method), params, token),
+      client!.sendRequest<ChatResult>(method, params, token),
     onProgress: (token: string, handler: (value: { text: string }) => void) =>
-      client!.onProgress(new ProtocolRequestType<unknown, unknown, { text: string }, void, void>('aipc/inlineChat'),
-        token, handler),
+      client!.onProgress(new ProgressType<{ text: string }>(), token, handler),
   };
   let result: ChatResult;
   try {
