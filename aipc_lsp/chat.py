@@ -149,7 +149,8 @@ class ChatService:
         Raises ChatSuperseded, ChatTooLong, ModelUnavailable; cancellation propagates."""
         started = time.perf_counter()
         scheduler = await self.runtime.scheduler()
-        engine = scheduler.slots[0].engine
+        # Template and token counts from a loaded slot (all slots serve the same model family).
+        engine = next((s for s in scheduler.slots if s.ready), scheduler.slots[0]).engine
         prompter = self._prompter(engine)
         mode = request.mode or guess_mode(request.instruction)
         user = user_message(request, mode)
