@@ -61,6 +61,15 @@ class SchedulerSettings:
 
 
 @dataclass
+class ChatSettings:
+    max_tokens: int = _opt(384, "most tokens in one chat answer", minimum=1, maximum=8192)
+    temperature: float = _opt(0.0, "0 = greedy (deterministic); higher samples", minimum=0.0, maximum=2.0)
+    context_tokens: int = _opt(2048, "prompt budget: selection, instruction and history; older turns are dropped first",
+                               minimum=128, maximum=131072)
+    history_turns: int = _opt(8, "most earlier question/answer pairs kept per document", minimum=0, maximum=100)
+
+
+@dataclass
 class SlotSettings:
     """One device slot: an engine instance with its own model, device and worker thread."""
 
@@ -82,6 +91,7 @@ class Settings:
     threads: int = _opt(0, "CPU inference threads; 0 = the engine's choice", minimum=0, maximum=1024)
     log_level: str = _opt("info", "server log verbosity", choices=LOG_LEVELS)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
     openvino: OpenVINOSettings = field(default_factory=OpenVINOSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     slots: list = field(default_factory=list, metadata={
@@ -97,7 +107,7 @@ class Settings:
     def model_key(self) -> str:
         """What the loaded models depend on: a change here means reloading them. Everything
         but the settings read per request (completion, log level)."""
-        not_loaded = ("completion", "log_level", "model", "engine", "device", "threads")  # slots carry the last four
+        not_loaded = ("completion", "chat", "log_level", "model", "engine", "device", "threads")  # slots carry the last four
         loaded = {k: v for k, v in dataclasses.asdict(self).items() if k not in not_loaded}
         loaded["slots"] = [dataclasses.asdict(s) for s in self.slot_list()]
         return json.dumps(loaded, sort_keys=True, default=str)

@@ -16,6 +16,7 @@ from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
 from aipc_lsp import __version__
+from aipc_lsp.chat import ChatService
 from aipc_lsp.config import Problem, Settings, SettingsLayers, load_file, validate
 from aipc_lsp.runtime import ModelRuntime
 from aipc_lsp.suggest import Suggester
@@ -104,6 +105,7 @@ class AipcServer(LanguageServer):
         self.settings = Settings()
         self.runtime = ModelRuntime(LspReporter(self))
         self.suggester = Suggester(self.runtime)
+        self.chat = ChatService(self.runtime)
         self.shutting_down = False
         # Settings problems found before the client can be shown messages (initialize).
         self.pending_problems: list[Problem] = []
@@ -196,8 +198,9 @@ def create_server(config_path: Path | None = None, status_port: int | None = Non
         ls.shutting_down = True
         ls.runtime.close()
 
-    from aipc_lsp.features import completion, status
+    from aipc_lsp.features import chat, completion, status
 
     completion.register(server)
+    chat.register(server)
     status.register(server)
     return server

@@ -65,5 +65,8 @@ class Engine(Protocol):
     ) -> GenerationResult:
         """Generate a continuation of `prompt` (no chat template applied)."""
 
+    def chat_template(self) -> str:
+        """The model's own chat template (Hugging Face Jinja), or "" when it has none."""
+
     def close(self) -> None:
         """Free the model."""

@@ -81,6 +81,17 @@ class OpenVINOEngine:
     def chat_template(self) -> str:
         return self._tokenizer.chat_template if self._tokenizer is not None else ""
 
+    def special_tokens(self) -> dict:
+        if self._tokenizer is None:
+            return {}
+        return {"bos": self._tokenizer.get_bos_token(), "eos": self._tokenizer.get_eos_token()}
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        """The tokenizer's own renderer: the fallback for templates jinja2 cannot render."""
+        if self._tokenizer is None:
+            raise EngineError("model not loaded")
+        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+
     def _generation_config(self, params: GenerationParams):
         config = self._pipe.get_generation_config()
         config.apply_chat_template = False

@@ -124,6 +124,7 @@ def register(server) -> None:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
+        ls.chat.forget(params.text_document.uri)
         scheduler = ls.runtime.current()
         if scheduler is not None:
             scheduler.cancel_document(params.text_document.uri)

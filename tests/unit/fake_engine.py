@@ -54,6 +54,8 @@ class FakeEngine:
     device: str = "CPU"
     model_path: str = "/models/fake"
     load_delay: float = 0.0
+    # The model's chat template ("" = none, the chat feature falls back to a built-in format).
+    template: str = ""
     # If set, load() waits for this event (lets a test hold the slot in "loading").
     load_gate: threading.Event | None = None
     fail_on_load: BaseException | None = None
@@ -110,6 +112,9 @@ class FakeEngine:
             call.ended = time.perf_counter()
             with self._lock:
                 self._active -= 1
+
+    def chat_template(self) -> str:
+        return self.template
 
     def close(self) -> None:
         self.closed = True

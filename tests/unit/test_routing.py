@@ -188,6 +188,5 @@ async def test_a_typing_storm_never_runs_two_generations_for_one_document(make):
     results = await asyncio.gather(*runs)
     assert scheduler.max_generations_per_key == 1
     assert not results[-1].cancelled and results[-1].text
-    assert all(r.cancelled for r in results[:-1] if not r.text)
-    total_calls = sum(len(e.calls) for e in engines)
-    assert total_calls < len(runs)  # superseded jobs mostly never reached an engine
+    assert all(r.cancelled for r in results[:-1])  # every older keystroke was superseded
+    assert max(e.max_concurrent for e in engines) == 1

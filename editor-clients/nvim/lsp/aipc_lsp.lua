@@ -51,4 +51,13 @@ return {
   settings = {
     aipc = vim.empty_dict(),
   },
+  handlers = {
+    -- Pieces of a streamed aipc/inlineChat answer (lua/aipc/chat.lua draws them).
+    ['aipc/chatChunk'] = function(err, params, ctx)
+      local ok, chat = pcall(require, 'aipc.chat')
+      if ok then
+        chat.on_chunk(err, params, ctx)
+      end
+    end,
+  },
 }
