@@ -16,7 +16,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from conftest import end_position, inline, open_document, replace_document, server_config, status, wait_ready
+from conftest import end_position, inline, open_document, plain, replace_document, server_config, status, wait_ready
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -84,6 +84,35 @@ async def test_completion_moves_to_the_cpu_slot_while_the_accelerator_is_busy(cl
     client.text_document_did_close(types.DidCloseTextDocumentParams(
         text_document=types.TextDocumentIdentifier(uri="file:///work/long.py")))
     assert await asyncio.wait_for(long_job, 5) == []
+    client.set_configuration({"aipc": {}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)
+
+
+async def test_completion_is_served_by_the_cpu_while_the_accelerator_streams_a_chat(client: LanguageClient):
+    client.set_configuration({"aipc": {"chat": {"max_tokens": 400}}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)
+    source = "def area(width, height):\n    return width * height\n"
+    open_document(client, "file:///work/area.py", source)
+    open_document(client, "file:///work/stack2.py", STACK)
+    before = await status(client)
+    chat = client.protocol.send_request("aipc/inlineChat", {
+        "textDocument": {"uri": "file:///work/area.py"},
+        "range": {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}},
+        "instruction": "Explain in detail, step by step, what this function does and how to test it.",
+        "mode": "ask", "history": []})
+    deadline = time.monotonic() + 30
+    while not ((job := _slot(await status(client), "accel")["job"]) and job["kind"] == "chat"):
+        assert time.monotonic() < deadline, "the chat never started on the accelerator"
+        await asyncio.sleep(0.02)
+    suggestion = await inline(client, "file:///work/stack2.py", end_position(STACK, "utf-8"))
+    during = await status(client)
+    assert suggestion and suggestion[0].strip()
+    assert _slot(during, "cpu")["served"] == _slot(before, "cpu")["served"] + 1, during
+    assert not chat.done(), "the chat should still be streaming"
+    answer = plain(await asyncio.wait_for(asyncio.wrap_future(chat), 120))
+    assert answer["text"].strip()
     client.set_configuration({"aipc": {}})
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.3)
