@@ -86,6 +86,9 @@ class TransformersEngine:
         else:
             raise EngineError(f"transformers: {path} is neither a Hugging Face model folder (config.json) nor a GGUF file")
         started = time.perf_counter()
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # its bars would only clutter the server log
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, PRECISIONS[precision]), **kwargs)
