@@ -22,6 +22,8 @@ from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
 
 log = logging.getLogger(__name__)
 
+# Prompt tokens appended per call: a cancel waits for at most one chunk's prefill.
+PREFILL_CHUNK = 256
 # Device setting -> execution provider name in genai_config.json.
 PROVIDERS = {"CPU": "cpu", "CUDA": "cuda", "DML": "dml"}
 
@@ -142,8 +144,16 @@ class OnnxRuntimeGenAIEngine:
             gen_params.set_search_options(**options)
             self._generator = og.Generator(self._model, gen_params)
             self._generator_key = key
-        self._generator.append_tokens(ids[reuse:])
         return self._generator, reuse
+
+    def _prefill(self, generator, ids: list[int], start: int, cancel: threading.Event) -> bool:
+        """Append the prompt in chunks so a cancel during a long prefill lands between chunks.
+        False when cancelled; what was appended stays in the KV cache for the next request."""
+        for offset in range(start, len(ids), PREFILL_CHUNK):
+            if cancel.is_set():
+                return False
+            generator.append_tokens(ids[offset:offset + PREFILL_CHUNK])
+        return True
 
     def generate(self, prompt: str, params: GenerationParams, cancel: threading.Event,
                  on_text: OnText | None = None) -> GenerationResult:
@@ -166,7 +176,9 @@ class OnnxRuntimeGenAIEngine:
         try:
             generator, reused = self._prepare_generator(ids, params)
             result.extra["reused_tokens"] = reused
-            while len(pieces.tokens) < params.max_new_tokens and not generator.is_done():
+            if not self._prefill(generator, ids, reused, cancel):
+                result.cancelled = True
+            while not result.cancelled and len(pieces.tokens) < params.max_new_tokens and not generator.is_done():
                 if cancel.is_set():
                     result.cancelled = True
                     break

@@ -21,6 +21,8 @@ from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Prompt tokens per forward pass while prefilling: a cancel waits for at most one chunk.
+PREFILL_CHUNK = 256
 
 
 def torch_device(device: str) -> str:
@@ -164,9 +166,19 @@ class TransformersEngine:
             with torch.inference_mode():
                 cache, reused = self._start(ids)
                 result.extra["reused_tokens"] = reused
+                # Prefill all but the last prompt token in chunks, so a cancel lands between them;
+                # the loop below feeds the last one and gets the first logits from it.
+                for offset in range(reused, len(ids) - 1, PREFILL_CHUNK):
+                    if cancel.is_set():
+                        result.cancelled = True
+                        break
+                    chunk = ids[offset:min(offset + PREFILL_CHUNK, len(ids) - 1)]
+                    cache = self._model(input_ids=torch.tensor([chunk], device=self._torch_device),
+                                        past_key_values=cache, use_cache=True).past_key_values
+                    self._cache, self._sequence = cache, ids[:offset + len(chunk)]
                 sequence = list(ids)
-                feed = torch.tensor([ids[reused:]], device=self._torch_device)
-                while len(pieces.tokens) < params.max_new_tokens:
+                feed = torch.tensor([ids[-1:]], device=self._torch_device)
+                while not result.cancelled and len(pieces.tokens) < params.max_new_tokens:
                     if cancel.is_set():
                         result.cancelled = True
                         break

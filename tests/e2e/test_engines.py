@@ -71,7 +71,9 @@ ENGINES = {
     # "default" with onnxruntime finds the folder `prepare default --engine onnxruntime` made.
     "onnxruntime": lambda prepared: {"engine": "onnxruntime", "model": "default"},
     # "default" with transformers finds the folder `prepare default --engine transformers` made.
-    "transformers": lambda prepared: {"engine": "transformers", "model": "default", "precision": "fp32"},
+    # One torch thread: with the test client and other servers sharing 2 cores, two OpenMP
+    # threads spin against each other and a decode step can take over a second.
+    "transformers": lambda prepared: {"engine": "transformers", "model": "default", "precision": "fp32", "threads": 1},
 }
 
 
