@@ -40,6 +40,9 @@ class OpenVINOSettings:
     kv_cache_mb: int = _opt(256, "KV-cache memory for prefix caching, in MB", minimum=16, maximum=65536)
     prefix_caching: bool = _opt(True, "reuse the KV cache of a prompt's unchanged beginning")
     config: dict = _opt({}, "extra OpenVINO properties, e.g. {CACHE_DIR = \"...\"}")
+    npu_max_prompt_len: int = _opt(1024, "NPU only: longest prompt the statically shaped model is compiled for",
+                                   minimum=64, maximum=131072)
+    npu_min_response_len: int = _opt(128, "NPU only: tokens reserved for the answer when compiling", minimum=1, maximum=8192)
 
 
 @dataclass

@@ -20,7 +20,8 @@ def create_engine(slot: "SlotSettings", model_path: str, settings: "Settings") -
 
         ov = settings.openvino
         return OpenVINOEngine(model_path, slot.device, threads=slot.threads, kv_cache_mb=ov.kv_cache_mb,
-                              prefix_caching=ov.prefix_caching, ov_config=ov.config)
+                              prefix_caching=ov.prefix_caching, ov_config=ov.config,
+                              npu_max_prompt_len=ov.npu_max_prompt_len, npu_min_response_len=ov.npu_min_response_len)
     if slot.engine == "onnxruntime":
         from aipc_lsp.engines.onnxruntime import OnnxRuntimeGenAIEngine
 

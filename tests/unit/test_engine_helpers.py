@@ -157,3 +157,14 @@ def test_generate_before_load_is_an_engine_error():
     engine = OnnxRuntimeGenAIEngine("nowhere")
     with pytest.raises(EngineError, match="not loaded"):
         engine.generate("x", GenerationParams(), threading.Event())
+
+
+def test_openvino_npu_gets_its_static_shape_limits_and_cpu_does_not():
+    from aipc_lsp.engines.openvino import OpenVINOEngine
+
+    npu = OpenVINOEngine("m", "NPU", npu_max_prompt_len=512, npu_min_response_len=32,
+                         ov_config={"CACHE_DIR": "cache"})._compile_properties()
+    assert npu["MAX_PROMPT_LEN"] == 512 and npu["MIN_RESPONSE_LEN"] == 32 and npu["CACHE_DIR"] == "cache"
+    assert npu["PERFORMANCE_HINT"] == "LATENCY"
+    cpu = OpenVINOEngine("m", "CPU")._compile_properties()
+    assert "MAX_PROMPT_LEN" not in cpu and cpu["ENABLE_CPU_PINNING"] is True
