@@ -23,7 +23,8 @@ from pytest_lsp import LanguageClient, client_capabilities
 from aipc_lsp.models.registry import DEFAULT_MODEL
 from conftest import end_position, inline, open_document, server_config, status, wait_ready
 
-pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
+# The first test also pays for the session's `prepare` runs (a few minutes on a fresh machine).
+pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
 STACK = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        "
 READER = "import json\n\n\ndef load_settings(path):\n    with open(path) as handle:\n        return json."
