@@ -168,3 +168,19 @@ def test_openvino_npu_gets_its_static_shape_limits_and_cpu_does_not():
     assert npu["PERFORMANCE_HINT"] == "LATENCY"
     cpu = OpenVINOEngine("m", "CPU")._compile_properties()
     assert "MAX_PROMPT_LEN" not in cpu and cpu["ENABLE_CPU_PINNING"] is True
+
+
+def test_npu_library_built_offline_is_found_in_its_own_environment():
+    """scripts/build-npu-library.sh ENV builds it here; AIPC_NPU_PYTHON=ENV/bin/python runs this."""
+    import os
+
+    python = os.environ.get("AIPC_NPU_PYTHON")
+    if not python:
+        pytest.skip("AIPC_NPU_PYTHON is not set: no environment built by scripts/build-npu-library.sh")
+    found = probe(python)
+    assert found.importable and found.version, found
+    if not found.npu:
+        assert "sees no NPU" in missing_message(found)
+        with pytest.raises(EngineError, match="sees no NPU"):
+            NpuLibraryEngine("model", precision="int8", python=python).load()
+        pytest.skip(f"intel-npu-acceleration-library {found.version} imports from {python}, but there is no NPU here")
