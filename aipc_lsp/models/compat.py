@@ -21,6 +21,8 @@ ACCEPTS = {
 }
 # For the default model, a prepared folder beats the GGUF where the GGUF is slow or unreadable.
 PREFER_PREPARED = ("onnxruntime", "transformers", "npu_library")
+# npu_library reads the Hugging Face folders that `prepare --engine transformers` makes.
+PREPARE_AS = {"npu_library": "transformers"}
 PREPARE_PRECISION = {"onnxruntime": "int4", "transformers": "fp32", "openvino": "int4", "npu_library": "fp32"}
 
 
@@ -48,7 +50,8 @@ def model_for_engine(path: Path, engine: str) -> Path:
     if accepted is None or kind in accepted:
         return path
     source = "default" if is_default else str(path)
+    target = PREPARE_AS.get(engine, engine)
     precision = PREPARE_PRECISION.get(engine, "int4")
     raise EngineError(f"{engine} cannot load {path.name} ({kind}); it loads {' or '.join(accepted)}. "
-                      f"Make one with `aipc-lsp prepare {source} --engine {engine} --precision {precision}` "
+                      f"Make one with `aipc-lsp prepare {source} --engine {target} --precision {precision}` "
                       f"and set model to the folder it prints")
