@@ -1,4 +1,4 @@
-"""Command line: `aipc-lsp serve | models | complete | demo`.
+"""Command line: `aipc-lsp serve | models | prepare | devices | complete | demo`.
 
 stdout belongs to the protocol when serving; everything else goes to stderr or --log-file.
 """
@@ -158,6 +158,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(config=args.config))
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from aipc_lsp.models.convert import PrepareError, PrepareOptions, prepare
+
+    options = PrepareOptions(engine=args.engine, precision=args.precision, provider=args.provider,
+                             group_size=args.group_size, ratio=args.ratio, sym=args.sym)
+
+    def progress(message: str, percent: int | None) -> None:
+        bar = "#" * ((percent or 0) // 5)
+        print(f"[{bar:20}] {percent if percent is not None else '..':>3}% {message}", file=sys.stderr, flush=True)
+
+    try:
+        path = prepare(args.source, options, args.output, force=args.force, progress=progress)
+    except PrepareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from aipc_lsp.config import SettingsLayers, load_file
+    from aipc_lsp.engines.detect import detect, format_table
+
+    layers = SettingsLayers()
+    layers.file, _ = load_file(_config_path(args.config))
+    reports = detect(layers.settings().npu_library.python)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        print(format_table(reports))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aipc-lsp", description="Local AI code completion over LSP.")
     parser.add_argument("--version", action="version", version=f"aipc-lsp {__version__}")
@@ -184,6 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--force", action="store_true", help="fetch again even if present")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
+
+    prep = sub.add_parser("prepare", parents=[common],
+                          help="convert a checkpoint (HF folder, hub id, GGUF file or \"default\") for an engine")
+    prep.add_argument("source", help="Hugging Face folder, hub id (owner/name), .gguf file, or \"default\"")
+    prep.add_argument("--engine", required=True, choices=["openvino", "onnxruntime", "transformers"])
+    prep.add_argument("--precision", required=True, choices=["int4", "int8", "fp16", "bf16", "fp32"])
+    prep.add_argument("--output", help="output folder (default: the model cache, listed by `models list`)")
+    prep.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "dml"],
+                      help="onnxruntime execution provider the model is built for (default cpu)")
+    prep.add_argument("--group-size", type=int, help="openvino int4: weights per quantisation group "
+                      "(default: the largest of 128/64/32 that divides the model's channels)")
+    prep.add_argument("--ratio", type=float, help="openvino int4: share of layers in int4, the rest int8 (default 1.0)")
+    prep.add_argument("--sym", action="store_true", help="openvino int4: symmetric quantisation")
+    prep.add_argument("--force", action="store_true", help="rebuild even if the output exists")
+    prep.set_defaults(func=cmd_prepare)
+
+    devices = sub.add_parser("devices", parents=[common], help="engines, versions and the devices they see")
+    devices.add_argument("--json", action="store_true")
+    devices.set_defaults(func=cmd_devices)
 
     complete = sub.add_parser("complete", parents=[common], help="print a suggestion for FILE:LINE:COL (1-based)")
     complete.add_argument("location")

@@ -23,7 +23,8 @@ else:  # pragma: no cover
 
 import platformdirs
 
-ENGINE_NAMES = ("openvino",)
+ENGINE_NAMES = ("openvino", "onnxruntime", "transformers", "npu_library")
+PRECISIONS = ("", "int4", "int8", "fp16", "bf16", "fp32")
 LOG_LEVELS = ("error", "warning", "info", "debug")
 
 
@@ -39,6 +40,26 @@ class OpenVINOSettings:
     kv_cache_mb: int = _opt(256, "KV-cache memory for prefix caching, in MB", minimum=16, maximum=65536)
     prefix_caching: bool = _opt(True, "reuse the KV cache of a prompt's unchanged beginning")
     config: dict = _opt({}, "extra OpenVINO properties, e.g. {CACHE_DIR = \"...\"}")
+    npu_max_prompt_len: int = _opt(1024, "NPU only: longest prompt the statically shaped model is compiled for",
+                                   minimum=64, maximum=131072)
+    npu_min_response_len: int = _opt(128, "NPU only: tokens reserved for the answer when compiling", minimum=1, maximum=8192)
+
+
+@dataclass
+class OnnxRuntimeSettings:
+    prefix_reuse: bool = _opt(True, "keep the generator and rewind it to the prefix a new prompt shares with the last one")
+    max_length: int = _opt(4096, "most tokens (prompt + generated) one generator holds", minimum=64, maximum=131072)
+    config: dict = _opt({}, "extra execution-provider options, e.g. {device_id = \"0\"}")
+
+
+@dataclass
+class TransformersSettings:
+    prefix_reuse: bool = _opt(True, "crop and reuse the KV cache of the prefix a new prompt shares with the last one")
+
+
+@dataclass
+class NpuLibrarySettings:
+    python: str = _opt("", "Python interpreter of an environment with intel-npu-acceleration-library; \"\" = this one")
 
 
 @dataclass
@@ -77,6 +98,7 @@ class SlotSettings:
     engine: str = _opt("openvino", "inference engine", choices=ENGINE_NAMES)
     device: str = _opt("CPU", "device for the engine", upper=True)
     model: str = _opt("", "model for this slot; \"\" = the top-level model")
+    precision: str = _opt("", "weights precision where the engine chooses at load; \"\" = the top-level precision", choices=PRECISIONS)
     threads: int = _opt(0, "CPU inference threads; 0 = the engine's choice", minimum=0, maximum=1024)
 
     def label(self) -> str:
@@ -87,12 +109,16 @@ class SlotSettings:
 class Settings:
     model: str = _opt("default", "\"default\" (SmolLM2-135M-Instruct) or a path to a .gguf file / OpenVINO IR folder")
     engine: str = _opt("openvino", "inference engine", choices=ENGINE_NAMES)
-    device: str = _opt("CPU", "device for the engine: CPU, GPU, GPU.0, NPU, AUTO", upper=True)
+    device: str = _opt("CPU", "device for the engine: CPU, GPU, GPU.0, NPU, AUTO (openvino); CPU, GPU, CUDA, DML (onnxruntime); CPU, XPU, CUDA (transformers)", upper=True)
+    precision: str = _opt("", "weights precision where the engine chooses at load (transformers fp32/bf16/fp16, npu_library int4/int8/fp16); \"\" = the engine's default", choices=PRECISIONS)
     threads: int = _opt(0, "CPU inference threads; 0 = the engine's choice", minimum=0, maximum=1024)
     log_level: str = _opt("info", "server log verbosity", choices=LOG_LEVELS)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
     openvino: OpenVINOSettings = field(default_factory=OpenVINOSettings)
+    onnxruntime: OnnxRuntimeSettings = field(default_factory=OnnxRuntimeSettings)
+    transformers: TransformersSettings = field(default_factory=TransformersSettings)
+    npu_library: NpuLibrarySettings = field(default_factory=NpuLibrarySettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     slots: list = field(default_factory=list, metadata={
         "doc": "device slots in order of preference; empty = one slot from engine/device/model above",
@@ -101,13 +127,16 @@ class Settings:
     def slot_list(self) -> list[SlotSettings]:
         """The slots to run: the configured ones, or one made of the top-level settings."""
         if not self.slots:
-            return [SlotSettings(engine=self.engine, device=self.device.upper(), model=self.model, threads=self.threads)]
-        return [dataclasses.replace(s, model=s.model or self.model, device=s.device.upper()) for s in self.slots]
+            return [SlotSettings(engine=self.engine, device=self.device.upper(), model=self.model,
+                                 precision=self.precision, threads=self.threads)]
+        return [dataclasses.replace(s, model=s.model or self.model, device=s.device.upper(),
+                                    precision=s.precision or self.precision) for s in self.slots]
 
     def model_key(self) -> str:
         """What the loaded models depend on: a change here means reloading them. Everything
         but the settings read per request (completion, log level)."""
-        not_loaded = ("completion", "chat", "log_level", "model", "engine", "device", "threads")  # slots carry the last four
+        not_loaded = ("completion", "chat", "log_level",
+                      "model", "engine", "device", "precision", "threads")  # slots carry these five
         loaded = {k: v for k, v in dataclasses.asdict(self).items() if k not in not_loaded}
         loaded["slots"] = [dataclasses.asdict(s) for s in self.slot_list()]
         return json.dumps(loaded, sort_keys=True, default=str)

@@ -15,6 +15,7 @@ from typing import Protocol
 from aipc_lsp.config import Settings
 from aipc_lsp.engines import create_engine
 from aipc_lsp.engines.base import EngineError
+from aipc_lsp.models.compat import model_for_engine
 from aipc_lsp.models.fetch import FetchError, resolve_model
 from aipc_lsp.scheduler import Scheduler, Slot
 
@@ -94,6 +95,7 @@ class ModelRuntime:
             slots = []
             for slot_settings in settings.slot_list():
                 path = await asyncio.to_thread(resolve_model, slot_settings.model, progress=progress)
+                path = model_for_engine(path, slot_settings.engine)
                 reporter.report(f"loading {path.name} with {slot_settings.engine} on {slot_settings.device}", 90)
                 engine = create_engine(slot_settings, str(path), settings)
                 slots.append(Slot(slot_settings.label(), engine))

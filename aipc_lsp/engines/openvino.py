@@ -24,6 +24,8 @@ class OpenVINOEngine:
         kv_cache_mb: int = 256,
         prefix_caching: bool = True,
         ov_config: dict | None = None,
+        npu_max_prompt_len: int = 1024,
+        npu_min_response_len: int = 128,
     ):
         self.model_path = str(model_path)
         self.device = device
@@ -31,6 +33,8 @@ class OpenVINOEngine:
         self.kv_cache_mb = kv_cache_mb
         self.prefix_caching = prefix_caching
         self.ov_config = dict(ov_config or {})
+        self.npu_max_prompt_len = npu_max_prompt_len
+        self.npu_min_response_len = npu_min_response_len
         self._pipe = None
         self._tokenizer = None
 
@@ -41,6 +45,10 @@ class OpenVINOEngine:
             props["ENABLE_CPU_PINNING"] = True
             if self.threads > 0:
                 props["INFERENCE_NUM_THREADS"] = self.threads
+        if self.device.upper().startswith("NPU"):
+            # The NPU compiles static shapes: the longest prompt and the answer's room are fixed here.
+            props["MAX_PROMPT_LEN"] = self.npu_max_prompt_len
+            props["MIN_RESPONSE_LEN"] = self.npu_min_response_len
         props.update(self.ov_config)
         return props
 

@@ -13,6 +13,7 @@ CACHE_ENV = "AIPC_LSP_CACHE_DIR"
 KIND_GGUF = "gguf"
 KIND_OPENVINO_IR = "openvino-ir"
 KIND_ORT_GENAI = "onnxruntime-genai"
+KIND_HF = "transformers"
 KIND_UNKNOWN = "unknown"
 
 
@@ -64,7 +65,7 @@ def models_dir() -> Path:
 class ModelInfo:
     name: str
     path: Path | None
-    kind: str  # "gguf" | "openvino-ir" | "onnxruntime-genai" | "unknown"
+    kind: str  # "gguf" | "openvino-ir" | "onnxruntime-genai" | "transformers" | "unknown"
     present: bool
     size_bytes: int | None
     default: bool = False
@@ -78,6 +79,8 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
             return KIND_OPENVINO_IR
         if (p / "genai_config.json").is_file():
             return KIND_ORT_GENAI
+        if (p / "config.json").is_file() and (any(p.glob("*.safetensors")) or any(p.glob("pytorch_model*.bin"))):
+            return KIND_HF
         return KIND_UNKNOWN
     if p.suffix.lower() == ".gguf":
         return KIND_GGUF
@@ -136,7 +139,7 @@ def list_models() -> list[ModelInfo]:
             )
         elif entry.is_dir():
             kind = detect_kind(entry)
-            if kind in (KIND_OPENVINO_IR, KIND_ORT_GENAI):
+            if kind in (KIND_OPENVINO_IR, KIND_ORT_GENAI, KIND_HF):
                 infos.append(
                     ModelInfo(
                         name=entry.name,

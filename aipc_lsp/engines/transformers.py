@@ -1,0 +1,215 @@
+"""Hugging Face transformers engine (PyTorch): cpu here; `xpu` (Intel GPUs, the IPEX-LLM
+route of the AI-PC guides) and `cuda` where torch has them; fp32, bf16 or fp16.
+
+It reads a Hugging Face model folder, or a GGUF file (dequantised at every load, which is
+slow: `aipc-lsp prepare FILE.gguf --engine transformers` saves a folder once).
+Decoding is a plain loop over forward passes rather than `model.generate`, so that the
+cancel flag is looked at before every step and the KV cache (`past_key_values`) of the
+previous request can be cropped to the prefix the new prompt shares with it and reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# Prompt tokens per forward pass while prefilling: a cancel waits for at most one chunk.
+PREFILL_CHUNK = 256
+
+
+def torch_device(device: str) -> str:
+    """The device setting as torch spells it; GPU means whichever GPU torch has."""
+    import torch
+
+    device = device.upper()
+    if device == "CPU":
+        return "cpu"
+    xpu = hasattr(torch, "xpu") and torch.xpu.is_available()
+    cuda = torch.cuda.is_available()
+    if device.startswith("XPU") or (device.startswith("GPU") and xpu):
+        if not xpu:
+            raise EngineError("transformers: torch sees no XPU (Intel GPU); install a torch build with XPU "
+                              "support and the Intel GPU driver, or use device = \"CPU\"")
+        return device.lower().replace("gpu", "xpu")
+    if device.startswith("CUDA") or device.startswith("GPU"):
+        if not cuda:
+            raise EngineError(f"transformers: torch sees no GPU for device {device!r} (torch "
+                              f"{torch.__version__}); use device = \"CPU\"")
+        return device.lower().replace("gpu", "cuda")
+    raise EngineError(f"transformers: device {device!r} is not supported; use CPU, XPU, CUDA or GPU")
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(self, model_path: str | Path, device: str = "CPU", *, precision: str = "",
+                 threads: int = 0, prefix_reuse: bool = True):
+        self.model_path = str(model_path)
+        self.device = device.upper()
+        self.precision = precision.lower()
+        self.threads = threads
+        self.prefix_reuse = prefix_reuse
+        self._model = None
+        self._tokenizer = None
+        self._torch_device = "cpu"
+        self._cache = None
+        self._sequence: list[int] = []  # token ids whose KV `_cache` holds
+        self._eos: set[int] = set()
+
+    def load(self) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise EngineError(f"transformers: torch and transformers are needed ({exc}); "
+                              "pip install \"aipc-lsp[transformers]\" torch") from exc
+        path = Path(self.model_path)
+        precision = self.precision or "fp32"
+        if precision not in PRECISIONS:
+            raise EngineError(f"transformers: precision {self.precision!r} is not supported; use fp32, bf16 or fp16 "
+                              "(int4/int8 belong to the openvino and onnxruntime engines)")
+        self._torch_device = torch_device(self.device)
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        if path.is_file():
+            folder, kwargs = str(path.parent), {"gguf_file": path.name}
+            log.warning("transformers: dequantising %s at load; `aipc-lsp prepare %s --engine transformers` "
+                        "saves a folder that loads faster", path.name, path)
+        elif (path / "config.json").is_file():
+            folder, kwargs = str(path), {}
+        else:
+            raise EngineError(f"transformers: {path} is neither a Hugging Face model folder (config.json) nor a GGUF file")
+        started = time.perf_counter()
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()  # its bars would only clutter the server log
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, PRECISIONS[precision]), **kwargs)
+        except Exception as exc:
+            raise EngineError(f"transformers could not load {path}: {exc}") from exc
+        self._model = model.to(self._torch_device).eval()
+        eos = self._model.generation_config.eos_token_id
+        if eos is None:
+            eos = self._tokenizer.eos_token_id
+        self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
+        log.info("transformers: loaded %s (%s) on %s in %.2fs", path.name, precision, self._torch_device,
+                 time.perf_counter() - started)
+
+    def count_tokens(self, text: str) -> int:
+        if self._tokenizer is None:
+            raise EngineError("model not loaded")
+        return len(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def chat_template(self) -> str:
+        template = getattr(self._tokenizer, "chat_template", None) if self._tokenizer is not None else None
+        return template if isinstance(template, str) else ""
+
+    def _processors(self, params: GenerationParams):
+        from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
+                                                            TemperatureLogitsWarper, TopKLogitsWarper,
+                                                            TopPLogitsWarper)
+
+        processors = LogitsProcessorList()
+        if params.repetition_penalty != 1.0:
+            processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        if params.temperature > 0:
+            processors.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k:
+                processors.append(TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                processors.append(TopPLogitsWarper(params.top_p))
+        return processors
+
+    def _start(self, ids: list[int]):
+        """The KV cache to continue from and how many of `ids` it already holds."""
+        from transformers import DynamicCache
+
+        reuse = 0
+        if self.prefix_reuse and self._cache is not None:
+            reuse = min(common_prefix(self._sequence, ids), len(ids) - 1)
+        if reuse > 0:
+            # transformers 5 crops by a negative count: drop what follows the shared prefix.
+            surplus = self._cache.get_seq_length() - reuse
+            if surplus > 0:
+                self._cache.crop(-surplus)
+            return self._cache, reuse
+        self._cache = None
+        return DynamicCache(config=self._model.config), 0
+
+    def generate(self, prompt: str, params: GenerationParams, cancel: threading.Event,
+                 on_text: OnText | None = None) -> GenerationResult:
+        import torch
+
+        if self._model is None:
+            raise EngineError("model not loaded")
+        result = GenerationResult()
+        started = time.perf_counter()
+        if cancel.is_set():
+            result.cancelled = True
+            return result
+        ids = self._tokenizer.encode(prompt, add_special_tokens=False) or [self._tokenizer.bos_token_id or 0]
+        result.prompt_tokens = len(ids)
+        pieces = TextAccumulator(lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True),
+                                 params, result, on_text)
+        processors = self._processors(params)
+        try:
+            with torch.inference_mode():
+                cache, reused = self._start(ids)
+                result.extra["reused_tokens"] = reused
+                # Prefill all but the last prompt token in chunks, so a cancel lands between them;
+                # the loop below feeds the last one and gets the first logits from it.
+                for offset in range(reused, len(ids) - 1, PREFILL_CHUNK):
+                    if cancel.is_set():
+                        result.cancelled = True
+                        break
+                    chunk = ids[offset:min(offset + PREFILL_CHUNK, len(ids) - 1)]
+                    cache = self._model(input_ids=torch.tensor([chunk], device=self._torch_device),
+                                        past_key_values=cache, use_cache=True).past_key_values
+                    self._cache, self._sequence = cache, ids[:offset + len(chunk)]
+                sequence = list(ids)
+                feed = torch.tensor([ids[-1:]], device=self._torch_device)
+                while not result.cancelled and len(pieces.tokens) < params.max_new_tokens:
+                    if cancel.is_set():
+                        result.cancelled = True
+                        break
+                    out = self._model(input_ids=feed, past_key_values=cache, use_cache=True)
+                    cache = out.past_key_values
+                    # The cache now holds `sequence`; keep it for the next prompt.
+                    self._cache, self._sequence = cache, list(sequence)
+                    logits = out.logits[:, -1, :].float()
+                    if processors:
+                        logits = processors(torch.tensor([sequence], device=self._torch_device), logits)
+                    if params.temperature > 0:
+                        token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1)[0, 0])
+                    else:
+                        token = int(torch.argmax(logits, dim=-1)[0])
+                    if result.first_token_s is None:
+                        result.first_token_s = time.perf_counter() - started
+                    if token in self._eos:
+                        break
+                    sequence.append(token)
+                    if not pieces.push(token):
+                        break
+                    feed = torch.tensor([[token]], device=self._torch_device)
+        except Exception as exc:
+            self._cache, self._sequence = None, []
+            raise EngineError(f"transformers generation failed: {exc}") from exc
+        result.text = pieces.text
+        result.tokens = len(pieces.tokens)
+        result.total_s = time.perf_counter() - started
+        return result
+
+    def close(self) -> None:
+        self._cache = None
+        self._model = None
+        self._tokenizer = None

@@ -1,0 +1,144 @@
+"""Completion end to end through every engine that installs here, with the real default model:
+OpenVINO GenAI on an IR that `aipc-lsp prepare` made, ONNX Runtime GenAI on a folder that
+`aipc-lsp prepare` made through its model builder, and transformers on the Hugging Face folder
+`aipc-lsp prepare` dequantised from the GGUF.
+
+`prepare` runs through the command line once per session; its outputs land in the user's
+model cache with a manifest (source checksum + options), so a later run reuses them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import LanguageClient, client_capabilities
+
+from aipc_lsp.models.registry import DEFAULT_MODEL
+from conftest import end_position, inline, open_document, server_config, status, wait_ready
+
+# The first test also pays for the session's `prepare` runs (a few minutes on a fresh machine).
+pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
+
+STACK = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        "
+READER = "import json\n\n\ndef load_settings(path):\n    with open(path) as handle:\n        return json."
+# A table every engine keeps extending line after line: a long generation to cancel.
+LONG = "CODES = {\n" + "".join(f'    "k{i}": {i},\n' for i in range(1, 16)) + "    "
+
+
+def _prepare(engine: str, precision: str) -> Path:
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "aipc_lsp", "prepare", "default", "--engine", engine,
+                           "--precision", precision], capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "%" in done.stderr  # progress was shown
+    path = Path(done.stdout.strip().splitlines()[-1])
+    print(f"\nprepare default --engine {engine} --precision {precision}: {path} in {time.monotonic() - started:.0f}s")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared() -> dict[str, Path]:
+    return {"openvino": _prepare("openvino", "int4"), "onnxruntime": _prepare("onnxruntime", "int4"),
+            "transformers": _prepare("transformers", "fp32")}
+
+
+async def test_prepared_models_are_in_the_cache_and_listed(prepared):
+    listed = json.loads(subprocess.run([sys.executable, "-m", "aipc_lsp", "models", "list", "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    kinds = {entry["path"]: entry["kind"] for entry in listed}
+    assert kinds[str(prepared["openvino"])] == "openvino-ir"
+    assert kinds[str(prepared["onnxruntime"])] == "onnxruntime-genai"
+    assert kinds[str(prepared["transformers"])] == "transformers"
+    for engine, path in prepared.items():
+        manifest = json.loads((path / "aipc-prepare.json").read_text())
+        assert manifest["options"]["engine"] == engine
+        assert manifest["source_checksum"] == DEFAULT_MODEL.sha256
+    # Preparing again is a no-op thanks to the manifest.
+    started = time.monotonic()
+    assert _prepare("onnxruntime", "int4") == prepared["onnxruntime"]
+    assert time.monotonic() - started < 60
+
+
+ENGINES = {
+    # OpenVINO on the IR that prepare saved (int4, the GGUF's own 4-bit weights).
+    "openvino-ir": lambda prepared: {"engine": "openvino", "model": str(prepared["openvino"])},
+    # "default" with onnxruntime finds the folder `prepare default --engine onnxruntime` made.
+    "onnxruntime": lambda prepared: {"engine": "onnxruntime", "model": "default"},
+    # "default" with transformers finds the folder `prepare default --engine transformers` made.
+    # One torch thread: with the test client and other servers sharing 2 cores, two OpenMP
+    # threads spin against each other and a decode step can take over a second.
+    "transformers": lambda prepared: {"engine": "transformers", "model": "default", "precision": "fp32", "threads": 1},
+}
+
+
+@pytest_lsp.fixture(config=server_config(), scope="module", params=list(ENGINES))
+async def client(lsp_client: LanguageClient, request, prepared):
+    options = {**ENGINES[request.param](prepared), "completion": {"max_tokens": 32}}
+    lsp_client.set_configuration({"aipc": {}})
+    started = time.monotonic()
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("neovim@v0.11.0"), initialization_options=options))
+    state = await wait_ready(lsp_client, timeout=600)
+    assert state["ready"], state
+    print(f"\n{request.param}: ready in {time.monotonic() - started:.1f}s")
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_the_slot_runs_the_chosen_engine(client: LanguageClient, request):
+    slot = (await status(client))["slots"][0]
+    engine = request.node.callspec.params["client"].split("-")[0]
+    assert slot["engine"] == engine, slot
+    if engine in ("onnxruntime", "transformers"):
+        assert Path(slot["model"]).parent.name == "models", slot  # the prepared folder in the cache
+        assert Path(slot["model"]).name.startswith(f"{DEFAULT_MODEL.name}-{engine}-"), slot
+
+
+async def test_inline_completion_is_real_and_depends_on_the_code(client: LanguageClient):
+    open_document(client, "file:///work/stack.py", STACK)
+    open_document(client, "file:///work/reader.py", READER)
+    stack = await inline(client, "file:///work/stack.py", end_position(STACK, "utf-8"))
+    reader = await inline(client, "file:///work/reader.py", end_position(READER, "utf-8"))
+    assert len(stack) == 1 and stack[0].strip(), stack
+    assert len(reader) == 1 and reader[0].strip(), reader
+    assert stack[0] != reader[0]
+    assert "self" in stack[0], stack
+    slot = (await status(client))["slots"][0]
+    assert slot["served"] >= 2
+
+
+async def test_cancel_request_stops_the_generation_within_a_step(client: LanguageClient):
+    client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)
+    uri = "file:///work/primes.py"
+    open_document(client, uri, LONG)
+    position = end_position(LONG, "utf-8")
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=position,
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
+    request = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params)
+    msg_id = next(reversed(client.protocol._request_futures))
+    deadline = time.monotonic() + 30
+    while not (await status(client))["slots"][0]["busy"]:
+        assert time.monotonic() < deadline, "generation never started"
+        await asyncio.sleep(0.02)
+    cancelled_at = time.monotonic()
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+    with pytest.raises(Exception) as error:
+        await asyncio.wait_for(asyncio.wrap_future(request), 10)
+    assert getattr(error.value, "code", None) == -32800, error.value
+    while (await status(client))["slots"][0]["busy"]:
+        assert time.monotonic() - cancelled_at < 2.0, "generation kept running after $/cancelRequest"
+        await asyncio.sleep(0.01)
+    assert (await status(client))["slots"][0]["cancelled"] >= 1
+    client.set_configuration({"aipc": {}})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)

@@ -1,0 +1,186 @@
+"""Pieces the engines share: text streaming with stop rules, prefixes, chat templates on
+disk, which model an engine gets, and the npu_library probe up to the hardware line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import pytest
+
+from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult
+from aipc_lsp.engines.npu_library import NpuLibraryEngine, missing_message, probe
+from aipc_lsp.engines.templates import chat_template_from_folder
+from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
+from aipc_lsp.models import compat
+from aipc_lsp.models.registry import DEFAULT_MODEL, detect_kind, list_models
+
+VOCAB = {1: "def", 2: " f", 3: "():", 4: "\n", 5: "\xe2", 6: "\x82\xac"}
+
+
+def _decode(tokens):
+    raw = "".join(VOCAB[t] for t in tokens).encode("latin-1")
+    return raw.decode("utf-8", errors="replace")
+
+
+def test_pieces_are_streamed_and_incomplete_characters_held_back():
+    seen = []
+    result = GenerationResult()
+    acc = TextAccumulator(_decode, GenerationParams(), result, lambda piece: seen.append(piece) is None)
+    for token in (1, 2, 5, 6, 3):
+        assert acc.push(token)
+    assert seen == ["def", " f", "\u20ac", "():"]
+    assert acc.text == "def f\u20ac():"
+
+
+def test_stop_strings_and_on_text_false_end_the_stream():
+    result = GenerationResult()
+    acc = TextAccumulator(_decode, GenerationParams(stop=("\n",)), result, None)
+    assert acc.push(1) and not acc.push(4)
+    assert result.stopped_by_caller
+    result = GenerationResult()
+    acc = TextAccumulator(_decode, GenerationParams(), result, lambda piece: False)
+    assert not acc.push(1) and result.stopped_by_caller
+
+
+def test_common_prefix():
+    assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
+    assert common_prefix([], [1]) == 0
+    assert common_prefix([1, 2], [1, 2, 3]) == 2
+
+
+def test_chat_template_is_read_from_the_model_folder(tmp_path):
+    assert chat_template_from_folder(tmp_path) == ""
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))
+    assert chat_template_from_folder(tmp_path) == "{{ messages }}"
+    (tmp_path / "chat_template.jinja").write_text("<|user|>{{ m }}")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    assert chat_template_from_folder(tmp_path / "model.onnx") == "<|user|>{{ m }}"
+
+
+def test_engines_get_a_model_they_can_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path))
+    models = tmp_path / "models"
+    models.mkdir()
+    gguf = models / DEFAULT_MODEL.filename
+    gguf.write_bytes(b"GGUF")
+    assert compat.model_for_engine(gguf, "openvino") == gguf
+    assert compat.model_for_engine(gguf, "transformers") == gguf  # read directly, dequantised at load
+    with pytest.raises(EngineError, match="aipc-lsp prepare default --engine onnxruntime --precision int4"):
+        compat.model_for_engine(gguf, "onnxruntime")
+    ort = models / f"{DEFAULT_MODEL.name}-onnxruntime-int4"
+    ort.mkdir()
+    (ort / "genai_config.json").write_text("{}")
+    assert compat.model_for_engine(gguf, "onnxruntime") == ort
+    hf = models / f"{DEFAULT_MODEL.name}-transformers-fp32"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    (hf / "model.safetensors").write_bytes(b"")
+    assert detect_kind(hf) == "transformers"
+    assert compat.model_for_engine(gguf, "transformers") == hf
+    assert {m.kind for m in list_models()} >= {"gguf", "onnxruntime-genai", "transformers"}
+    with pytest.raises(EngineError, match="prepare .*other.gguf --engine onnxruntime"):
+        compat.model_for_engine(models / "other.gguf", "onnxruntime")
+
+
+def test_npu_library_probe_reports_what_is_missing(tmp_path):
+    found = probe(str(tmp_path / "no-python"))
+    assert not found.importable and "does not exist" in found.error
+    found = probe(sys.executable)
+    try:
+        import intel_npu_acceleration_library  # noqa: F401
+    except ImportError:
+        assert not found.importable and "intel_npu_acceleration_library" in found.error
+        message = missing_message(found)
+        assert "npu_library.python" in message and "device = \"NPU\"" in message
+        engine = NpuLibraryEngine("model", precision="int4", python=sys.executable)
+        with pytest.raises(EngineError, match="not importable"):
+            engine.load()
+        pytest.skip("intel-npu-acceleration-library is not installed here (source-only, own environment): "
+                    "tested up to the probe and the message")
+    assert found.importable  # pragma: no cover - only where the library is installed
+    if not found.npu:  # pragma: no cover
+        assert "sees no NPU" in missing_message(found)
+        pytest.skip("no Intel NPU here: NPUModelForCausalLM needs one; tested up to the probe")
+
+
+def test_npu_library_refuses_unknown_precisions():
+    with pytest.raises(EngineError, match="int4, int8 or fp16"):
+        NpuLibraryEngine("model", precision="fp32").load()
+
+
+def test_onnxruntime_cpu_and_unknown_devices():
+    pytest.importorskip("onnxruntime_genai")
+    from aipc_lsp.engines.onnxruntime import provider_for
+
+    assert provider_for("CPU") == "cpu"
+    with pytest.raises(EngineError, match="not supported"):
+        provider_for("NPU")
+
+
+@pytest.mark.parametrize("device, provider, wheel", [("DML", "dml", "onnxruntime-genai-directml"),
+                                                     ("CUDA", "cuda", "onnxruntime-genai-cuda")])
+def test_onnxruntime_gpu_providers_up_to_the_hardware(device, provider, wheel):
+    og = pytest.importorskip("onnxruntime_genai")
+    from aipc_lsp.engines.onnxruntime import provider_for
+
+    present = og.is_dml_available() if provider == "dml" else og.is_cuda_available()
+    if present:  # pragma: no cover - GPU machines only
+        assert provider_for(device) == provider
+        return
+    with pytest.raises(EngineError, match=wheel):
+        provider_for(device)
+    pytest.skip(f"no {provider} execution provider in this onnxruntime-genai build: tested up to device selection")
+
+
+@pytest.mark.parametrize("device", ["XPU", "CUDA"])
+def test_transformers_gpu_devices_up_to_the_hardware(device):
+    torch = pytest.importorskip("torch")
+    from aipc_lsp.engines.transformers import torch_device
+
+    assert torch_device("CPU") == "cpu"
+    with pytest.raises(EngineError, match="not supported"):
+        torch_device("NPU")
+    present = (hasattr(torch, "xpu") and torch.xpu.is_available()) if device == "XPU" else torch.cuda.is_available()
+    if present:  # pragma: no cover - GPU machines only
+        assert torch_device(device) == device.lower()
+        return
+    with pytest.raises(EngineError, match="no XPU" if device == "XPU" else "no GPU"):
+        torch_device(device)
+    pytest.skip(f"torch sees no {device} here: tested up to device selection")
+
+
+def test_generate_before_load_is_an_engine_error():
+    from aipc_lsp.engines.onnxruntime import OnnxRuntimeGenAIEngine
+
+    engine = OnnxRuntimeGenAIEngine("nowhere")
+    with pytest.raises(EngineError, match="not loaded"):
+        engine.generate("x", GenerationParams(), threading.Event())
+
+
+def test_openvino_npu_gets_its_static_shape_limits_and_cpu_does_not():
+    from aipc_lsp.engines.openvino import OpenVINOEngine
+
+    npu = OpenVINOEngine("m", "NPU", npu_max_prompt_len=512, npu_min_response_len=32,
+                         ov_config={"CACHE_DIR": "cache"})._compile_properties()
+    assert npu["MAX_PROMPT_LEN"] == 512 and npu["MIN_RESPONSE_LEN"] == 32 and npu["CACHE_DIR"] == "cache"
+    assert npu["PERFORMANCE_HINT"] == "LATENCY"
+    cpu = OpenVINOEngine("m", "CPU")._compile_properties()
+    assert "MAX_PROMPT_LEN" not in cpu and cpu["ENABLE_CPU_PINNING"] is True
+
+
+def test_npu_library_built_offline_is_found_in_its_own_environment():
+    """scripts/build-npu-library.sh ENV builds it here; AIPC_NPU_PYTHON=ENV/bin/python runs this."""
+    import os
+
+    python = os.environ.get("AIPC_NPU_PYTHON")
+    if not python:
+        pytest.skip("AIPC_NPU_PYTHON is not set: no environment built by scripts/build-npu-library.sh")
+    found = probe(python)
+    assert found.importable and found.version, found
+    if not found.npu:
+        assert "sees no NPU" in missing_message(found)
+        with pytest.raises(EngineError, match="sees no NPU"):
+            NpuLibraryEngine("model", precision="int8", python=python).load()
+        pytest.skip(f"intel-npu-acceleration-library {found.version} imports from {python}, but there is no NPU here")
