@@ -23,4 +23,7 @@ def register(server) -> None:
                 {"uri": job.key[0], "kind": job.key[1], "version": job.version}
                 for job in (scheduler.live_jobs() if scheduler else [])
             ],
+            # Timings of the latest answers (request received -> first token / answer, and
+            # whether it was generated or reused); `aipc-lsp bench` reads them.
+            "suggestions": list(ls.suggester.recent),
         }
