@@ -113,25 +113,34 @@ class OpenVINOEngine:
         text = ""
         tokenizer = self._tokenizer
 
+        # Incremental detokenization: decode only the tokens since the last printed piece
+        # (plus the ones before it, so a tokenizer that treats a leading space specially
+        # decodes both windows alike). Decoding everything each step is O(n^2).
+        prefix_at = read_at = 0
+        prefix_text = ""
+
         class _Streamer(og.StreamerBase):
             # Token-level: the library's text streamer holds tokens back until whole words
             # are printable, which delays the first piece.
             def write(self, token) -> og.StreamingStatus:
-                nonlocal text
+                nonlocal text, prefix_at, read_at, prefix_text
                 if cancel.is_set():
                     result.cancelled = True
                     return og.StreamingStatus.CANCEL
                 if result.first_token_s is None:
                     result.first_token_s = time.perf_counter() - started
                 tokens.extend(token if isinstance(token, list) else [token])
-                decoded = tokenizer.decode(tokens)
-                if decoded.endswith("\ufffd"):
+                window = tokenizer.decode(tokens[prefix_at:])
+                if window.endswith("\ufffd") or len(window) <= len(prefix_text):
                     return og.StreamingStatus.RUNNING  # a multi-byte character is still incomplete
-                piece, text = decoded[len(text):], decoded
-                if piece and params.stop and any(s in text for s in params.stop):
+                piece = window[len(prefix_text):]
+                text += piece
+                prefix_at, read_at = read_at, len(tokens)
+                prefix_text = tokenizer.decode(tokens[prefix_at:read_at]) if prefix_at < read_at else ""
+                if params.stop and any(s in text for s in params.stop):
                     result.stopped_by_caller = True
                     return og.StreamingStatus.STOP
-                if piece and on_text is not None and on_text(piece) is False:
+                if on_text is not None and on_text(piece) is False:
                     result.stopped_by_caller = True
                     return og.StreamingStatus.STOP
                 return og.StreamingStatus.RUNNING
