@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common], help="measure engines and the server: latency, tokens/s, memory")
     bench.add_argument("--quick", action="store_true", help="one configuration, few repeats (a CI smoke test)")
     bench.add_argument("--model", help="a .gguf file or OpenVINO IR folder (default: the default model)")
+    bench.add_argument("--ir", metavar="DIR", help="also measure this OpenVINO IR folder (e.g. made from the GGUF)")
     bench.add_argument("--remote", metavar="URL", help="also measure an OpenAI-compatible server at URL")
     bench.add_argument("--skip-server", action="store_true", help="engines only")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON (- for stdout)")

@@ -17,15 +17,15 @@ QUICK_CONTEXTS = (1536,)
 FULL_CONTEXTS = (512, 1024, 1536, 2048)
 
 
-def engine_configs(model: Path, quick: bool) -> list[dict]:
+def engine_configs(model: Path, quick: bool, ir: Path | None = None) -> list[dict]:
     """What this machine can run: the model as given, its OpenVINO IR when there is one
     next to it, inference/KV-cache precisions, and every OpenVINO device present."""
     configs = [{"label": f"openvino {model.suffix.lstrip('.') or 'ir'} CPU", "model": str(model), "device": "CPU"}]
     if quick:
         return configs
-    ir = model.parent / "openvino_model.xml"
-    if model.suffix == ".gguf" and ir.exists():
-        configs.append({"label": "openvino ir CPU", "model": str(model.parent), "device": "CPU"})
+    ir = ir or (model.parent if (model.parent / "openvino_model.xml").exists() else None)
+    if ir is not None and model.suffix == ".gguf":
+        configs.append({"label": "openvino ir CPU", "model": str(ir), "device": "CPU"})
     configs.append({"label": f"openvino {model.suffix.lstrip('.')} CPU f32 inference", "model": str(model),
                     "device": "CPU", "ov_config": {"INFERENCE_PRECISION_HINT": "f32"}})
     configs.append({"label": f"openvino {model.suffix.lstrip('.')} CPU u8 KV cache", "model": str(model),
@@ -64,14 +64,14 @@ def server_documents(sizes: dict) -> tuple[dict, dict]:
 
 
 def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server: bool = False,
-              progress=print) -> dict:
+              ir: str | None = None, progress=print) -> dict:
     from aipc_lsp.models.fetch import resolve_model
 
     path = Path(resolve_model(model or "default"))
     contexts = QUICK_CONTEXTS if quick else FULL_CONTEXTS
     report: dict = {"quick": quick, "model": path.name, "machine": machine()}
     report["engines"] = []
-    for index, spec in enumerate(engine_configs(path, quick)):
+    for index, spec in enumerate(engine_configs(path, quick, Path(ir) if ir else None)):
         progress(f"engine: {spec['label']} ...")
         spec.update(quick=quick, context_tokens=1536, doc_tokens=list(contexts) if index == 0 else [])
         report["engines"].append(run_engine_config(spec))
@@ -124,7 +124,7 @@ def machine() -> dict:
 
 
 def main(args) -> int:
-    report = run_bench(quick=args.quick, model=args.model, remote=args.remote, skip_server=args.skip_server,
+    report = run_bench(quick=args.quick, model=args.model, remote=args.remote, skip_server=args.skip_server, ir=args.ir,
                        progress=lambda msg: print(msg, file=sys.stderr))
     print(render_table(report))
     if args.json:
