@@ -29,7 +29,7 @@ def peak_rss_mb() -> float | None:
 
 def _timed_generate(pipe, og, prompt: str, max_new_tokens: int, ignore_eos: bool = True) -> dict:
     """The bare pipeline call: token timestamps only, nothing decoded."""
-    config = pipe.get_generation_config()
+    config = pipe.get_config() if isinstance(pipe, og.ContinuousBatchingPipeline) else pipe.get_generation_config()
     config.apply_chat_template = False
     config.do_sample = False
     config.max_new_tokens = max_new_tokens
@@ -45,7 +45,10 @@ def _timed_generate(pipe, og, prompt: str, max_new_tokens: int, ignore_eos: bool
             pass
 
     started = time.perf_counter()
-    pipe.generate(prompt, config, Stamps())
+    if isinstance(pipe, og.ContinuousBatchingPipeline):
+        pipe.generate([prompt], [config], Stamps())
+    else:
+        pipe.generate(prompt, config, Stamps())
     first = (stamps[0] - started) * 1000 if stamps else None
     other = ((stamps[-1] - stamps[0]) * 1000 / (len(stamps) - 1)) if len(stamps) > 1 else None
     return {"first_ms": first, "other_ms_per_token": other, "tokens": len(stamps),
