@@ -20,7 +20,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from aipc_lsp.config import CompletionSettings
-from aipc_lsp.context import build_completion_context
+from aipc_lsp.context import LineCountCache, build_completion_context
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
 from aipc_lsp.runtime import ModelRuntime
@@ -54,6 +54,7 @@ class Suggester:
         self._pending: dict[str, set[asyncio.Event]] = {}
         # Timings of the latest answers, for aipc/status (and so for `aipc-lsp bench`).
         self.recent: deque[dict] = deque(maxlen=RECENT_SIZE)
+        self._counters: dict[int, LineCountCache] = {}
 
     # --- called by the LSP features -----------------------------------------------------
 
@@ -120,8 +121,12 @@ class Suggester:
         started = time.perf_counter()
         scheduler = await self.runtime.scheduler()
         engine = scheduler.slots[0].engine
+        count = self._counters.get(id(engine))
+        if count is None:  # one per engine (a reload brings a new one)
+            self._counters = {id(engine): LineCountCache(engine.count_tokens)}
+            count = self._counters[id(engine)]
         ctx = build_completion_context(
-            text, offset, budget_tokens=settings.context_tokens, count_tokens=engine.count_tokens)
+            text, offset, budget_tokens=settings.context_tokens, count_tokens=count)
         before, after = text[:offset], text[offset:]
         params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature)
         trim_args = dict(
