@@ -40,14 +40,15 @@ class Generation:
         self.job = None
         self._listeners: set[asyncio.Event] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Future | None = None
 
     def start(self, job, run) -> None:
         """`run` is the scheduler's coroutine for `job`; it runs detached from any request so
         that a request cancelled because the user typed on does not kill a useful prediction."""
         self._loop = asyncio.get_running_loop()
         self.job = job
-        task = asyncio.ensure_future(run)
-        task.add_done_callback(self._finished)
+        self._task = asyncio.ensure_future(run)
+        self._task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task) -> None:
         self.done = True
@@ -145,6 +146,10 @@ async def answer_from(g: Generation, before: str, trim_args: dict, *, stale: asy
             listener.clear()
             outcome = g.evaluate(before, trim_args, owner)
             if outcome is not None:
+                if outcome[0] is OK and g.owner_complete and not g.done:
+                    # The engine is stopping by itself (its loop stops right after this piece):
+                    # answer once the slot is free, so the job is over when the client sees it.
+                    await asyncio.shield(g._task)
                 return outcome
             if stale.is_set():
                 return CANCELLED, "", None

@@ -6,8 +6,11 @@ from pathlib import Path
 
 # ~9 tokens, like the guides' short prompts.
 SHORT = "def fibonacci(n):\n    "
-# A list a small model keeps extending: long generations for decode rate and cancel latency.
-PRIMES = "PRIMES = [\n    2,\n    3,\n    5,\n    7,\n    11,\n"
+# A document the default model keeps extending for 200+ tokens (lists it closes at once):
+# long generations for decode rate and cancel latency. The cursor is after the indent.
+LONG_DOC = 'COLORS = {\n    "red": "#ff0000",\n    "green": "#00ff00",\n    "blue": "#0000ff",\n    '
+# What the engine sees for it: the server holds the trailing space back (token healing).
+LONG_PROMPT = LONG_DOC[:-1]
 
 
 def corpus_text() -> str:

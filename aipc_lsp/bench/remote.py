@@ -9,7 +9,7 @@ import time
 import urllib.request
 import uuid
 
-from aipc_lsp.bench.corpus import PRIMES, SHORT
+from aipc_lsp.bench.corpus import LONG_PROMPT, SHORT
 
 
 def _stream(url: str, prompt: str, max_tokens: int, timeout: float = 120) -> dict:
@@ -38,7 +38,7 @@ def run(url: str, *, long_prompt: str, quick: bool) -> dict:
     """Streamed chunks stand in for tokens (servers send one token per chunk)."""
     reps = 2 if quick else 5
     short = [_stream(url, SHORT, 32) for _ in range(reps)]
-    primes = [_stream(url, PRIMES, 48 if quick else 128) for _ in range(reps)]
+    long = [_stream(url, LONG_PROMPT, 48 if quick else 128) for _ in range(reps)]
     cold, warm = [], []
     for _ in range(1 if quick else 3):
         prompt = f"# run {uuid.uuid4().hex}\n" + long_prompt
@@ -50,7 +50,7 @@ def run(url: str, *, long_prompt: str, quick: bool) -> dict:
         values = [r[key] for r in rows if r[key] is not None]
         return statistics.median(values) if values else None
 
-    other = med(primes, "other_ms_per_token")
+    other = med(long, "other_ms_per_token")
     return {
         "url": url,
         "first_ms": med(short, "first_ms"),

@@ -16,7 +16,7 @@ def check_targets(report: dict) -> list[dict]:
     bare = next((e for e in report.get("engines", []) if "error" not in e), {})
     server = report.get("server") or {}
     ctx = (server.get("contexts") or {}).get(TARGET_CONTEXT) or (server.get("contexts") or {}).get(str(TARGET_CONTEXT)) or {}
-    bare_rate = bare.get("primes_tokens_per_s")
+    bare_rate = bare.get("long_tokens_per_s")
     rate = server.get("server_tokens_per_s")
     step = 1000 / bare_rate if bare_rate else None
     rows = []

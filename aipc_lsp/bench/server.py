@@ -20,7 +20,7 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from aipc_lsp.bench.corpus import PRIMES
+from aipc_lsp.bench.corpus import LONG_DOC
 
 
 def _plain(value):
@@ -169,8 +169,8 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
         await asyncio.sleep(0.2)
         rates = []
         for _ in range(1 if quick else 3):
-            uri = f"file:///bench/primes_{uuid.uuid4().hex[:6]}.py"
-            text = _unique(PRIMES)
+            uri = f"file:///bench/long_{uuid.uuid4().hex[:6]}.py"
+            text = _unique(LONG_DOC)
             client.open(uri, text)
             record = (await client.suggest(uri, text))["record"]
             if record and record["tokens"] > 1 and record["totalMs"] > record["firstTokenMs"]:
@@ -197,7 +197,7 @@ async def _cancel_latencies(client: BenchClient, reps: int) -> list[float]:
     latencies = []
     for _ in range(reps):
         uri = f"file:///bench/cancel_{uuid.uuid4().hex[:6]}.py"
-        text = _unique(PRIMES)
+        text = _unique(LONG_DOC)
         client.open(uri, text)
         request = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, client.inline_params(uri, text))
         msg_id = next(reversed(client.protocol._request_futures))
