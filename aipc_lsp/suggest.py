@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
@@ -54,7 +55,8 @@ class Suggester:
         self._pending: dict[str, set[asyncio.Event]] = {}
         # Timings of the latest answers, for aipc/status (and so for `aipc-lsp bench`).
         self.recent: deque[dict] = deque(maxlen=RECENT_SIZE)
-        self._counters: dict[int, LineCountCache] = {}
+        self._count: LineCountCache | None = None
+        self._scheduler_ref: weakref.ref | None = None
 
     # --- called by the LSP features -----------------------------------------------------
 
@@ -121,12 +123,14 @@ class Suggester:
         started = time.perf_counter()
         scheduler = await self.runtime.scheduler()
         engine = scheduler.slots[0].engine
-        count = self._counters.get(id(engine))
-        if count is None:  # one per engine (a reload brings a new one)
-            self._counters = {id(engine): LineCountCache(engine.count_tokens)}
-            count = self._counters[id(engine)]
+        if self._scheduler_ref is None or self._scheduler_ref() is not scheduler:
+            # Another model (settings changed): nothing it did not generate may be served.
+            self._scheduler_ref = weakref.ref(scheduler)
+            self._count = LineCountCache(engine.count_tokens)
+            self._latest.clear()
+            self._results.clear()
         ctx = build_completion_context(
-            text, offset, budget_tokens=settings.context_tokens, count_tokens=count)
+            text, offset, budget_tokens=settings.context_tokens, count_tokens=self._count)
         before, after = text[:offset], text[offset:]
         params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature)
         trim_args = dict(

@@ -172,3 +172,20 @@ async def test_recent_records_say_how_each_answer_was_made(make):
     sources = [r["source"] for r in s.recent]
     assert sources == ["generated", "typed-ahead"]
     assert all(r["firstTokenMs"] is not None and r["firstTokenMs"] <= r["totalMs"] for r in s.recent)
+
+
+async def test_nothing_from_a_previous_model_is_served(make):
+    s, engine = make(script({"a =": " 1\n"}))
+    assert (await ask(s, "a = ", 1)).text == "1"
+    # Settings changed: the runtime now has another model (a new scheduler).
+    other = FakeEngine(output=script({"a =": " 2\n"}), token_delay=0.002)
+    old = s.runtime._scheduler
+    s.runtime._scheduler = Scheduler([Slot("other", other)])
+    try:
+        again = await ask(s, "a = ", 2)
+        assert again.text == "2" and again.source == "generated"
+        s.document_changed(URI, "a = 2")  # typed-ahead must not use the old model's "1" either
+    finally:
+        s.runtime._scheduler.close()
+        s.runtime._scheduler.slots[0].executor.shutdown(wait=True)
+        s.runtime._scheduler = old
