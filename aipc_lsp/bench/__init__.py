@@ -86,6 +86,11 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
             docs=docs, continuations=following, quick=quick, model=str(path) if model else None,
             # Room for every document whole, so its unique first line stays in the prompt.
             context_tokens=2 * max(contexts)))
+        if not quick and "error" not in report["server"]:
+            progress("engine: bare decode rate again, next to the server's ...")
+            first = report["engines"][0]
+            report["bare_after_server"] = run_engine_config(
+                {"label": first["label"], "model": first["model"], "device": first["device"], "decode_only": True})
     elif not skip_server:
         report["server"] = {"error": "the engine benchmark failed, so the server was not measured"}
     if remote:

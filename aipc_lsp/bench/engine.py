@@ -86,6 +86,12 @@ def run(spec: dict) -> dict:
     repeats = 2 if quick else 5
     decode_tokens = 32 if quick else 128
 
+    if spec.get("decode_only"):
+        # The reference for the server's decode rate, measured right after it (load drifts).
+        rates = [_timed_generate(pipe, og, LONG_PROMPT, decode_tokens)["tokens_per_s"] for _ in range(repeats)]
+        out["long_tokens_per_s"] = statistics.median(rates)
+        engine.close()
+        return out
     short = [_timed_generate(pipe, og, SHORT, decode_tokens) for _ in range(repeats)]
     out["short_prompt_tokens"] = engine.count_tokens(SHORT)
     out["first_ms"] = statistics.median(r["first_ms"] for r in short)

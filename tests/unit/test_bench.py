@@ -108,3 +108,11 @@ def test_unmeasured_targets_say_so_and_the_table_renders():
     table = render_table({**data, "targets": rows})
     assert "MISSED" in table and "not measured" in table and "openvino gguf CPU" in table
     json.dumps(data)  # the report is JSON-able as is
+
+
+def test_the_bare_rate_next_to_the_server_run_is_the_reference():
+    data = report()
+    data["bare_after_server"] = {"long_tokens_per_s": 50.0}
+    ratio = next(r for r in check_targets(data) if r["target"].startswith("server decode"))
+    assert ratio["value"] == pytest.approx(58 / 50 * 100)
+    assert "measured right after: 50.0 tok/s" in render_table({**data, "targets": check_targets(data)})
