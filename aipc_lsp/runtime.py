@@ -56,6 +56,9 @@ class ModelRuntime:
         self._scheduler: Scheduler | None = None
         # Why no model is available, for status reports; None while loading or ready.
         self.error: str | None = None
+        # Set by the first configure(): a request that arrives between initialize and the end
+        # of `initialized` (settings still being pulled) waits for it instead of getting nothing.
+        self._configured = asyncio.Event()
 
     def configure(self, settings: Settings) -> None:
         """Start preparing the model for `settings` unless it is the one already there."""
@@ -70,6 +73,7 @@ class ModelRuntime:
         self._key = key
         self.error = None
         self._task = asyncio.ensure_future(self._prepare(settings))
+        self._configured.set()
 
     async def _prepare(self, settings: Settings) -> Scheduler:
         reporter = self.reporter
@@ -102,11 +106,14 @@ class ModelRuntime:
         reporter.end(f"aipc-lsp: {Path(ready.engine.model_path).name} ready on {ready.engine.device}")
         return scheduler
 
-    async def scheduler(self) -> Scheduler:
+    async def scheduler(self, configure_timeout: float = 30.0) -> Scheduler:
         """The ready scheduler, waiting for the model if it is still loading.
         Raises ModelUnavailable when preparation failed."""
         if self._task is None:
-            raise ModelUnavailable("the server has not been configured yet")
+            try:
+                await asyncio.wait_for(self._configured.wait(), configure_timeout)
+            except asyncio.TimeoutError:
+                raise ModelUnavailable("the server has not been configured yet") from None
         task = self._task
         try:
             return await asyncio.shield(task)
