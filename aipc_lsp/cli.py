@@ -1,4 +1,4 @@
-"""Command line: `aipc-lsp serve | models | prepare | devices | complete | demo`.
+"""Command line: `aipc-lsp serve | status | models | prepare | devices | complete | bench | demo`.
 
 stdout belongs to the protocol when serving; everything else goes to stderr or --log-file.
 """
@@ -152,6 +152,12 @@ def _language_of(path: Path) -> str:
             ".c": "c", ".cpp": "cpp", ".java": "java", ".lua": "lua", ".sh": "shellscript"}.get(path.suffix, "")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from aipc_lsp.bench import main
+
+    return main(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from aipc_lsp.demo import run_demo
 
@@ -241,6 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("location")
     complete.add_argument("--json", action="store_true")
     complete.set_defaults(func=cmd_complete)
+
+    bench = sub.add_parser("bench", parents=[common], help="measure engines and the server: latency, tokens/s, memory")
+    bench.add_argument("--quick", action="store_true", help="one configuration, few repeats (a CI smoke test)")
+    bench.add_argument("--model", help="a .gguf file or OpenVINO IR folder (default: the default model)")
+    bench.add_argument("--ir", metavar="DIR", help="also measure this OpenVINO IR folder (e.g. made from the GGUF)")
+    bench.add_argument("--remote", metavar="URL", help="also measure an OpenAI-compatible server at URL")
+    bench.add_argument("--skip-server", action="store_true", help="engines only")
+    bench.add_argument("--json", metavar="FILE", help="write the results as JSON (- for stdout)")
+    bench.add_argument("--plot", metavar="PNG", help="draw a chart (needs the [plot] extra)")
+    bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", parents=[common], help="start the server as an editor would and show suggestions")
     demo.set_defaults(func=cmd_demo)

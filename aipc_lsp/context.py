@@ -73,10 +73,11 @@ def build_completion_context(
 
     prompt = window(start_line)
     if count_tokens is not None:
-        while start_line < cursor_line and count_tokens(prompt) > budget_tokens:
+        count = count_tokens(prompt)  # counted once per window: it is on every keystroke's path
+        while start_line < cursor_line and count > budget_tokens:
             start_line = min(cursor_line, start_line + WINDOW_STEP_LINES)
             prompt = window(start_line)
-        count = count_tokens(prompt)
+            count = count_tokens(prompt)
         while count > budget_tokens and prompt:
             # One enormous line: keep its tail, shrinking by the measured ratio.
             keep = min(len(prompt) - 1, int(len(prompt) * budget_tokens / count * 0.95))
@@ -94,3 +95,27 @@ def build_completion_context(
 
 def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
+
+
+class LineCountCache:
+    """Token counts for prompts that grow keystroke by keystroke: the text up to the last
+    newline is counted once and remembered, only the cursor's line is counted anew. BPE
+    may merge across that newline, so the sum can be a token high: fine for a budget."""
+
+    def __init__(self, count_tokens: Callable[[str], int], size: int = 16):
+        self._count = count_tokens
+        self._heads: dict[str, int] = {}
+        self._size = size
+
+    def __call__(self, text: str) -> int:
+        cut = text.rfind("\n") + 1
+        if cut == 0:
+            return self._count(text)
+        head, tail = text[:cut], text[cut:]
+        n = self._heads.get(head)
+        if n is None:
+            n = self._count(head)
+            if len(self._heads) >= self._size:
+                self._heads.pop(next(iter(self._heads)))
+            self._heads[head] = n
+        return n + (self._count(tail) if tail else 0)

@@ -49,9 +49,6 @@ class LogReporter:
         log.warning("%s", message)
 
 
-CONFIGURE_TIMEOUT_S = 30.0
-
-
 class ModelUnavailable(RuntimeError):
     """No model can serve right now; the message says why and what to do."""
 
@@ -64,6 +61,8 @@ class ModelRuntime:
         self._scheduler: Scheduler | None = None
         # Why no model is available, for status reports; None while loading or ready.
         self.error: str | None = None
+        # Set by the first configure(): a request that arrives between initialize and the end
+        # of `initialized` (settings still being pulled) waits for it instead of getting nothing.
         self._configured = asyncio.Event()
 
     def configure(self, settings: Settings) -> None:
@@ -120,13 +119,11 @@ class ModelRuntime:
         reporter.end(f"aipc-lsp: {Path(ready.engine.model_path).name} ready on {ready.engine.device}")
         return scheduler
 
-    async def scheduler(self) -> Scheduler:
+    async def scheduler(self, configure_timeout: float = 30.0) -> Scheduler:
         """The ready scheduler, waiting for the model if it is still loading.
         Raises ModelUnavailable when preparation failed."""
-        # A request may arrive between `initialize` and the end of `initialized` (which still
-        # waits for workspace/configuration): it waits for the model instead of failing.
         try:
-            await asyncio.wait_for(self._configured.wait(), CONFIGURE_TIMEOUT_S)
+            await asyncio.wait_for(self._configured.wait(), configure_timeout)
         except asyncio.TimeoutError:
             raise ModelUnavailable("the client never finished initialization (no `initialized`)") from None
         task = self._task

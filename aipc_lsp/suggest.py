@@ -2,6 +2,13 @@
 
 context.py builds the prompt, the scheduler runs it on a slot, postprocess.py trims the
 output while it streams (stopping the engine once the suggestion is complete).
+
+Work is reused three ways before a new generation is started:
+- identical requests (VS Code asks for inline completion and completion items at one
+  position) share one answer;
+- an LRU cache keyed by the prompt answers undo/redo and revisits;
+- typed-ahead: when the user typed what the running or the last generation of the
+  document predicted, the rest of that prediction is the answer (see generation.py).
 """
 
 from __future__ import annotations
@@ -9,18 +16,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from aipc_lsp.config import CompletionSettings
-from aipc_lsp.context import build_completion_context
+from aipc_lsp.context import LineCountCache, build_completion_context
 from aipc_lsp.engines.base import GenerationParams
-from aipc_lsp.postprocess import trim_suggestion
+from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
 from aipc_lsp.runtime import ModelRuntime
 from aipc_lsp.scheduler import Job
 
 log = logging.getLogger(__name__)
 
 COMPLETION = "completion"
+RESULT_CACHE_SIZE = 128
+RECENT_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -29,14 +40,42 @@ class Suggestion:
     first_token_ms: float | None
     total_ms: float
     tokens: int
+    # generated | typed-ahead | cache | shared: how the answer was obtained.
+    source: str = "generated"
 
 
 class Suggester:
     def __init__(self, runtime: ModelRuntime):
         self.runtime = runtime
-        # Requests for the very same context (VS Code asks for inline completion and
-        # completion items at one position) share one generation instead of superseding.
         self._inflight: dict[tuple, asyncio.Future] = {}
+        # The newest generation per document: running, or finished (for typed-ahead reuse).
+        self._latest: dict[str, Generation] = {}
+        self._results: OrderedDict[tuple, str] = OrderedDict()
+        # Per document: events of requests waiting for an answer, set when the document changes.
+        self._pending: dict[str, set[asyncio.Event]] = {}
+        # Timings of the latest answers, for aipc/status (and so for `aipc-lsp bench`).
+        self.recent: deque[dict] = deque(maxlen=RECENT_SIZE)
+        self._count: LineCountCache | None = None
+        self._scheduler_ref: weakref.ref | None = None
+
+    # --- called by the LSP features -----------------------------------------------------
+
+    def document_changed(self, uri: str, text: str | None) -> None:
+        """A new version of `uri` (None: closed). Requests for the old one are answered with
+        nothing at once; its running generation goes on only if the edit is what it predicted."""
+        for stale in self._pending.get(uri, ()):
+            stale.set()
+        g = self._latest.get(uri)
+        if g is None or g.done:
+            return
+        if text is not None and g.predicts(text):
+            g.kept_alive = True  # the user's next request will pick it up
+        else:
+            g.stop()
+
+    def document_closed(self, uri: str) -> None:
+        self.document_changed(uri, None)
+        self._latest.pop(uri, None)
 
     async def suggest(
         self,
@@ -52,11 +91,16 @@ class Suggester:
         key = (uri, version, offset, text if version is None else None)
         shared = self._inflight.get(key)
         if shared is not None and not shared.done():
-            return await asyncio.shield(shared)
+            result = await asyncio.shield(shared)
+            if result is not None:
+                result = Suggestion(result.text, result.first_token_ms, result.total_ms, result.tokens, "shared")
+            return result
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
+        stale = asyncio.Event()
+        self._pending.setdefault(uri, set()).add(stale)
         try:
-            result = await self._suggest(text, offset, settings, uri, language_id, version)
+            result = await self._suggest(text, offset, settings, uri, version, stale)
         except BaseException as exc:
             if not future.done():
                 future.set_result(None)
@@ -64,41 +108,75 @@ class Suggester:
         finally:
             if self._inflight.get(key) is future:
                 del self._inflight[key]
+            waiting = self._pending.get(uri)
+            if waiting is not None:
+                waiting.discard(stale)
+                if not waiting:
+                    del self._pending[uri]
         if not future.done():
             future.set_result(result)
         return result
 
-    async def _suggest(self, text, offset, settings, uri, language_id, version) -> Suggestion | None:
+    # --- the pipeline ---------------------------------------------------------------------
+
+    async def _suggest(self, text, offset, settings, uri, version, stale: asyncio.Event) -> Suggestion | None:
         started = time.perf_counter()
         scheduler = await self.runtime.scheduler()
         # Any ready slot's tokenizer sizes the prompt; slots normally share one model family.
         engine = next((s for s in scheduler.slots if s.ready), scheduler.slots[0]).engine
+        if self._scheduler_ref is None or self._scheduler_ref() is not scheduler:
+            # Another model (settings changed): nothing it did not generate may be served.
+            self._scheduler_ref = weakref.ref(scheduler)
+            self._count = LineCountCache(engine.count_tokens)
+            self._latest.clear()
+            self._results.clear()
         ctx = build_completion_context(
-            text, offset,
-            budget_tokens=settings.context_tokens, count_tokens=engine.count_tokens,
-        )
+            text, offset, budget_tokens=settings.context_tokens, count_tokens=self._count)
+        before, after = text[:offset], text[offset:]
+        params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature)
         trim_args = dict(
             line_prefix=ctx.line_prefix, line_suffix=ctx.line_suffix, suffix=ctx.suffix,
             held_back=ctx.held_back, max_lines=settings.max_lines,
         )
-        produced: list[str] = []
+        cache_key = (ctx.prompt, ctx.held_back, ctx.line_suffix, after, settings.max_lines, params)
 
-        def on_text(piece: str) -> bool:
-            produced.append(piece)
-            return not trim_suggestion("".join(produced), **trim_args).complete
+        cached = self._results.get(cache_key)
+        if cached is not None:
+            self._results.move_to_end(cache_key)
+            return self._done(uri, version, started, cached, "cache", started, 0)
 
-        params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature)
-        job = Job(key=(uri, COMPLETION), prompt=ctx.prompt, params=params, version=version, on_text=on_text)
-        result = await scheduler.run(job)
-        if result.cancelled:
+        latest = self._latest.get(uri)
+        if latest is not None and latest.may_serve(before, after, params):
+            outcome, answer, first_at = await answer_from(latest, before, trim_args, stale=stale)
+            if outcome is CANCELLED:
+                return None  # the document changed meanwhile
+            if outcome is not MISS:
+                self._remember(cache_key, answer)
+                return self._done(uri, version, started, answer, "typed-ahead", first_at, 0)
+
+        if stale.is_set():
             return None
-        # Output cut by the token limit may end mid-line: then the last line is dropped.
-        final = trim_suggestion(result.text, **trim_args, finished=result.tokens < params.max_new_tokens)
-        total_ms = (time.perf_counter() - started) * 1000
-        log.debug("suggestion for %s@%s: %r (%.0f ms)", uri, version, final.text, total_ms)
-        return Suggestion(
-            text=final.text,
-            first_token_ms=result.first_token_s * 1000 if result.first_token_s is not None else None,
-            total_ms=total_ms,
-            tokens=result.tokens,
-        )
+        g = Generation(before=before, held_back=ctx.held_back, after=after, params=params, trim_args=trim_args)
+        job = Job(key=(uri, COMPLETION), prompt=ctx.prompt, params=params, version=version, on_text=g.on_text)
+        g.start(job, scheduler.run(job))
+        self._latest[uri] = g
+        outcome, answer, first_at = await answer_from(g, before, trim_args, stale=stale, owner=True)
+        if outcome is CANCELLED or outcome is MISS:
+            return None
+        self._remember(cache_key, answer)
+        return self._done(uri, version, started, answer, "generated", first_at, g.tokens)
+
+    def _remember(self, key: tuple, text: str) -> None:
+        self._results[key] = text
+        self._results.move_to_end(key)
+        while len(self._results) > RESULT_CACHE_SIZE:
+            self._results.popitem(last=False)
+
+    def _done(self, uri, version, started, text, source, first_at, tokens) -> Suggestion:
+        now = time.perf_counter()
+        first_ms = (max(first_at, started) - started) * 1000 if first_at is not None else None
+        total_ms = (now - started) * 1000
+        self.recent.append({"uri": uri, "version": version, "source": source, "firstTokenMs": first_ms,
+                            "totalMs": total_ms, "tokens": tokens})
+        log.debug("suggestion for %s@%s (%s): %r (%.0f ms)", uri, version, source, text, total_ms)
+        return Suggestion(text=text, first_token_ms=first_ms, total_ms=total_ms, tokens=tokens, source=source)

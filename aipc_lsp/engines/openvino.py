@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -37,6 +38,8 @@ class OpenVINOEngine:
         self.npu_min_response_len = npu_min_response_len
         self._pipe = None
         self._tokenizer = None
+        self._stepped = False
+        self._request_ids = itertools.count()
 
     def _compile_properties(self) -> dict:
         props: dict = {"PERFORMANCE_HINT": "LATENCY"}
@@ -70,9 +73,15 @@ class OpenVINOEngine:
             scheduler.cache_size = max(1, round(self.kv_cache_mb / 1024)) if self.kv_cache_mb >= 1024 else 0
             if scheduler.cache_size == 0:
                 scheduler.num_kv_blocks = max(16, self.kv_cache_mb // 2)
-            kwargs["scheduler_config"] = scheduler
         try:
-            self._pipe = og.LLMPipeline(str(path), self.device, **kwargs)
+            if self.prefix_caching:
+                # The same paged-attention pipeline LLMPipeline builds for a scheduler_config,
+                # driven step by step (see _generate_stepped).
+                self._pipe = og.ContinuousBatchingPipeline(str(path), scheduler, self.device, kwargs)
+                self._stepped = True
+            else:
+                self._pipe = og.LLMPipeline(str(path), self.device, **kwargs)
+                self._stepped = False
         except Exception as exc:
             raise EngineError(f"OpenVINO could not load {path} on {self.device}: {exc}") from exc
         self._tokenizer = self._pipe.get_tokenizer()
@@ -101,7 +110,7 @@ class OpenVINOEngine:
         return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True)
 
     def _generation_config(self, params: GenerationParams):
-        config = self._pipe.get_generation_config()
+        config = self._pipe.get_config() if self._stepped else self._pipe.get_generation_config()
         config.apply_chat_template = False
         config.max_new_tokens = params.max_new_tokens
         if params.temperature > 0:
@@ -122,54 +131,117 @@ class OpenVINOEngine:
         cancel: threading.Event,
         on_text: OnText | None = None,
     ) -> GenerationResult:
-        import openvino_genai as og
-
         if self._pipe is None:
             raise EngineError("model not loaded")
+        if cancel.is_set():
+            return GenerationResult(cancelled=True)
+        try:
+            if self._stepped:
+                return self._generate_stepped(prompt, params, cancel, on_text)
+            return self._generate_streamed(prompt, params, cancel, on_text)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"OpenVINO generation failed: {exc}") from exc
+
+    def _generate_stepped(self, prompt, params, cancel, on_text) -> GenerationResult:
+        """Our own decode loop over the pipeline's step(): no streamer thread, and the cancel
+        flag is checked between steps, so a cancelled generation costs at most the step in
+        flight (the library's streamer runs a step ahead of its callback)."""
         result = GenerationResult()
         started = time.perf_counter()
-        tokens: list[int] = []
-        text = ""
-        tokenizer = self._tokenizer
+        detok = _Detokenizer(self._tokenizer)
+        handle = self._pipe.add_request(next(self._request_ids), prompt, self._generation_config(params))
+        ended = False
+        while self._pipe.has_non_finished_requests():
+            if cancel.is_set() and not ended:
+                handle.cancel()
+                result.cancelled = ended = True
+            self._pipe.step()  # after cancel/stop this only releases the request's blocks
+            if ended or not handle.can_read():
+                continue
+            for output in handle.read().values():
+                if result.first_token_s is None and output.generated_ids:
+                    result.first_token_s = time.perf_counter() - started
+                piece = detok.push(output.generated_ids)
+                if piece and self._wants_stop(piece, detok.text, params, on_text, result):
+                    handle.stop()  # keeps the KV blocks for the prefix cache
+                    ended = True
+                    break
+        result.text = detok.text
+        result.tokens = detok.count
+        result.total_s = time.perf_counter() - started
+        return result
+
+    @staticmethod
+    def _wants_stop(piece, text, params, on_text, result) -> bool:
+        if params.stop and any(s in text for s in params.stop):
+            result.stopped_by_caller = True
+        elif on_text is not None and on_text(piece) is False:
+            result.stopped_by_caller = True
+        return result.stopped_by_caller
+
+    def _generate_streamed(self, prompt, params, cancel, on_text) -> GenerationResult:
+        """LLMPipeline with a token-level streamer (devices without paged attention, e.g. NPU)."""
+        import openvino_genai as og
+
+        result = GenerationResult()
+        started = time.perf_counter()
+        detok = _Detokenizer(self._tokenizer)
+        wants_stop = self._wants_stop
 
         class _Streamer(og.StreamerBase):
             # Token-level: the library's text streamer holds tokens back until whole words
             # are printable, which delays the first piece.
             def write(self, token) -> og.StreamingStatus:
-                nonlocal text
                 if cancel.is_set():
                     result.cancelled = True
                     return og.StreamingStatus.CANCEL
                 if result.first_token_s is None:
                     result.first_token_s = time.perf_counter() - started
-                tokens.extend(token if isinstance(token, list) else [token])
-                decoded = tokenizer.decode(tokens)
-                if decoded.endswith("\ufffd"):
-                    return og.StreamingStatus.RUNNING  # a multi-byte character is still incomplete
-                piece, text = decoded[len(text):], decoded
-                if piece and params.stop and any(s in text for s in params.stop):
-                    result.stopped_by_caller = True
-                    return og.StreamingStatus.STOP
-                if piece and on_text is not None and on_text(piece) is False:
-                    result.stopped_by_caller = True
+                piece = detok.push(token if isinstance(token, list) else [token])
+                if piece and wants_stop(piece, detok.text, params, on_text, result):
                     return og.StreamingStatus.STOP
                 return og.StreamingStatus.RUNNING
 
             def end(self) -> None:
                 pass
 
-        if cancel.is_set():
-            result.cancelled = True
-            return result
-        try:
-            self._pipe.generate(prompt, self._generation_config(params), _Streamer())
-        except Exception as exc:
-            raise EngineError(f"OpenVINO generation failed: {exc}") from exc
-        result.text = text
-        result.tokens = len(tokens)
+        self._pipe.generate(prompt, self._generation_config(params), _Streamer())
+        result.text = detok.text
+        result.tokens = detok.count
         result.total_s = time.perf_counter() - started
         return result
 
     def close(self) -> None:
         self._pipe = None
         self._tokenizer = None
+
+
+class _Detokenizer:
+    """Incremental detokenization: decodes only the tokens since the last printed piece (plus
+    the ones before it, so a tokenizer that treats a leading space specially decodes both
+    windows alike). Decoding all tokens every step is O(n^2)."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+        self._tokens: list[int] = []
+        self._prefix_at = self._read_at = 0
+        self._prefix_text = ""
+        self.text = ""
+
+    @property
+    def count(self) -> int:
+        return len(self._tokens)
+
+    def push(self, ids) -> str:
+        """Add token ids; returns the newly printable text ("" while a character is incomplete)."""
+        self._tokens.extend(int(i) for i in ids)
+        window = self._tokenizer.decode(self._tokens[self._prefix_at:])
+        if window.endswith("\ufffd") or len(window) <= len(self._prefix_text):
+            return ""
+        piece = window[len(self._prefix_text):]
+        self.text += piece
+        self._prefix_at, self._read_at = self._read_at, len(self._tokens)
+        self._prefix_text = self._tokenizer.decode(self._tokens[self._prefix_at:self._read_at])
+        return piece

@@ -9,7 +9,7 @@ import re
 from lsprotocol import types
 from pygls.workspace import TextDocument
 
-from aipc_lsp.suggest import COMPLETION, Suggestion
+from aipc_lsp.suggest import Suggestion
 
 log = logging.getLogger(__name__)
 _WORD_TAIL = re.compile(r"[\w$]*$")
@@ -117,14 +117,16 @@ def register(server) -> None:
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
-        # A newer version makes any running suggestion for the old one worthless.
-        scheduler = ls.runtime.current()
-        if scheduler is not None:
-            scheduler.cancel_key((params.text_document.uri, COMPLETION))
+        # A newer version makes requests for the old one worthless; the running generation
+        # survives only if the user typed what it predicted (pygls applied the change already).
+        uri = params.text_document.uri
+        text = ls.workspace.get_text_document(uri).source if uri in ls.workspace.text_documents else None
+        ls.suggester.document_changed(uri, text)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
         ls.chat.forget(params.text_document.uri)
+        ls.suggester.document_closed(params.text_document.uri)
         scheduler = ls.runtime.current()
         if scheduler is not None:
             scheduler.cancel_document(params.text_document.uri)

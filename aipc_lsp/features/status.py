@@ -31,6 +31,9 @@ def collect(ls) -> dict:
             for job in (scheduler.live_jobs() if scheduler else [])
         ],
         "maxGenerationsPerKey": scheduler.max_generations_per_key if scheduler else 0,
+        # Timings of the latest answers (request received -> first token / answer, and
+        # whether it was generated or reused); `aipc-lsp bench` reads them.
+        "suggestions": list(ls.suggester.recent),
     }
 
 

@@ -31,8 +31,11 @@ CONFIG_READER = (
     "    with open(path) as handle:\n"
     "        return json."
 )
-# A list the model keeps extending line after line: a long generation to cancel.
+# A list the model keeps extending line after line.
 LONG = "PRIMES = [\n    2,\n    3,\n    5,\n    7,\n    11,\n"
+# The default model often closes the list above after a few tokens (so a cancel or a newer
+# request may come too late); this table it extends for 200+ tokens.
+ENDLESS = 'COLORS = {\n    "red": "#ff0000",\n    "green": "#00ff00",\n    "blue": "#0000ff",\n    '
 
 
 @pytest_lsp.fixture(config=server_config(), scope="module")
@@ -116,9 +119,9 @@ async def test_cancel_request_answers_32800_and_frees_the_slot(client: LanguageC
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.3)
     uri = "file:///work/primes.py"
-    open_document(client, uri, LONG)
+    open_document(client, uri, ENDLESS)
     params = types.InlineCompletionParams(
-        text_document=types.TextDocumentIdentifier(uri=uri), position=end_position(LONG, "utf-8"),
+        text_document=types.TextDocumentIdentifier(uri=uri), position=end_position(ENDLESS, "utf-8"),
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Invoked))
     request = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params)
     msg_id = next(reversed(client.protocol._request_futures))
@@ -147,14 +150,14 @@ async def test_newer_version_supersedes_and_stale_results_are_never_sent(client:
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.3)
     uri = "file:///work/primes2.py"
-    open_document(client, uri, LONG, version=1)
-    first = asyncio.ensure_future(inline(client, uri, end_position(LONG, "utf-8")))
+    open_document(client, uri, ENDLESS, version=1)
+    first = asyncio.ensure_future(inline(client, uri, end_position(ENDLESS, "utf-8")))
     deadline = time.monotonic() + 20
     while not (await status(client))["slots"][0]["busy"]:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     # The user types on: a new version arrives while the first generation runs.
-    newer = LONG + "    13,\n"
+    newer = ENDLESS + '"white": "#ffffff",\n    '
     changed_at = time.monotonic()
     replace_document(client, uri, newer, version=2)
     old_answer = await asyncio.wait_for(first, 10)
@@ -171,11 +174,12 @@ async def test_newer_version_supersedes_and_stale_results_are_never_sent(client:
 
 async def test_newer_request_supersedes_older_one_for_the_same_document(client: LanguageClient):
     uri = "file:///work/two_requests.py"
-    text = LONG
+    text = ENDLESS
     open_document(client, uri, text)
-    older = asyncio.ensure_future(inline(client, uri, types.Position(line=3, character=0)))
+    # At the end: a long generation, still running when the newer request arrives.
+    older = asyncio.ensure_future(inline(client, uri, end_position(text, "utf-8")))
     await asyncio.sleep(0.05)
-    newer = asyncio.ensure_future(inline(client, uri, end_position(text, "utf-8")))
+    newer = asyncio.ensure_future(inline(client, uri, types.Position(line=4, character=0)))
     old_result, new_result = await asyncio.wait_for(asyncio.gather(older, newer), 30)
     assert old_result == []
     assert new_result and new_result[0].strip()

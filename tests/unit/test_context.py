@@ -205,3 +205,21 @@ def test_one_huge_dense_line_is_cut_to_fit():
     text = "s = '" + "日本語のテキスト" * 1000
     ctx = build_completion_context(text, len(text), budget_tokens=100, count_tokens=one_per_char)
     assert one_per_char(ctx.prompt) <= 100
+
+
+def test_line_count_cache_counts_the_unchanged_lines_once():
+    from aipc_lsp.context import LineCountCache
+
+    counted: list[str] = []
+
+    def count(text: str) -> int:
+        counted.append(text)
+        return len(text.split())
+
+    cache = LineCountCache(count)
+    head = "def f(a, b):\n    return a\n"
+    assert cache(head + "x = 1") == 8
+    assert cache(head + "x = 12") == 8
+    assert cache(head + "x = 12 + y") == 10
+    assert counted.count(head) == 1  # the lines above the cursor were counted once
+    assert cache("no newline here") == 3

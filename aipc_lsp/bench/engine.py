@@ -1,0 +1,145 @@
+"""Engine-level benchmark, run in a child process per configuration so that peak RSS and
+load time belong to that configuration alone: the figures the AI-PC guides print (model
+load, first-token latency, other-token latency, tokens/s, max RSS).
+
+"Bare" means the engine's own generate call with a streamer that only takes timestamps:
+the rate aipc-lsp's server path is compared against.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import threading
+import time
+import uuid
+
+from aipc_lsp.bench.corpus import LONG_PROMPT, SHORT, corpus_text
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _timed_generate(pipe, og, prompt: str, max_new_tokens: int, ignore_eos: bool = True) -> dict:
+    """The bare pipeline call: token timestamps only, nothing decoded."""
+    config = pipe.get_config() if isinstance(pipe, og.ContinuousBatchingPipeline) else pipe.get_generation_config()
+    config.apply_chat_template = False
+    config.do_sample = False
+    config.max_new_tokens = max_new_tokens
+    config.ignore_eos = ignore_eos
+    stamps: list[float] = []
+
+    class Stamps(og.StreamerBase):
+        def write(self, token):
+            stamps.append(time.perf_counter())
+            return og.StreamingStatus.RUNNING
+
+        def end(self):
+            pass
+
+    started = time.perf_counter()
+    if isinstance(pipe, og.ContinuousBatchingPipeline):
+        pipe.generate([prompt], [config], Stamps())
+    else:
+        pipe.generate(prompt, config, Stamps())
+    first = (stamps[0] - started) * 1000 if stamps else None
+    other = ((stamps[-1] - stamps[0]) * 1000 / (len(stamps) - 1)) if len(stamps) > 1 else None
+    return {"first_ms": first, "other_ms_per_token": other, "tokens": len(stamps),
+            "tokens_per_s": 1000 / other if other else None}
+
+
+def prompt_of_tokens(count_tokens, text: str, tokens: int) -> str:
+    """The longest line-aligned beginning of `text` with at most `tokens` tokens."""
+    lines = text.split("\n")
+    lo, hi = 1, len(lines)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count_tokens("\n".join(lines[:mid]) + "\n") <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return "\n".join(lines[:lo]) + "\n"
+
+
+def run(spec: dict) -> dict:
+    """One configuration: spec has model, device, label, ov_config, quick, context_tokens."""
+    import openvino_genai as og
+
+    from aipc_lsp.engines.base import GenerationParams
+    from aipc_lsp.engines.openvino import OpenVINOEngine
+
+    engine = OpenVINOEngine(spec["model"], spec["device"], threads=spec.get("threads", 0),
+                            ov_config=spec.get("ov_config") or {})
+    started = time.perf_counter()
+    engine.load()
+    out: dict = {"label": spec["label"], "engine": "openvino", "device": spec["device"],
+                 "model": spec["model"], "load_s": time.perf_counter() - started}
+    pipe = engine._pipe
+    quick = spec.get("quick", False)
+    repeats = 2 if quick else 5
+    decode_tokens = 32 if quick else 128
+
+    if spec.get("decode_only"):
+        # The reference for the server's decode rate, measured right after it (load drifts).
+        rates = [_timed_generate(pipe, og, LONG_PROMPT, decode_tokens)["tokens_per_s"] for _ in range(repeats)]
+        out["long_tokens_per_s"] = statistics.median(rates)
+        engine.close()
+        return out
+    short = [_timed_generate(pipe, og, SHORT, decode_tokens) for _ in range(repeats)]
+    out["short_prompt_tokens"] = engine.count_tokens(SHORT)
+    out["first_ms"] = statistics.median(r["first_ms"] for r in short)
+    out["other_ms_per_token"] = statistics.median(r["other_ms_per_token"] for r in short)
+    out["tokens_per_s"] = 1000 / out["other_ms_per_token"]
+    # The decode-rate reference for the server path: the same prompt the server bench uses.
+    long = [_timed_generate(pipe, og, LONG_PROMPT, decode_tokens) for _ in range(repeats)]
+    out["long_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in long)
+
+    # A long prompt cold (a unique first line defeats the prefix cache), then the same
+    # prompt grown by a few characters, as when the user types.
+    long_tokens = spec.get("context_tokens", 1536)
+    base = prompt_of_tokens(engine.count_tokens, corpus_text(), long_tokens - 16)
+    cold, warm = [], []
+    for i in range(1 if quick else 3):
+        prompt = f"# run {uuid.uuid4().hex}\n" + base
+        cold.append(_timed_generate(pipe, og, prompt, 4)["first_ms"])
+        for extra in ("    ", "    r", "    re", "    ret", "    retu")[: 2 if quick else 5]:
+            warm.append(_timed_generate(pipe, og, prompt + extra, 4)["first_ms"])
+    out["long_prompt_tokens"] = engine.count_tokens("# run x\n" + base)
+    out["cold_first_ms"] = statistics.median(cold)
+    out["incremental_first_ms"] = statistics.median(warm)
+
+    # Our own streaming path (incremental detokenizer + callbacks) on the same prompt.
+    ours = []
+    for _ in range(repeats):
+        result = engine.generate(LONG_PROMPT, GenerationParams(max_new_tokens=decode_tokens), threading.Event(),
+                                 lambda piece: True)
+        if result.tokens > 1:
+            ours.append((result.tokens - 1) / (result.total_s - result.first_token_s))
+    out["engine_api_tokens_per_s"] = statistics.median(ours) if ours else None
+    text = corpus_text()
+    # Documents for the server bench, sized by this tokenizer (16 tokens spare for a unique first line).
+    out["doc_sizes"] = {n: len(prompt_of_tokens(engine.count_tokens, text, n - 16)) for n in spec.get("doc_tokens", [])}
+    out["peak_rss_mb"] = peak_rss_mb()
+    engine.close()
+    return out
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    try:
+        result = run(spec)
+    except Exception as exc:  # reported as a row, not a crash of the whole bench
+        result = {"label": spec.get("label"), "error": f"{type(exc).__name__}: {exc}"}
+    sys.stdout.write("BENCH-RESULT " + json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

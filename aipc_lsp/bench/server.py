@@ -1,0 +1,218 @@
+"""Server-level benchmark: `aipc-lsp serve` over stdio, driven as an editor drives it.
+
+Keystroke-to-full-suggestion is what the client sees (request sent -> answer received).
+Keystroke-to-first-token needs the server's view, since an LSP answer carries the whole
+suggestion: aipc/status lists for every answer when its first token was decoded
+(`firstTokenMs`, from the request's arrival) and when it was answered (`totalMs`); the
+client-side figure is round trip - (totalMs - firstTokenMs), i.e. the answer time minus
+the time the server spent after the first token existed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from lsprotocol import types
+from pygls.lsp.client import LanguageClient
+
+from aipc_lsp.bench.corpus import LONG_DOC
+
+
+def _plain(value):
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def summary(values: list[float]) -> dict:
+    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "n": len(values)}
+
+
+class BenchClient(LanguageClient):
+    def __init__(self):
+        super().__init__("aipc-lsp-bench", "1")
+        self.versions: dict[str, int] = {}
+        for method in (types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, types.PROGRESS):
+            self.feature(method)(lambda params: None)
+        self.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)(lambda params: None)
+
+    async def status(self) -> dict:
+        return _plain(await self.protocol.send_request_async("aipc/status", {}))
+
+    def open(self, uri: str, text: str) -> None:
+        self.versions[uri] = 1
+        self.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
+            uri=uri, language_id="python", version=1, text=text)))
+
+    def change(self, uri: str, text: str) -> None:
+        self.versions[uri] += 1
+        self.text_document_did_change(types.DidChangeTextDocumentParams(
+            text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
+            content_changes=[types.TextDocumentContentChangeWholeDocument(text=text)]))
+
+    def configure(self, completion: dict) -> None:
+        self.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"aipc": {"completion": completion}}))
+
+    def inline_params(self, uri: str, text: str) -> types.InlineCompletionParams:
+        lines = text.split("\n")
+        position = types.Position(line=len(lines) - 1, character=len(lines[-1].encode("utf-16-le")) // 2)
+        return types.InlineCompletionParams(
+            text_document=types.TextDocumentIdentifier(uri=uri), position=position,
+            context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
+
+    async def suggest(self, uri: str, text: str) -> dict:
+        """One request at the end of `text`; timings from both sides."""
+        sent = time.perf_counter()
+        await self.text_document_inline_completion_async(self.inline_params(uri, text))
+        round_trip = (time.perf_counter() - sent) * 1000
+        version = self.versions[uri]
+        record = next((r for r in reversed((await self.status())["suggestions"])
+                       if r["uri"] == uri and r["version"] == version), None)
+        if record is None or record["firstTokenMs"] is None:
+            return {"full_ms": round_trip, "first_ms": None, "source": None, "record": record}
+        after_first = record["totalMs"] - record["firstTokenMs"]
+        return {"full_ms": round_trip, "first_ms": max(0.0, round_trip - after_first),
+                "source": record["source"], "record": record}
+
+
+def _proc_peak_rss_mb(pid: int) -> float | None:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+async def _drain(stream) -> None:
+    while await stream.readline():
+        pass
+
+
+def _unique(text: str) -> str:
+    # A new first line: neither the prefix cache nor the result cache has seen this prompt.
+    return f"# bench {uuid.uuid4().hex}\n{text}"
+
+
+async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: bool, model: str | None,
+              context_tokens: int) -> dict:
+    command = [sys.executable, "-m", "aipc_lsp", "serve"]
+    client = BenchClient()
+    started = time.perf_counter()
+    await client.start_io(*command)
+    drain = asyncio.ensure_future(_drain(client._server.stderr))
+    base_completion = {"context_tokens": context_tokens, "max_tokens": 48}
+    out: dict = {"contexts": {}}
+    try:
+        options = {"completion": base_completion}
+        if model:
+            options["model"] = model
+        await client.initialize_async(types.InitializeParams(
+            capabilities=types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
+                inline_completion=types.InlineCompletionClientCapabilities())),
+            process_id=None, initialization_options=options))
+        client.initialized(types.InitializedParams())
+        while True:
+            state = await client.status()
+            if state["ready"] or state["error"]:
+                break
+            await asyncio.sleep(0.1)
+        if state["error"]:
+            return {"error": state["error"]}
+        out["ready_s"] = time.perf_counter() - started
+
+        cold_reps, keystrokes = (2, 5) if quick else (5, 16)
+        for n, doc in docs.items():
+            cold, uri, text = [], "", ""
+            for i in range(cold_reps):
+                uri, text = f"file:///bench/ctx{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(doc)
+                client.open(uri, text)
+                cold.append(await client.suggest(uri, text))
+            typed = []
+            for ch in continuations[n][:keystrokes]:
+                text += ch
+                client.change(uri, text)
+                typed.append(await client.suggest(uri, text))
+            generated = [r for r in typed if r["source"] == "generated"]
+            cold = [r for r in cold if r["source"] == "generated"]
+            out["contexts"][n] = {
+                "cold_first_ms": summary([r["first_ms"] for r in cold if r["first_ms"] is not None]),
+                "cold_full_ms": summary([r["full_ms"] for r in cold]),
+                # New generations while typing: the prefix cache at work.
+                "incremental_first_ms": summary([r["first_ms"] for r in generated if r["first_ms"] is not None]),
+                "incremental_full_ms": summary([r["full_ms"] for r in generated]),
+                # Every keystroke, reused answers included (typed-ahead, cache).
+                "keystroke_first_ms": summary([r["first_ms"] for r in typed if r["first_ms"] is not None]),
+                "keystroke_full_ms": summary([r["full_ms"] for r in typed]),
+                "sources": {s: sum(1 for r in typed if r["source"] == s) for s in {r["source"] for r in typed}},
+            }
+
+        # Decode rate through the server: a long generation on the bare engine's prompt.
+        client.configure({**base_completion, "max_tokens": 48 if quick else 128, "max_lines": 200})
+        await asyncio.sleep(0.2)
+        rates = []
+        for _ in range(1 if quick else 3):
+            uri = f"file:///bench/long_{uuid.uuid4().hex[:6]}.py"
+            text = _unique(LONG_DOC)
+            client.open(uri, text)
+            record = (await client.suggest(uri, text))["record"]
+            if record and record["tokens"] > 1 and record["totalMs"] > record["firstTokenMs"]:
+                rates.append((record["tokens"] - 1) * 1000 / (record["totalMs"] - record["firstTokenMs"]))
+        out["server_tokens_per_s"] = statistics.median(rates) if rates else None
+
+        out["cancel_ms"] = summary(await _cancel_latencies(client, 2 if quick else 5))
+        out["peak_rss_mb"] = _proc_peak_rss_mb(client._server.pid)
+        await client.shutdown_async(None)
+        client.exit(None)
+        await asyncio.wait_for(client._server.wait(), 10)
+        return out
+    finally:
+        drain.cancel()
+        if client._server.returncode is None:
+            client._server.kill()
+        await client.stop()
+
+
+async def _cancel_latencies(client: BenchClient, reps: int) -> list[float]:
+    """$/cancelRequest while decoding -> aipc/status shows the slot free (polled back to back)."""
+    client.configure({"max_tokens": 400, "max_lines": 200})
+    await asyncio.sleep(0.2)
+    latencies = []
+    for _ in range(reps):
+        uri = f"file:///bench/cancel_{uuid.uuid4().hex[:6]}.py"
+        text = _unique(LONG_DOC)
+        client.open(uri, text)
+        request = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, client.inline_params(uri, text))
+        msg_id = next(reversed(client.protocol._request_futures))
+        deadline = time.perf_counter() + 30
+        while not (await client.status())["slots"][0]["busy"] and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.15)  # well into decoding
+        cancelled = time.perf_counter()
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+        while (await client.status())["slots"][0]["busy"]:
+            if time.perf_counter() - cancelled > 10:
+                break
+        latencies.append((time.perf_counter() - cancelled) * 1000)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(request), 5)
+        except Exception:
+            pass  # -32800 RequestCancelled is the expected answer
+    return latencies

@@ -1,0 +1,36 @@
+"""`aipc-lsp bench --quick` as CI runs it: the real model through a bare engine and through
+the real server over stdio. Checks that every figure is measured and consistent, not how
+fast this (shared, noisy) machine is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.model
+
+
+def test_bench_quick_measures_everything(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "aipc_lsp", "bench", "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Targets (issue 6):" in proc.stdout and "Server over stdio" in proc.stdout
+    report = json.loads(out.read_text())
+    engine = report["engines"][0]
+    assert "error" not in engine, engine
+    for key in ("load_s", "first_ms", "other_ms_per_token", "tokens_per_s", "cold_first_ms",
+                "incremental_first_ms", "peak_rss_mb", "long_tokens_per_s"):
+        assert engine[key] > 0, key
+    assert engine["long_prompt_tokens"] >= 1400
+    server = report["server"]
+    assert "error" not in server, server
+    ctx = server["contexts"]["1536"]
+    assert ctx["cold_first_ms"]["n"] >= 1 and ctx["cold_first_ms"]["p50"] <= ctx["cold_full_ms"]["p50"]
+    assert sum(ctx["sources"].values()) == 5  # one answer per keystroke
+    assert server["server_tokens_per_s"] > 0 and server["peak_rss_mb"] > 0
+    assert server["cancel_ms"]["n"] == 2
+    assert len(report["targets"]) == 6 and all(t["met"] in (True, False, None) for t in report["targets"])

@@ -1,0 +1,118 @@
+"""Tests for `aipc-lsp bench` pieces that need no model: the remote client against a tiny
+OpenAI-compatible stub server, the target checks, the table and the JSON-able report."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from aipc_lsp.bench import remote
+from aipc_lsp.bench.report import check_targets, render_table
+from aipc_lsp.bench.server import percentile, summary
+
+TOKEN_DELAY = 0.01
+
+
+class Stub(BaseHTTPRequestHandler):
+    """/v1/completions with stream=true: one SSE chunk per "token", TOKEN_DELAY apart."""
+    prompts: list[str] = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.path == "/v1/completions" and body["stream"] is True
+        Stub.prompts.append(body["prompt"])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for i in range(body["max_tokens"]):
+            time.sleep(TOKEN_DELAY)
+            chunk = {"choices": [{"text": f" t{i}", "index": 0}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stub_url():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_measures_an_openai_compatible_stream(stub_url):
+    Stub.prompts = []
+    result = remote.run(stub_url, long_prompt="x = 1\n" * 100, quick=True)
+    assert result["first_ms"] >= TOKEN_DELAY * 1000 * 0.9
+    # One chunk per TOKEN_DELAY: the rate is measured from the stream, not made up.
+    assert 0.8 * TOKEN_DELAY * 1000 <= result["other_ms_per_token"] <= 5 * TOKEN_DELAY * 1000
+    assert result["tokens_per_s"] == pytest.approx(1000 / result["other_ms_per_token"])
+    assert result["cold_first_ms"] is not None and result["incremental_first_ms"] is not None
+    # Cold prompts are unique; incremental ones extend the cold one by a few characters.
+    long_prompts = [p for p in Stub.prompts if p.startswith("# run ")]
+    cold = long_prompts[0]
+    assert any(p != cold and p.startswith(cold) for p in long_prompts)
+
+
+def test_remote_failure_is_an_error_not_a_number():
+    with pytest.raises(OSError):
+        remote.run("http://127.0.0.1:9", long_prompt="x", quick=True)
+
+
+def test_percentiles():
+    assert percentile([], 50) is None
+    assert percentile([3, 1, 2], 50) == 2
+    assert percentile(list(range(1, 101)), 95) == 95
+    assert summary([5.0]) == {"p50": 5.0, "p95": 5.0, "n": 1}
+
+
+def report(**server) -> dict:
+    ctx = {"incremental_first_ms": {"p50": 25.0, "p95": 40.0, "n": 5}, "cold_first_ms": {"p50": 1200.0, "p95": 1300.0, "n": 5},
+           "cold_full_ms": summary([1500.0]), "incremental_full_ms": summary([300.0]),
+           "keystroke_first_ms": summary([3.0]), "keystroke_full_ms": summary([5.0]), "sources": {"generated": 5}}
+    base = {"contexts": {1536: ctx}, "server_tokens_per_s": 58.0, "cancel_ms": summary([19.0]),
+            "peak_rss_mb": 380.0, "ready_s": 3.0}
+    base.update(server)
+    return {"quick": True, "model": "m.gguf", "machine": {"processor": "cpu", "cpus": 2},
+            "engines": [{"label": "openvino gguf CPU", "load_s": 2.0, "first_ms": 40.0, "other_ms_per_token": 16.0,
+                         "tokens_per_s": 62.5, "cold_first_ms": 1100.0, "incremental_first_ms": 50.0,
+                         "engine_api_tokens_per_s": 60.0, "peak_rss_mb": 420.0, "long_tokens_per_s": 60.0}],
+            "server": base}
+
+
+def test_targets_are_judged_against_the_issue_limits():
+    rows = {r["target"].split(":")[0].split(" (")[0]: r for r in check_targets(report())}
+    assert rows["incremental typing ~1.5k ctx"]["met"] is True
+    assert rows["cold 1.5k prompt"]["met"] is False
+    assert rows["decode through the server"]["met"] is False  # 58 < 60
+    ratio = rows["server decode vs bare engine"]
+    assert ratio["value"] == pytest.approx(58 / 60 * 100) and ratio["met"] is True
+    cancel = rows["cancel -> slot free p50"]
+    assert cancel["limit"] == pytest.approx(1000 / 60 + 5) and cancel["met"] is True  # 19 <= 21.7
+    assert rows["server peak RSS"]["met"] is True
+
+
+def test_unmeasured_targets_say_so_and_the_table_renders():
+    data = report(cancel_ms=summary([]), peak_rss_mb=None)
+    rows = check_targets(data)
+    assert [r["met"] for r in rows if r["target"].startswith(("cancel", "server peak"))] == [None, None]
+    table = render_table({**data, "targets": rows})
+    assert "MISSED" in table and "not measured" in table and "openvino gguf CPU" in table
+    json.dumps(data)  # the report is JSON-able as is
+
+
+def test_the_bare_rate_next_to_the_server_run_is_the_reference():
+    data = report()
+    data["bare_after_server"] = {"long_tokens_per_s": 50.0}
+    ratio = next(r for r in check_targets(data) if r["target"].startswith("server decode"))
+    assert ratio["value"] == pytest.approx(58 / 50 * 100)
+    assert "measured right after: 50.0 tok/s" in render_table({**data, "targets": check_targets(data)})

@@ -1,0 +1,191 @@
+"""Tests for the work reuse in aipc_lsp.suggest / aipc_lsp.generation: typed-ahead reuse of
+the running or last generation, the prompt-keyed result cache, and that a reused answer is
+never stale or wrong. The engine is FakeEngine (scripted output, real worker threads)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aipc_lsp.config import CompletionSettings
+from aipc_lsp.scheduler import Scheduler, Slot
+from aipc_lsp.suggest import Suggester
+
+from fake_engine import FakeEngine
+
+SETTINGS = CompletionSettings(max_tokens=32)
+URI = "file:///work/a.py"
+
+
+class StubRuntime:
+    def __init__(self, engine: FakeEngine):
+        self._scheduler = Scheduler([Slot("fake", engine)])
+
+    async def scheduler(self) -> Scheduler:
+        await self._scheduler.wait_ready()
+        return self._scheduler
+
+    def current(self):
+        return self._scheduler
+
+
+@pytest.fixture
+async def make():
+    made: list[Scheduler] = []
+
+    def build(output, delay: float = 0.002) -> tuple[Suggester, FakeEngine]:
+        engine = FakeEngine(output=output, token_delay=delay)
+        runtime = StubRuntime(engine)
+        made.append(runtime._scheduler)
+        return Suggester(runtime), engine
+
+    yield build
+    for scheduler in made:
+        scheduler.close()
+        for slot in scheduler.slots:
+            slot.executor.shutdown(wait=True)
+
+
+async def ask(s: Suggester, text: str, version: int, offset: int | None = None, settings=SETTINGS):
+    return await s.suggest(text=text, offset=len(text) if offset is None else offset,
+                           settings=settings, uri=URI, version=version)
+
+
+def script(mapping: dict[str, str], default: str = "\n"):
+    """Engine output by prompt ending, so a test states what the model says after what."""
+    def output(prompt: str) -> str:
+        for end, out in mapping.items():
+            if prompt.endswith(end):
+                return out
+        return default
+    return output
+
+
+async def test_typed_ahead_is_answered_from_the_last_generation(make):
+    s, engine = make(script({"total =": " compute(a, b)\n\nprint(total)\n"}))
+    first = await ask(s, "total = ", 1)
+    assert first.text == "compute(a, b)" and first.source == "generated"
+    for version, typed in enumerate(["c", "co", "compute(", "compute(a, "], start=2):
+        s.document_changed(URI, "total = " + typed)
+        got = await ask(s, "total = " + typed, version)
+        assert got.source == "typed-ahead", typed
+        assert got.text == "compute(a, b)"[len(typed):]
+    assert len(engine.calls) == 1
+
+
+async def test_typing_off_the_prediction_starts_a_new_generation(make):
+    s, engine = make(script({"total =": " compute(a, b)\n", "total = cx": "y\n"}))
+    await ask(s, "total = ", 1)
+    s.document_changed(URI, "total = cx")
+    got = await ask(s, "total = cx", 2)
+    assert got.source == "generated" and got.text == "y"
+    assert engine.prompts == ["total =", "total = cx"]
+
+
+async def test_a_typed_space_is_not_taken_for_the_predicted_one(make):
+    # The model predicted "total =" + "(" ... ; the user typed a space instead: no reuse.
+    s, engine = make(script({"total =": "(1)\n", "total = ": " 2\n"}))
+    first = await ask(s, "total =", 1)
+    assert first.text == "(1)"
+    got = await ask(s, "total = ", 2)
+    assert got.source == "generated" and len(engine.calls) == 2
+
+
+async def test_different_text_after_the_cursor_is_never_served_from_reuse(make):
+    s, engine = make(script({"x =": " f(1)\n"}))
+    await ask(s, "x = \ny = 2\n", 1, offset=4)
+    got = await ask(s, "x = f\ny = 3\n", 2, offset=5)  # the line below changed too
+    assert got.source == "generated" and len(engine.calls) == 2
+
+
+async def test_reuse_needs_a_final_answer_for_the_new_cursor(make):
+    # The owner's suggestion (a single line after "x = ") ends at the newline, so the
+    # generation stops there; at the start of the next line nothing after it is known.
+    s, engine = make(script({"x =": " 1\n\ny = 2\n", "x = 1\n": "w = 4\n\n"}))
+    first = await ask(s, "x = ", 1)
+    assert first.text == "1" and engine.calls[0].result.stopped_by_caller
+    got = await ask(s, "x = 1\n", 2)
+    assert got.source == "generated" and got.text == "w = 4"
+
+
+async def test_undo_and_revisit_are_answered_from_the_result_cache(make):
+    s, engine = make(script({"a =": " 1\n", "b =": " 2\n"}))
+    assert (await ask(s, "a = ", 1)).text == "1"
+    assert (await ask(s, "b = ", 2)).text == "2"
+    back = await ask(s, "a = ", 3)
+    assert back.text == "1" and back.source == "cache"
+    assert len(engine.calls) == 2
+    # Other settings (max_lines) are another key.
+    other = await ask(s, "a = ", 4, settings=CompletionSettings(max_tokens=32, max_lines=2))
+    assert other.source == "generated"
+
+
+async def test_the_running_generation_serves_the_next_keystroke(make):
+    s, engine = make(script({"total =": " compute(alpha, beta, gamma, delta)\n"}), delay=0.03)
+    first = asyncio.ensure_future(ask(s, "total = ", 1))
+    while len(engine.calls) < 1 or engine.calls[0].tokens < 2:
+        await asyncio.sleep(0.005)
+    # The user types what is already predicted: the old request is answered with nothing
+    # at once, the generation goes on and answers the new one.
+    s.document_changed(URI, "total = comp")
+    second = asyncio.ensure_future(ask(s, "total = comp", 2))
+    assert await asyncio.wait_for(first, 0.5) is None
+    got = await asyncio.wait_for(second, 5)
+    assert got.source == "typed-ahead" and got.text == "ute(alpha, beta, gamma, delta)"
+    assert len(engine.calls) == 1 and not engine.calls[0].result.cancelled
+
+
+async def test_typing_off_a_running_prediction_stops_it_at_once(make):
+    s, engine = make(script({"total =": " compute(alpha, beta, gamma, delta)\n", "total = x": "y\n"}), delay=0.03)
+    first = asyncio.ensure_future(ask(s, "total = ", 1))
+    while len(engine.calls) < 1 or engine.calls[0].tokens < 1:
+        await asyncio.sleep(0.005)
+    s.document_changed(URI, "total = x")
+    assert await asyncio.wait_for(first, 0.5) is None
+    got = await asyncio.wait_for(ask(s, "total = x", 2), 5)
+    assert got.text == "y" and got.source == "generated"
+    assert engine.calls[0].result.cancelled
+    assert engine.calls[0].tokens < 5  # stopped long before its 8 tokens
+
+
+async def test_a_cancelled_request_stops_its_generation(make):
+    s, engine = make(script({"x =": " " + " ".join(f"w{i}" for i in range(60)) + "\n"}), delay=0.02)
+    request = asyncio.ensure_future(ask(s, "x = ", 1))
+    while not engine.calls or engine.calls[0].tokens < 1:
+        await asyncio.sleep(0.005)
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    for _ in range(100):
+        if engine.calls[0].ended is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.calls[0].result.cancelled and engine.calls[0].tokens < 20
+
+
+async def test_recent_records_say_how_each_answer_was_made(make):
+    s, engine = make(script({"t =": " f(1)\n"}))
+    await ask(s, "t = ", 1)
+    s.document_changed(URI, "t = f")
+    await ask(s, "t = f", 2)
+    sources = [r["source"] for r in s.recent]
+    assert sources == ["generated", "typed-ahead"]
+    assert all(r["firstTokenMs"] is not None and r["firstTokenMs"] <= r["totalMs"] for r in s.recent)
+
+
+async def test_nothing_from_a_previous_model_is_served(make):
+    s, engine = make(script({"a =": " 1\n"}))
+    assert (await ask(s, "a = ", 1)).text == "1"
+    # Settings changed: the runtime now has another model (a new scheduler).
+    other = FakeEngine(output=script({"a =": " 2\n"}), token_delay=0.002)
+    old = s.runtime._scheduler
+    s.runtime._scheduler = Scheduler([Slot("other", other)])
+    try:
+        again = await ask(s, "a = ", 2)
+        assert again.text == "2" and again.source == "generated"
+        s.document_changed(URI, "a = 2")  # typed-ahead must not use the old model's "1" either
+    finally:
+        s.runtime._scheduler.close()
+        s.runtime._scheduler.slots[0].executor.shutdown(wait=True)
+        s.runtime._scheduler = old
