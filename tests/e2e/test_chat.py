@@ -64,7 +64,7 @@ async def chat(client: LanguageClient, params: dict) -> dict:
 
 
 async def test_edit_streams_chunks_and_returns_an_edit_for_the_selection(client: LanguageClient):
-    uri = "file:///work/add.py"
+    uri = "file:///project/add.py"
     open_document(client, uri, ADD)
     CHUNKS.clear()
     started = time.perf_counter()
@@ -93,7 +93,7 @@ async def test_edit_streams_chunks_and_returns_an_edit_for_the_selection(client:
 
 
 async def test_partial_result_token_streams_progress_instead_of_chunks(client: LanguageClient):
-    uri = "file:///work/box.py"
+    uri = "file:///project/box.py"
     open_document(client, uri, METHOD)
     CHUNKS.clear()
     client.progress_reports["work-1"] = []  # as if the client had created it
@@ -109,7 +109,7 @@ async def test_partial_result_token_streams_progress_instead_of_chunks(client: L
 
 
 async def test_history_is_kept_per_document(client: LanguageClient):
-    uri = "file:///work/history.py"
+    uri = "file:///project/history.py"
     open_document(client, uri, METHOD)
     ask = {"textDocument": {"uri": uri}, "range": _selection(1, 3), "instruction": "What is self.items?"}
     assert (await chat(client, ask))["historyTurns"] == 0
@@ -118,13 +118,13 @@ async def test_history_is_kept_per_document(client: LanguageClient):
     # A client-managed (here: empty) history replaces the server's.
     assert (await chat(client, {**ask, "history": []}))["historyTurns"] == 0
     # Another document has its own (empty) history.
-    other = "file:///work/other.py"
+    other = "file:///project/other.py"
     open_document(client, other, METHOD)
     assert (await chat(client, {**ask, "textDocument": {"uri": other}}))["historyTurns"] == 0
 
 
 async def test_cancel_answers_32800_and_frees_the_slot(client: LanguageClient):
-    uri = "file:///work/cancel.py"
+    uri = "file:///project/cancel.py"
     open_document(client, uri, ADD)
     client.set_configuration({"aipc": {"chat": {"max_tokens": 1000}}})
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
@@ -156,17 +156,17 @@ async def test_cancel_answers_32800_and_frees_the_slot(client: LanguageClient):
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"textDocument": {"uri": "file:///work/add.py"}}, "range"),
+    ({"textDocument": {"uri": "file:///project/add.py"}}, "range"),
     ({"textDocument": {}, "range": _selection(0, 1), "instruction": "x"}, "textDocument.uri"),
-    ({"textDocument": {"uri": "file:///work/add.py"}, "range": _selection(0, 1), "instruction": ""}, "instruction"),
-    ({"textDocument": {"uri": "file:///work/add.py"}, "range": _selection(2, 1), "instruction": "x"}, "before"),
-    ({"textDocument": {"uri": "file:///work/add.py"}, "range": _selection(0, 1), "instruction": "x",
+    ({"textDocument": {"uri": "file:///project/add.py"}, "range": _selection(0, 1), "instruction": ""}, "instruction"),
+    ({"textDocument": {"uri": "file:///project/add.py"}, "range": _selection(2, 1), "instruction": "x"}, "before"),
+    ({"textDocument": {"uri": "file:///project/add.py"}, "range": _selection(0, 1), "instruction": "x",
       "history": [{"role": "robot", "content": "x"}]}, "history"),
-    ({"textDocument": {"uri": "file:///work/never-opened.py"}, "range": _selection(0, 1), "instruction": "x"}, "not open"),
+    ({"textDocument": {"uri": "file:///project/never-opened.py"}, "range": _selection(0, 1), "instruction": "x"}, "not open"),
     ([1, 2], "object"),
 ])
 async def test_bad_params_get_invalid_params(client: LanguageClient, params, message):
-    open_document(client, "file:///work/add.py", ADD)
+    open_document(client, "file:///project/add.py", ADD)
     with pytest.raises(Exception) as error:
         await client.protocol.send_request_async("aipc/inlineChat", params)
     assert getattr(error.value, "code", None) == -32602, error.value
@@ -175,7 +175,7 @@ async def test_bad_params_get_invalid_params(client: LanguageClient, params, mes
 
 
 async def test_chat_command_applies_the_edit_through_workspace_apply_edit(client: LanguageClient):
-    uri = "file:///work/cmd.py"
+    uri = "file:///project/cmd.py"
     open_document(client, uri, ADD)
     APPLIED.clear()
     result = plain(await client.workspace_execute_command_async(types.ExecuteCommandParams(

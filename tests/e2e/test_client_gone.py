@@ -21,7 +21,7 @@ def test_a_client_that_goes_away_stops_the_generation_and_the_server():
                                            "initializationOptions": {"completion": {"max_tokens": 400, "max_lines": 200}}})
         assert "result" in reply
         server.notify("initialized", {})
-        uri = "file:///work/gone.py"
+        uri = "file:///project/gone.py"
         server.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": LONG}})
         deadline = time.monotonic() + 120
         while not server.call("aipc/status", {})["result"]["ready"]:

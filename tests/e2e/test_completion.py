@@ -58,7 +58,7 @@ def position_encoding(client: LanguageClient) -> str:
 async def test_server_advertises_inline_completion_and_completion(client: LanguageClient):
     # The initialize result is not kept by pytest-lsp; ask again through a second look at
     # the capabilities the server registered: both requests must be answered, not -32601.
-    uri = "file:///work/caps.py"
+    uri = "file:///project/caps.py"
     open_document(client, uri, "x = 1\n")
     await inline(client, uri, types.Position(line=1, character=0))
     await client.text_document_completion_async(types.CompletionParams(
@@ -66,10 +66,10 @@ async def test_server_advertises_inline_completion_and_completion(client: Langua
 
 
 async def test_inline_completion_is_real_and_depends_on_the_code(client: LanguageClient):
-    open_document(client, "file:///work/stack.py", STACK)
-    open_document(client, "file:///work/reader.py", CONFIG_READER)
-    stack = await inline(client, "file:///work/stack.py", end_position(STACK, "utf-8"))
-    reader = await inline(client, "file:///work/reader.py", end_position(CONFIG_READER, "utf-8"))
+    open_document(client, "file:///project/stack.py", STACK)
+    open_document(client, "file:///project/reader.py", CONFIG_READER)
+    stack = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
+    reader = await inline(client, "file:///project/reader.py", end_position(CONFIG_READER, "utf-8"))
     assert len(stack) == 1 and stack[0].strip(), stack
     assert len(reader) == 1 and reader[0].strip(), reader
     assert stack[0] != reader[0]
@@ -86,7 +86,7 @@ async def test_inline_completion_is_real_and_depends_on_the_code(client: Languag
 
 async def test_completion_item_carries_the_whole_suggestion(client: LanguageClient):
     text = "def greet(name):\n    message = f\"Hello, {name}\"\n    pri"
-    uri = "file:///work/greet.py"
+    uri = "file:///project/greet.py"
     open_document(client, uri, text)
     position = end_position(text, "utf-8")
     result = await client.text_document_completion_async(types.CompletionParams(
@@ -104,7 +104,7 @@ async def test_completion_item_carries_the_whole_suggestion(client: LanguageClie
 
 async def test_completion_inside_a_line_stays_on_that_line(client: LanguageClient):
     text = "values = [3, 1, 2]\nprint(sorted())\n"
-    uri = "file:///work/midline.py"
+    uri = "file:///project/midline.py"
     open_document(client, uri, text)
     # Cursor between "sorted(" and "))".
     result = await inline(client, uri, types.Position(line=1, character=13))
@@ -118,7 +118,7 @@ async def test_cancel_request_answers_32800_and_frees_the_slot(client: LanguageC
     client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.3)
-    uri = "file:///work/primes.py"
+    uri = "file:///project/primes.py"
     open_document(client, uri, ENDLESS)
     params = types.InlineCompletionParams(
         text_document=types.TextDocumentIdentifier(uri=uri), position=end_position(ENDLESS, "utf-8"),
@@ -149,7 +149,7 @@ async def test_newer_version_supersedes_and_stale_results_are_never_sent(client:
     client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.3)
-    uri = "file:///work/primes2.py"
+    uri = "file:///project/primes2.py"
     open_document(client, uri, ENDLESS, version=1)
     first = asyncio.ensure_future(inline(client, uri, end_position(ENDLESS, "utf-8")))
     deadline = time.monotonic() + 20
@@ -173,7 +173,7 @@ async def test_newer_version_supersedes_and_stale_results_are_never_sent(client:
 
 
 async def test_newer_request_supersedes_older_one_for_the_same_document(client: LanguageClient):
-    uri = "file:///work/two_requests.py"
+    uri = "file:///project/two_requests.py"
     text = ENDLESS
     open_document(client, uri, text)
     # At the end: a long generation, still running when the newer request arrives.
@@ -186,7 +186,7 @@ async def test_newer_request_supersedes_older_one_for_the_same_document(client: 
 
 
 async def test_unknown_document_and_out_of_range_give_empty_results(client: LanguageClient):
-    assert await inline(client, "file:///work/never-opened.py", types.Position(line=0, character=0)) == []
-    uri = "file:///work/short.py"
+    assert await inline(client, "file:///project/never-opened.py", types.Position(line=0, character=0)) == []
+    uri = "file:///project/short.py"
     open_document(client, uri, "x = 1\n")
     assert await inline(client, uri, types.Position(line=40, character=3)) == []

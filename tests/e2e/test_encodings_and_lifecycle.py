@@ -42,7 +42,7 @@ def units(text: str, encoding: str) -> int:
 
 
 async def test_cursor_after_non_ascii_text(client: LanguageClient):
-    uri = "file:///work/grüße.py"
+    uri = "file:///project/grüße.py"
     before = 'greeting = "Grüße 🎉 aus Köln"; length = len(greet'
     text = before + ")  # count the characters\n"
     open_document(client, uri, text)

@@ -102,10 +102,10 @@ async def test_the_slot_runs_the_chosen_engine(client: LanguageClient, request):
 
 
 async def test_inline_completion_is_real_and_depends_on_the_code(client: LanguageClient):
-    open_document(client, "file:///work/stack.py", STACK)
-    open_document(client, "file:///work/reader.py", READER)
-    stack = await inline(client, "file:///work/stack.py", end_position(STACK, "utf-8"))
-    reader = await inline(client, "file:///work/reader.py", end_position(READER, "utf-8"))
+    open_document(client, "file:///project/stack.py", STACK)
+    open_document(client, "file:///project/reader.py", READER)
+    stack = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
+    reader = await inline(client, "file:///project/reader.py", end_position(READER, "utf-8"))
     assert len(stack) == 1 and stack[0].strip(), stack
     assert len(reader) == 1 and reader[0].strip(), reader
     assert stack[0] != reader[0]
@@ -118,7 +118,7 @@ async def test_cancel_request_stops_the_generation_within_a_step(client: Languag
     client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.3)
-    uri = "file:///work/primes.py"
+    uri = "file:///project/primes.py"
     open_document(client, uri, LONG)
     position = end_position(LONG, "utf-8")
     params = types.InlineCompletionParams(

@@ -49,8 +49,8 @@ async def test_first_use_fetches_the_model_with_progress(fresh: LanguageClient):
     # The settings file under $XDG_CONFIG_HOME was read (and its bad value named).
     shown = "\n".join(m.message for m in fresh.messages)
     assert f"{XDG / 'aipc-lsp' / 'settings.toml'}:2: completion.max_lines" in shown, shown
-    open_document(fresh, "file:///work/area.py", CODE)
-    assert await inline(fresh, "file:///work/area.py", end_position(CODE, "utf-8"))
+    open_document(fresh, "file:///project/area.py", CODE)
+    assert await inline(fresh, "file:///project/area.py", end_position(CODE, "utf-8"))
 
 
 @pytest_lsp.fixture(config=server_config(env=_env(AIPC_LSP_CACHE_DIR=OFFLINE_CACHE, PIP_NO_INDEX="1")), scope="module")
@@ -68,6 +68,6 @@ async def test_fetch_failure_is_shown_with_what_to_do(offline: LanguageClient):
     assert "aipc-lsp models fetch" in errors[0] and "model" in errors[0], errors[0]
     # Nothing half-written is left in the cache.
     assert not (OFFLINE_CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
-    open_document(offline, "file:///work/area.py", CODE)
-    assert await inline(offline, "file:///work/area.py", end_position(CODE, "utf-8")) == []
+    open_document(offline, "file:///project/area.py", CODE)
+    assert await inline(offline, "file:///project/area.py", end_position(CODE, "utf-8")) == []
     assert (await status(offline))["version"]  # still answering

@@ -48,7 +48,7 @@ async def test_bad_values_are_named_and_defaults_serve(bad_values: LanguageClien
     assert "initializationOptions: max_lines: unknown setting" in messages, messages
     state = await wait_ready(bad_values)
     assert state["ready"] and state["engine"] == "openvino", state
-    uri = "file:///work/area.py"
+    uri = "file:///project/area.py"
     open_document(bad_values, uri, CODE)
     result = await inline(bad_values, uri, end_position(CODE, "utf-8"))
     assert result and result[0].strip()
@@ -71,7 +71,7 @@ async def test_invalid_toml_and_missing_model_are_shown_and_requests_still_answe
     assert "model" in errors[0].message  # says which setting to fix
     state = await status(invalid_toml)
     assert not state["ready"] and "no-such-model.gguf" in state["error"]
-    uri = "file:///work/area.py"
+    uri = "file:///project/area.py"
     open_document(invalid_toml, uri, CODE)
     assert await inline(invalid_toml, uri, end_position(CODE, "utf-8")) == []
     result = await invalid_toml.text_document_completion_async(types.CompletionParams(

@@ -62,17 +62,17 @@ async def test_completion_moves_to_the_cpu_slot_while_the_accelerator_is_busy(cl
     client.set_configuration({"aipc": {"completion": {"max_tokens": 300, "max_lines": 200}}})
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.3)
-    open_document(client, "file:///work/long.py", LONG)
-    open_document(client, "file:///work/stack.py", STACK)
+    open_document(client, "file:///project/long.py", LONG)
+    open_document(client, "file:///project/stack.py", STACK)
     before = await status(client)
-    long_job = asyncio.ensure_future(inline(client, "file:///work/long.py", end_position(LONG, "utf-8")))
+    long_job = asyncio.ensure_future(inline(client, "file:///project/long.py", end_position(LONG, "utf-8")))
     deadline = time.monotonic() + 20
     while not _slot(await status(client), "accel")["busy"]:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     # A suggestion for another document while "accel" streams a long generation.
     started = time.monotonic()
-    suggestion = await inline(client, "file:///work/stack.py", end_position(STACK, "utf-8"))
+    suggestion = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
     elapsed = time.monotonic() - started
     during = await status(client)
     assert suggestion and suggestion[0].strip()
@@ -82,7 +82,7 @@ async def test_completion_moves_to_the_cpu_slot_while_the_accelerator_is_busy(cl
     assert elapsed < 10
     # Closing the document stops its generation at once.
     client.text_document_did_close(types.DidCloseTextDocumentParams(
-        text_document=types.TextDocumentIdentifier(uri="file:///work/long.py")))
+        text_document=types.TextDocumentIdentifier(uri="file:///project/long.py")))
     assert await asyncio.wait_for(long_job, 5) == []
     client.set_configuration({"aipc": {}})
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
@@ -94,11 +94,11 @@ async def test_completion_is_served_by_the_cpu_while_the_accelerator_streams_a_c
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.3)
     source = "def area(width, height):\n    return width * height\n"
-    open_document(client, "file:///work/area.py", source)
-    open_document(client, "file:///work/stack2.py", STACK)
+    open_document(client, "file:///project/area.py", source)
+    open_document(client, "file:///project/stack2.py", STACK)
     before = await status(client)
     chat = client.protocol.send_request("aipc/inlineChat", {
-        "textDocument": {"uri": "file:///work/area.py"},
+        "textDocument": {"uri": "file:///project/area.py"},
         "range": {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}},
         "instruction": "Explain in detail, step by step, what this function does and how to test it.",
         "mode": "ask", "history": []})
@@ -106,7 +106,7 @@ async def test_completion_is_served_by_the_cpu_while_the_accelerator_streams_a_c
     while not ((job := _slot(await status(client), "accel")["job"]) and job["kind"] == "chat"):
         assert time.monotonic() < deadline, "the chat never started on the accelerator"
         await asyncio.sleep(0.02)
-    suggestion = await inline(client, "file:///work/stack2.py", end_position(STACK, "utf-8"))
+    suggestion = await inline(client, "file:///project/stack2.py", end_position(STACK, "utf-8"))
     during = await status(client)
     assert suggestion and suggestion[0].strip()
     assert _slot(during, "cpu")["served"] == _slot(before, "cpu")["served"] + 1, during
@@ -120,7 +120,7 @@ async def test_completion_is_served_by_the_cpu_while_the_accelerator_streams_a_c
 
 async def test_typing_storm(client: LanguageClient):
     """20 keystrokes a second for 10 seconds, each a didChange plus an inline completion."""
-    uri = "file:///work/storm.py"
+    uri = "file:///project/storm.py"
     text = "import os\n\n\ndef list_files(folder):\n    "
     open_document(client, uri, text, version=1)
     typed = ("result = []\n    for name in os.listdir(folder):\n        if name.endswith('.py'):\n"
@@ -176,8 +176,8 @@ async def test_a_slot_that_cannot_load_is_reported_once_and_the_next_one_serves(
     assert npu["state"] == "unhealthy" and "NPU" in npu["error"], npu
     warnings = [m.message for m in broken_first.messages if "slot npu" in m.message]
     assert len(warnings) == 1 and "using cpu" in warnings[0], broken_first.messages
-    open_document(broken_first, "file:///work/stack.py", STACK)
-    assert await inline(broken_first, "file:///work/stack.py", end_position(STACK, "utf-8"))
+    open_document(broken_first, "file:///project/stack.py", STACK)
+    assert await inline(broken_first, "file:///project/stack.py", end_position(STACK, "utf-8"))
     # `aipc-lsp status` asks the running server on its loopback status port.
     shown = subprocess.run([sys.executable, "-m", "aipc_lsp", "status", "--port", str(STATUS_PORT), "--json"],
                            capture_output=True, text=True, timeout=60)

@@ -41,7 +41,7 @@ async def ask(client: LanguageClient, uri: str, text: str) -> tuple[str | None, 
 
 
 async def test_typing_along_the_prediction_reuses_it_and_diverging_generates_anew(client: LanguageClient):
-    uri = "file:///work/reuse_stack.py"
+    uri = "file:///project/reuse_stack.py"
     open_document(client, uri, STACK, version=1)
     first, state = await ask(client, uri, STACK)
     assert first and len(first) >= 3, first

@@ -15,7 +15,7 @@ from aipc_lsp.suggest import Suggester
 from fake_engine import FakeEngine
 
 SETTINGS = CompletionSettings(max_tokens=32)
-URI = "file:///work/a.py"
+URI = "file:///project/a.py"
 
 
 class StubRuntime:

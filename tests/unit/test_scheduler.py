@@ -23,8 +23,8 @@ LONG = " ".join(f"w{i}" for i in range(40))  # 40 tokens: 0.8 s at DELAY
 SHORT = "return a + b"
 # How soon the engine must notice a cancel: one decode step plus scheduling slack.
 CANCEL_LATENCY = DELAY + 0.05
-URI_A = "file:///work/a.py"
-URI_B = "file:///work/b.py"
+URI_A = "file:///project/a.py"
+URI_B = "file:///project/b.py"
 COMPLETION = "completion"
 
 

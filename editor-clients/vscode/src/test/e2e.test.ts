@@ -18,7 +18,7 @@ import { formatStatus, ServerStatus } from '../status';
 
 // pytest passes the interpreter of its virtual environment.
 const command: string[] = JSON.parse(process.env.AIPC_SERVER_CMD ?? '["python3", "-m", "aipc_lsp", "serve"]');
-const URI = 'file:///work/vscode_e2e.py';
+const URI = 'file:///project/vscode_e2e.py';
 const SOURCE = 'import os\n\n\ndef add(a, b):\n    return a + b\n\n\ndef list_python_files(folder):\n    ';
 let server: ChildProcess;
 let connection: ProtocolConnection;
