@@ -140,7 +140,7 @@ async def run_demo(config: str | None = None) -> int:
         text = await _type(client, uri, text, THEN, pause=0.03)
         state = _plain(await client.protocol.send_request_async("aipc/status", {}))
         slot = state["slots"][0]
-        print(f"\n{GREY}slot {slot['slot']}: {slot['served']} suggestions served, {slot['cancelled']} cancelled, "
+        print(f"\n{GREY}slot {slot['slot']}: {slot['served']} generations served, {slot['cancelled']} cancelled, "
               f"first token ~{slot['ttft_ms'] or 0:.0f} ms, {slot['tokens_per_s'] or 0:.0f} tokens/s{RESET}")
         await client.shutdown_async(None)
         client.exit(None)
