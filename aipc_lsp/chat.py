@@ -127,10 +127,13 @@ class ChatService:
         return self._prompters[key]
 
     def _fit(self, prompter, engine, system: str, history: list[dict], user: str,
-             settings: ChatSettings) -> tuple[str, list[dict], int]:
-        """Render the conversation, dropping the oldest turns until it fits the budget."""
+             settings: ChatSettings, prompt_limit: int | None = None) -> tuple[str, list[dict], int]:
+        """Render the conversation, dropping the oldest turns until it fits the budget (and the
+        longest prompt a statically shaped device accepts)."""
         history = history[-2 * settings.history_turns:] if settings.history_turns else []
         budget = settings.context_tokens - settings.max_tokens
+        if prompt_limit:
+            budget = min(budget, prompt_limit)
         while True:
             messages = [{"role": "system", "content": system}, *history, {"role": "user", "content": user}]
             prompt = prompter.render(messages)
@@ -156,7 +159,8 @@ class ChatService:
         user = user_message(request, mode)
         history = request.history if request.history is not None else self.history(request.uri)
         prompt, kept, prompt_tokens = self._fit(
-            prompter, engine, SYSTEM_EDIT if mode == "edit" else SYSTEM_ASK, history, user, settings)
+            prompter, engine, SYSTEM_EDIT if mode == "edit" else SYSTEM_ASK, history, user, settings,
+            scheduler.prompt_limit())
         stream = StopFilter(prompter.stop)
         received: list[str] = []
 

@@ -290,6 +290,13 @@ class Scheduler:
         for slot in self.slots:
             slot.close()
 
+    def prompt_limit(self) -> int | None:
+        """The longest prompt every slot accepts (prompts are built before routing), or None.
+        Engines with static shapes (OpenVINO on the NPU) declare `max_prompt_tokens`."""
+        limits = [limit for slot in self.slots if slot.health is not Health.UNHEALTHY
+                  if (limit := getattr(slot.engine, "max_prompt_tokens", None))]
+        return min(limits) if limits else None
+
     # -- jobs -----------------------------------------------------------------------------------
     def live_jobs(self) -> list[Job]:
         return list(self._live.values())

@@ -130,8 +130,8 @@ class Suggester:
             self._count = LineCountCache(engine.count_tokens)
             self._latest.clear()
             self._results.clear()
-        ctx = build_completion_context(
-            text, offset, budget_tokens=settings.context_tokens, count_tokens=self._count)
+        budget = min(settings.context_tokens, scheduler.prompt_limit() or settings.context_tokens)
+        ctx = build_completion_context(text, offset, budget_tokens=budget, count_tokens=self._count)
         before, after = text[:offset], text[offset:]
         params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature)
         trim_args = dict(

@@ -41,6 +41,11 @@ class OpenVINOEngine:
         self._stepped = False
         self._request_ids = itertools.count()
 
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """The NPU is compiled for a fixed longest prompt; other devices take any length."""
+        return self.npu_max_prompt_len if self.device.upper().startswith("NPU") else None
+
     def _compile_properties(self) -> dict:
         props: dict = {"PERFORMANCE_HINT": "LATENCY"}
         if self.device.upper().startswith("CPU"):

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from aipc_lsp.engines.base import EngineError, GenerationParams
-from aipc_lsp.scheduler import Job, Scheduler, Slot
+from aipc_lsp.scheduler import Health, Job, Scheduler, Slot
 from fake_engine import FakeEngine, tokenize
 
 DELAY = 0.02
@@ -190,3 +190,17 @@ async def test_a_typing_storm_never_runs_two_generations_for_one_document(make):
     assert not results[-1].cancelled and results[-1].text
     assert all(r.cancelled for r in results[:-1])  # every older keystroke was superseded
     assert max(e.max_concurrent for e in engines) == 1
+
+
+async def test_prompt_limit_is_the_strictest_healthy_slot(make):
+    from aipc_lsp.engines.openvino import OpenVINOEngine
+
+    assert OpenVINOEngine("m.gguf", "NPU", npu_max_prompt_len=512).max_prompt_tokens == 512
+    assert OpenVINOEngine("m.gguf", "CPU").max_prompt_tokens is None
+    npu, cpu = FakeEngine(output="n"), FakeEngine(output="c")
+    npu.max_prompt_tokens = 512
+    scheduler = make(npu, cpu, names=["npu", "cpu"])
+    await ready(scheduler)
+    assert scheduler.prompt_limit() == 512  # prompts are built before routing: fit the NPU
+    scheduler.slots[0].health = Health.UNHEALTHY
+    assert scheduler.prompt_limit() is None  # an unhealthy NPU does not shrink the CPU's prompts
