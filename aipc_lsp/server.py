@@ -6,7 +6,6 @@ what every feature shares.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from pathlib import Path

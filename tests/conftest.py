@@ -1,7 +1,6 @@
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = [sys.executable, "-m", "aipc_lsp", "serve"]

@@ -66,3 +66,27 @@ async def wait_ready(client: LanguageClient, timeout: float = 180) -> dict:
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"model not ready after {timeout}s: {state}")
         await asyncio.sleep(0.2)
+
+
+async def configure(client: LanguageClient, aipc: dict) -> None:
+    """Replace the client's `aipc` settings and tell the server (it pulls them)."""
+    client.set_configuration({"aipc": aipc})
+    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
+    await asyncio.sleep(0.3)
+
+
+async def cancel_and_expect_slot_free(client: LanguageClient, request, msg_id, within: float = 2.0) -> None:
+    """Send $/cancelRequest for a running request: it must answer -32800 and the slot must be
+    free again well before the generation could have finished by itself."""
+    import time
+
+    import pytest
+
+    cancelled_at = time.monotonic()
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+    with pytest.raises(Exception) as error:
+        await asyncio.wait_for(asyncio.wrap_future(request), 10)
+    assert getattr(error.value, "code", None) == -32800, error.value
+    while (await status(client))["slots"][0]["busy"]:
+        assert time.monotonic() - cancelled_at < within, "generation kept running after $/cancelRequest"
+        await asyncio.sleep(0.01)

@@ -11,7 +11,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from conftest import open_document, plain, server_config, status, wait_ready
+from conftest import cancel_and_expect_slot_free, configure, open_document, plain, server_config, status, wait_ready
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -126,9 +126,7 @@ async def test_history_is_kept_per_document(client: LanguageClient):
 async def test_cancel_answers_32800_and_frees_the_slot(client: LanguageClient):
     uri = "file:///project/cancel.py"
     open_document(client, uri, ADD)
-    client.set_configuration({"aipc": {"chat": {"max_tokens": 1000}}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {"chat": {"max_tokens": 1000}})
     CHUNKS.clear()
     request = client.protocol.send_request("aipc/inlineChat", {
         "textDocument": {"uri": uri}, "range": _selection(0, 8),
@@ -138,21 +136,12 @@ async def test_cancel_answers_32800_and_frees_the_slot(client: LanguageClient):
     while not CHUNKS:
         assert time.monotonic() < deadline, "no chunk streamed"
         await asyncio.sleep(0.02)
-    cancelled_at = time.monotonic()
-    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
-    with pytest.raises(Exception) as error:
-        await asyncio.wait_for(asyncio.wrap_future(request), 10)
-    assert getattr(error.value, "code", None) == -32800, error.value
-    while (await status(client))["slots"][0]["busy"]:
-        assert time.monotonic() - cancelled_at < 2.0, "generation kept running after $/cancelRequest"
-        await asyncio.sleep(0.01)
+    await cancel_and_expect_slot_free(client, request, msg_id)
     # No piece of the cancelled answer arrives after its error response.
     count = len(CHUNKS)
     await asyncio.sleep(0.3)
     assert len(CHUNKS) == count
-    client.set_configuration({"aipc": {}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {})
 
 
 @pytest.mark.parametrize("params, message", [

@@ -11,7 +11,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from conftest import end_position, inline, open_document, replace_document, server_config, status, wait_ready
+from conftest import cancel_and_expect_slot_free, configure, end_position, inline, open_document, replace_document, server_config, status, wait_ready
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -115,9 +115,7 @@ async def test_completion_inside_a_line_stays_on_that_line(client: LanguageClien
 
 
 async def test_cancel_request_answers_32800_and_frees_the_slot(client: LanguageClient):
-    client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {"completion": {"max_tokens": 400, "max_lines": 200}})
     uri = "file:///project/primes.py"
     open_document(client, uri, ENDLESS)
     params = types.InlineCompletionParams(
@@ -130,25 +128,13 @@ async def test_cancel_request_answers_32800_and_frees_the_slot(client: LanguageC
     while not (await status(client))["slots"][0]["busy"]:
         assert time.monotonic() < deadline, "generation never started"
         await asyncio.sleep(0.02)
-    cancelled_at = time.monotonic()
-    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
-    with pytest.raises(Exception) as error:
-        await asyncio.wait_for(asyncio.wrap_future(request), 10)
-    assert getattr(error.value, "code", None) == -32800, error.value
-    # The slot is free again long before the 400-token generation could have finished.
-    while (await status(client))["slots"][0]["busy"]:
-        assert time.monotonic() - cancelled_at < 2.0, "generation kept running after $/cancelRequest"
-        await asyncio.sleep(0.01)
+    await cancel_and_expect_slot_free(client, request, msg_id)
     assert (await status(client))["slots"][0]["cancelled"] >= 1
-    client.set_configuration({"aipc": {}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {})
 
 
 async def test_newer_version_supersedes_and_stale_results_are_never_sent(client: LanguageClient):
-    client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {"completion": {"max_tokens": 400, "max_lines": 200}})
     uri = "file:///project/primes2.py"
     open_document(client, uri, ENDLESS, version=1)
     first = asyncio.ensure_future(inline(client, uri, end_position(ENDLESS, "utf-8")))
@@ -163,9 +149,7 @@ async def test_newer_version_supersedes_and_stale_results_are_never_sent(client:
     old_answer = await asyncio.wait_for(first, 10)
     assert old_answer == [], "a suggestion computed for version 1 was sent after version 2 arrived"
     assert time.monotonic() - changed_at < 2.0, "the superseded request was not answered at once"
-    client.set_configuration({"aipc": {}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {})
     current = await inline(client, uri, end_position(newer, "utf-8"))
     assert current and current[0].strip()
     # At most one generation per document ever ran at a time.

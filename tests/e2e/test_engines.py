@@ -21,7 +21,7 @@ from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
 from aipc_lsp.models.registry import DEFAULT_MODEL
-from conftest import end_position, inline, open_document, server_config, status, wait_ready
+from conftest import cancel_and_expect_slot_free, configure, end_position, inline, open_document, server_config, status, wait_ready
 
 # The first test also pays for the session's `prepare` runs (a few minutes on a fresh machine).
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
@@ -115,9 +115,7 @@ async def test_inline_completion_is_real_and_depends_on_the_code(client: Languag
 
 
 async def test_cancel_request_stops_the_generation_within_a_step(client: LanguageClient):
-    client.set_configuration({"aipc": {"completion": {"max_tokens": 400, "max_lines": 200}}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {"completion": {"max_tokens": 400, "max_lines": 200}})
     uri = "file:///project/primes.py"
     open_document(client, uri, LONG)
     position = end_position(LONG, "utf-8")
@@ -130,15 +128,6 @@ async def test_cancel_request_stops_the_generation_within_a_step(client: Languag
     while not (await status(client))["slots"][0]["busy"]:
         assert time.monotonic() < deadline, "generation never started"
         await asyncio.sleep(0.02)
-    cancelled_at = time.monotonic()
-    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
-    with pytest.raises(Exception) as error:
-        await asyncio.wait_for(asyncio.wrap_future(request), 10)
-    assert getattr(error.value, "code", None) == -32800, error.value
-    while (await status(client))["slots"][0]["busy"]:
-        assert time.monotonic() - cancelled_at < 2.0, "generation kept running after $/cancelRequest"
-        await asyncio.sleep(0.01)
+    await cancel_and_expect_slot_free(client, request, msg_id)
     assert (await status(client))["slots"][0]["cancelled"] >= 1
-    client.set_configuration({"aipc": {}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {})

@@ -16,7 +16,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from conftest import end_position, inline, open_document, plain, replace_document, server_config, status, wait_ready
+from conftest import configure, end_position, inline, open_document, plain, replace_document, server_config, status, wait_ready
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -59,9 +59,7 @@ def _slot(state: dict, name: str) -> dict:
 
 
 async def test_completion_moves_to_the_cpu_slot_while_the_accelerator_is_busy(client: LanguageClient):
-    client.set_configuration({"aipc": {"completion": {"max_tokens": 300, "max_lines": 200}}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {"completion": {"max_tokens": 300, "max_lines": 200}})
     open_document(client, "file:///project/long.py", LONG)
     open_document(client, "file:///project/stack.py", STACK)
     before = await status(client)
@@ -84,15 +82,11 @@ async def test_completion_moves_to_the_cpu_slot_while_the_accelerator_is_busy(cl
     client.text_document_did_close(types.DidCloseTextDocumentParams(
         text_document=types.TextDocumentIdentifier(uri="file:///project/long.py")))
     assert await asyncio.wait_for(long_job, 5) == []
-    client.set_configuration({"aipc": {}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {})
 
 
 async def test_completion_is_served_by_the_cpu_while_the_accelerator_streams_a_chat(client: LanguageClient):
-    client.set_configuration({"aipc": {"chat": {"max_tokens": 400}}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {"chat": {"max_tokens": 400}})
     source = "def area(width, height):\n    return width * height\n"
     open_document(client, "file:///project/area.py", source)
     open_document(client, "file:///project/stack2.py", STACK)
@@ -113,9 +107,7 @@ async def test_completion_is_served_by_the_cpu_while_the_accelerator_streams_a_c
     assert not chat.done(), "the chat should still be streaming"
     answer = plain(await asyncio.wait_for(asyncio.wrap_future(chat), 120))
     assert answer["text"].strip()
-    client.set_configuration({"aipc": {}})
-    client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await configure(client, {})
 
 
 async def test_typing_storm(client: LanguageClient):
