@@ -11,6 +11,8 @@ import time
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
+from aipc_lsp.lsp_client import drain, plain
+
 GREY, BOLD, RESET = ("\033[90m", "\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 # What the "user" has written before the demo starts typing.
@@ -27,14 +29,6 @@ TYPED = "    def push(self, item):\n        "
 THEN = "self.items.append(item)\n\n    def pop(self):\n        "
 
 
-def _plain(value):
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 class DemoClient(LanguageClient):
     def __init__(self):
         super().__init__("aipc-lsp-demo", "1")
@@ -46,7 +40,7 @@ class DemoClient(LanguageClient):
 
         @self.feature(types.PROGRESS)
         def progress(params):
-            value = _plain(params.value)
+            value = plain(params.value)
             value = value if isinstance(value, dict) else vars(value)
             message = value.get("message") or value.get("title") or ""
             percent = value.get("percentage")
@@ -59,12 +53,6 @@ class DemoClient(LanguageClient):
         @self.feature(types.WINDOW_LOG_MESSAGE)
         def log(params):
             pass
-
-
-async def _drain(stream) -> None:
-    # The server logs to stderr; an unread pipe would eventually block it.
-    while await stream.readline():
-        pass
 
 
 async def _inline(client: DemoClient, uri: str, text: str) -> tuple[str | None, float]:
@@ -112,7 +100,7 @@ async def run_demo(config: str | None = None) -> int:
     print(f"{BOLD}aipc-lsp demo{RESET}: starting `aipc-lsp {' '.join(command[3:])}` over stdio, as an editor would", file=sys.stderr)
     client = DemoClient()
     await client.start_io(*command)
-    drain = asyncio.ensure_future(_drain(client._server.stderr))
+    draining = asyncio.ensure_future(drain(client._server.stderr))
     try:
         await client.initialize_async(types.InitializeParams(
             capabilities=types.ClientCapabilities(
@@ -126,7 +114,7 @@ async def run_demo(config: str | None = None) -> int:
             uri=uri, language_id="python", version=0, text=FILE_START)))
         started = time.perf_counter()
         while True:
-            state = _plain(await client.protocol.send_request_async("aipc/status", {}))
+            state = plain(await client.protocol.send_request_async("aipc/status", {}))
             if state["ready"] or state["error"]:
                 break
             await asyncio.sleep(0.2)
@@ -138,7 +126,7 @@ async def run_demo(config: str | None = None) -> int:
               f"({slot['engine']} on {slot['device']})", file=sys.stderr)
         text = await _type(client, uri, FILE_START, TYPED, pause=0.05)
         text = await _type(client, uri, text, THEN, pause=0.03)
-        state = _plain(await client.protocol.send_request_async("aipc/status", {}))
+        state = plain(await client.protocol.send_request_async("aipc/status", {}))
         slot = state["slots"][0]
         print(f"\n{GREY}slot {slot['slot']}: {slot['served']} generations served, {slot['cancelled']} cancelled, "
               f"first token ~{slot['ttft_ms'] or 0:.0f} ms, {slot['tokens_per_s'] or 0:.0f} tokens/s{RESET}")
@@ -147,7 +135,7 @@ async def run_demo(config: str | None = None) -> int:
         await asyncio.wait_for(client._server.wait(), 10)
         return 0
     finally:
-        drain.cancel()
+        draining.cancel()
         if client._server.returncode is None:
             client._server.kill()
         await client.stop()

@@ -21,14 +21,7 @@ from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from aipc_lsp.bench.corpus import LONG_DOC
-
-
-def _plain(value):
-    if hasattr(value, "_asdict"):
-        return {k: _plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+from aipc_lsp.lsp_client import drain, plain
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -51,7 +44,7 @@ class BenchClient(LanguageClient):
         self.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)(lambda params: None)
 
     async def status(self) -> dict:
-        return _plain(await self.protocol.send_request_async("aipc/status", {}))
+        return plain(await self.protocol.send_request_async("aipc/status", {}))
 
     def open(self, uri: str, text: str) -> None:
         self.versions[uri] = 1
@@ -101,11 +94,6 @@ def _proc_peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-async def _drain(stream) -> None:
-    while await stream.readline():
-        pass
-
-
 def _unique(text: str) -> str:
     # A new first line: neither the prefix cache nor the result cache has seen this prompt.
     return f"# bench {uuid.uuid4().hex}\n{text}"
@@ -117,7 +105,7 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
     client = BenchClient()
     started = time.perf_counter()
     await client.start_io(*command)
-    drain = asyncio.ensure_future(_drain(client._server.stderr))
+    draining = asyncio.ensure_future(drain(client._server.stderr))
     base_completion = {"context_tokens": context_tokens, "max_tokens": 48}
     out: dict = {"contexts": {}}
     try:
@@ -184,7 +172,7 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
         await asyncio.wait_for(client._server.wait(), 10)
         return out
     finally:
-        drain.cancel()
+        draining.cancel()
         if client._server.returncode is None:
             client._server.kill()
         await client.stop()

@@ -16,6 +16,7 @@ from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from aipc_lsp.chat import ROLES, ChatAnswer, ChatRequest, ChatSuperseded, ChatTooLong, fit_code
+from aipc_lsp.lsp_client import plain
 from aipc_lsp.runtime import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,6 @@ def _token(raw: dict, name: str) -> int | str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _invalid(f"{name} must be an integer or a string")
-    return value
-
-
-def plain(value: Any) -> Any:
-    """pygls hands a custom method's params over as nested named tuples; back to JSON values."""
-    if hasattr(value, "_asdict"):
-        return {k: plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
     return value
 
 

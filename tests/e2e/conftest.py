@@ -8,6 +8,8 @@ import sys
 from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
+from aipc_lsp.lsp_client import plain  # noqa: F401  (tests import it from here)
+
 SERVER = [sys.executable, "-m", "aipc_lsp", "serve", "-v"]
 
 
@@ -41,15 +43,6 @@ async def inline(client: LanguageClient, uri: str, position: types.Position) -> 
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
     items = result.items if isinstance(result, types.InlineCompletionList) else (result or [])
     return [item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value for item in items]
-
-
-def plain(value):
-    """pygls hands custom results back as named tuples; tests want dicts and lists."""
-    if hasattr(value, "_asdict"):
-        return {k: plain(v) for k, v in value._asdict().items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 async def status(client: LanguageClient) -> dict:

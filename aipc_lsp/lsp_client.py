@@ -1,0 +1,21 @@
+"""Small helpers on the LSP client side of aipc-lsp (the demo, the benchmark, tests) and for
+custom messages, whose params and results pygls leaves as named tuples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def plain(value: Any) -> Any:
+    """pygls hands custom results (e.g. aipc/status) back as named tuples: dicts and lists instead."""
+    if hasattr(value, "_asdict"):
+        return {k: plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+async def drain(stream) -> None:
+    """Read the server's stderr to the end: an unread pipe would eventually block the server."""
+    while await stream.readline():
+        pass
