@@ -79,6 +79,8 @@ class SchedulerSettings:
                                    minimum=0.1, maximum=86400.0)
     chat_chunk_tokens: int = _opt(32, "chat generates in chunks of this many tokens so completions can cut in",
                                   minimum=1, maximum=4096)
+    engine_process: bool = _opt(True, "run each slot's engine in a worker process (the server stays responsive "
+                                      "while it computes; a hung engine can be killed)")
 
 
 @dataclass

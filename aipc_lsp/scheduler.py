@@ -496,3 +496,6 @@ class Scheduler:
                 job._excluded.add(slot.name)
                 self._pending.append(job)
                 self._mark_unhealthy(slot, f"produced no token for {self.stall_timeout_s:.0f}s")
+                abort = getattr(slot.engine, "abort", None)
+                if abort is not None:
+                    abort()  # a worker process stuck in a native call is killed; the retry reloads it

@@ -13,29 +13,37 @@ ENGINES = ("openvino", "onnxruntime", "transformers", "npu_library")
 
 
 def create_engine(slot: "SlotSettings", model_path: str, settings: "Settings") -> Engine:
-    """Instantiate a slot's engine; each engine reads its own section of the settings.
-    Imports stay lazy so a missing optional back end only fails when it is chosen."""
+    """Instantiate a slot's engine, in a worker process unless scheduler.engine_process is off;
+    each engine reads its own section of the settings. Imports stay lazy so a missing optional
+    back end only fails when it is chosen."""
+    spec = engine_spec(slot, model_path, settings)
+    if settings.scheduler.engine_process:
+        from aipc_lsp.engines.process import ProcessEngine
+
+        return ProcessEngine(slot.engine, model_path, slot.device, spec)
+    import importlib
+
+    return getattr(importlib.import_module(spec.module), spec.cls)(*spec.args, **spec.kwargs)
+
+
+def engine_spec(slot: "SlotSettings", model_path: str, settings: "Settings"):
+    """Which class builds the slot's engine, with which arguments."""
+    from aipc_lsp.engines.process import EngineSpec
+
+    args = (model_path, slot.device)
     if slot.engine == "openvino":
-        from aipc_lsp.engines.openvino import OpenVINOEngine
-
         ov = settings.openvino
-        return OpenVINOEngine(model_path, slot.device, threads=slot.threads, kv_cache_mb=ov.kv_cache_mb,
-                              prefix_caching=ov.prefix_caching, ov_config=ov.config,
-                              npu_max_prompt_len=ov.npu_max_prompt_len, npu_min_response_len=ov.npu_min_response_len)
+        return EngineSpec("aipc_lsp.engines.openvino", "OpenVINOEngine", args, dict(
+            threads=slot.threads, kv_cache_mb=ov.kv_cache_mb, prefix_caching=ov.prefix_caching, ov_config=ov.config,
+            npu_max_prompt_len=ov.npu_max_prompt_len, npu_min_response_len=ov.npu_min_response_len))
     if slot.engine == "onnxruntime":
-        from aipc_lsp.engines.onnxruntime import OnnxRuntimeGenAIEngine
-
         ort = settings.onnxruntime
-        return OnnxRuntimeGenAIEngine(model_path, slot.device, threads=slot.threads, prefix_reuse=ort.prefix_reuse,
-                                      max_length=ort.max_length, provider_options=ort.config)
+        return EngineSpec("aipc_lsp.engines.onnxruntime", "OnnxRuntimeGenAIEngine", args, dict(
+            threads=slot.threads, prefix_reuse=ort.prefix_reuse, max_length=ort.max_length, provider_options=ort.config))
     if slot.engine == "transformers":
-        from aipc_lsp.engines.transformers import TransformersEngine
-
-        return TransformersEngine(model_path, slot.device, precision=slot.precision, threads=slot.threads,
-                                  prefix_reuse=settings.transformers.prefix_reuse)
+        return EngineSpec("aipc_lsp.engines.transformers", "TransformersEngine", args, dict(
+            precision=slot.precision, threads=slot.threads, prefix_reuse=settings.transformers.prefix_reuse))
     if slot.engine == "npu_library":
-        from aipc_lsp.engines.npu_library import NpuLibraryEngine
-
-        return NpuLibraryEngine(model_path, slot.device, precision=slot.precision or "int4",
-                                python=settings.npu_library.python)
+        return EngineSpec("aipc_lsp.engines.npu_library", "NpuLibraryEngine", args, dict(
+            precision=slot.precision or "int4", python=settings.npu_library.python))
     raise EngineError(f"unknown engine {slot.engine!r}; available: {', '.join(ENGINES)}")

@@ -1,0 +1,239 @@
+"""An engine that runs in a worker process (the server's side; the worker is worker.py).
+
+The server keeps its GIL to itself: the protocol thread answers keystrokes, cancels and
+status while the worker computes (in-process, OpenVINO's `step()` held the GIL for whole
+decode steps and the server thread waited a step or two for each message). A worker that
+crashes or hangs fails its generation with an EngineError, and `abort()` kills it, so the
+scheduler marks the slot unhealthy and retries instead of losing the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
+
+log = logging.getLogger(__name__)
+
+# How often a generation waiting for the worker checks its cancel flag when no piece comes.
+CANCEL_POLL_S = 0.005
+CALL_TIMEOUT_S = 60.0
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """Which engine class the worker builds, with what arguments (all JSON-serialisable)."""
+
+    module: str
+    cls: str
+    args: tuple = ()
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps({"module": self.module, "class": self.cls, "args": list(self.args), "kwargs": self.kwargs})
+
+
+class _WorkerGone(Exception):
+    pass
+
+
+class ProcessEngine:
+    def __init__(self, name: str, model_path: str, device: str, spec: EngineSpec, *, python: str = ""):
+        self.name = name
+        self.model_path = str(model_path)
+        self.device = device
+        self.spec = spec
+        self.python = python or sys.executable
+        self.max_prompt_tokens: int | None = None
+        self._methods: set[str] = set()
+        self._proc: subprocess.Popen | None = None
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, queue.Queue] = {}
+        self._write_lock = threading.Lock()
+        self._stderr_tail: list[str] = []
+
+    # -- the worker process -------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        env = dict(os.environ)
+        # Another interpreter (an engine with pins of its own) finds this package's modules here.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-m", "aipc_lsp.engines.worker", self.spec.to_json()],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                text=True, encoding="utf-8", bufsize=1)
+        except OSError as exc:
+            raise EngineError(f"{self.name}: could not start the worker process {self.python}: {exc}") from exc
+        self._stderr_tail = []
+        proc = self._proc
+        threading.Thread(target=self._read_replies, args=(proc,), name=f"aipc-{self.name}-replies", daemon=True).start()
+        threading.Thread(target=self._read_stderr, args=(proc,), name=f"aipc-{self.name}-stderr", daemon=True).start()
+
+    def _read_replies(self, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                log.warning("%s worker: not protocol: %s", self.name, line.rstrip()[:200])
+                continue
+            waiting = self._waiting.get(message.get("id"))
+            if waiting is not None:
+                waiting.put(message)
+        code = proc.wait()
+        gone = {"gone": True, "error": self._exit_message(code)}
+        for waiting in list(self._waiting.values()):
+            waiting.put(gone)
+
+    def _read_stderr(self, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            line = line.rstrip()
+            if line:
+                self._stderr_tail = (self._stderr_tail + [line])[-5:]
+                log.info("%s worker: %s", self.name, line)
+
+    def _exit_message(self, code: int | None) -> str:
+        tail = " | ".join(self._stderr_tail[-3:])
+        return f"{self.name}: the worker process exited (code {code})" + (f": {tail}" if tail else "")
+
+    def _alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _send(self, message: dict) -> None:
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            raise _WorkerGone()
+        try:
+            with self._write_lock:
+                proc.stdin.write(json.dumps(message, ensure_ascii=False) + "\n")
+                proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            raise _WorkerGone() from exc
+
+    def _open(self, message: dict) -> tuple[int, queue.Queue]:
+        rid = next(self._ids)
+        replies: queue.Queue = queue.Queue()
+        self._waiting[rid] = replies
+        try:
+            self._send({**message, "id": rid})
+        except _WorkerGone:
+            self._waiting.pop(rid, None)
+            raise EngineError(self._exit_message(self._proc.poll() if self._proc else None)) from None
+        return rid, replies
+
+    def _reply(self, rid: int, replies: queue.Queue, timeout: float | None) -> dict:
+        try:
+            message = replies.get(timeout=timeout)
+        except queue.Empty:
+            raise EngineError(f"{self.name}: the worker process did not answer within {timeout:.0f}s") from None
+        finally:
+            self._waiting.pop(rid, None)
+        if "error" in message:
+            raise EngineError(message["error"])
+        return message
+
+    # -- the Engine interface -----------------------------------------------------------
+
+    def load(self) -> None:
+        if self._alive():
+            self.close()
+        self._spawn()
+        rid, replies = self._open({"op": "load"})
+        info = self._reply(rid, replies, None)["value"]  # as long as the model takes to compile
+        self.max_prompt_tokens = info.get("max_prompt_tokens")
+        self._methods = set(info.get("methods", ()))
+
+    def _call(self, method: str, *args):
+        rid, replies = self._open({"op": "call", "method": method, "args": list(args)})
+        return self._reply(rid, replies, CALL_TIMEOUT_S)["value"]
+
+    def count_tokens(self, text: str) -> int:
+        return int(self._call("count_tokens", text))
+
+    def chat_template(self) -> str:
+        return self._call("chat_template") if "chat_template" in self._methods else ""
+
+    def special_tokens(self) -> dict:
+        return self._call("special_tokens") if "special_tokens" in self._methods else {}
+
+    def apply_chat_template(self, messages: list[dict]) -> str:
+        if "apply_chat_template" not in self._methods:
+            raise EngineError(f"{self.name} has no chat template renderer")
+        return self._call("apply_chat_template", messages)
+
+    def generate(self, prompt: str, params: GenerationParams, cancel: threading.Event,
+                 on_text: OnText | None = None) -> GenerationResult:
+        if cancel.is_set():
+            return GenerationResult(cancelled=True)
+        if self._proc is not None and not self._alive():
+            # Crashed or killed since: a new worker (the scheduler's retry probe lands here).
+            log.warning("%s: restarting its worker process", self.name)
+            self.load()
+        fields = dataclasses.asdict(params)
+        fields["stop"] = list(params.stop)
+        started = time.perf_counter()
+        first_piece_s = None
+        rid, replies = self._open({"op": "generate", "prompt": prompt, "params": fields})
+        cancel_sent = stop_sent = False
+        try:
+            while True:
+                try:
+                    message = replies.get(timeout=CANCEL_POLL_S)
+                except queue.Empty:
+                    if cancel.is_set() and not cancel_sent:
+                        cancel_sent = True
+                        self._send({"op": "cancel", "id": rid})
+                    continue
+                if "piece" in message:
+                    if first_piece_s is None:
+                        first_piece_s = time.perf_counter() - started
+                    if on_text is not None and not stop_sent and on_text(message["piece"]) is False:
+                        stop_sent = True
+                        self._send({"op": "stop", "id": rid})
+                    if cancel.is_set() and not cancel_sent:
+                        cancel_sent = True
+                        self._send({"op": "cancel", "id": rid})
+                elif "result" in message:
+                    result = GenerationResult(**message["result"])
+                    # Timed on this side, so the trip to the worker and back is included.
+                    result.first_token_s = first_piece_s if first_piece_s is not None else result.first_token_s
+                    result.total_s = time.perf_counter() - started
+                    result.cancelled = result.cancelled or cancel.is_set()
+                    return result
+                else:
+                    raise EngineError(message.get("error", f"{self.name}: unexpected reply {message}"))
+        except _WorkerGone:
+            raise EngineError(self._exit_message(self._proc.poll() if self._proc else None)) from None
+        finally:
+            self._waiting.pop(rid, None)
+
+    def abort(self) -> None:
+        """Kill a worker stuck in a native call; its generation fails and `load` starts anew."""
+        if self._alive():
+            log.warning("%s: killing its worker process", self.name)
+            self._proc.kill()
+
+    def close(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            with self._write_lock:
+                proc.stdin.write(json.dumps({"op": "close"}) + "\n")
+                proc.stdin.close()
+            proc.wait(timeout=10)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,156 @@
+"""The child side of an engine in a worker process (`python -m aipc_lsp.engines.worker`).
+
+Why a process: OpenVINO GenAI's `step()` and other native calls keep Python's GIL for a whole
+decode step, so in the server's process the protocol thread (keystrokes, cancels, status) could
+only run between steps. A worker has its own GIL, and the server can kill it when a native call
+hangs. The worker imports only the engine module it is told to (never pygls), so it also runs
+under another interpreter whose environment has the engine's pins, given the package's folder
+on PYTHONPATH.
+
+Protocol: one JSON object per line. The parent writes requests to stdin; the worker writes
+replies to the stdout it was started with (the process's fd 1 is pointed at stderr first, so
+library chatter cannot corrupt the protocol).
+  {"id", "op": "load"}                          -> {"id", "value": {"max_prompt_tokens": ...}}
+  {"id", "op": "call", "method", "args"}        -> {"id", "value": ...}   (count_tokens, ...)
+  {"id", "op": "generate", "prompt", "params"}  -> {"id", "piece"} ... {"id", "result": {...}}
+  {"id", "op": "stop"}                          the parent's on_text has seen enough: the engine
+                                                stops after the step in flight (as a stopped result)
+  {"id", "op": "cancel"}                        the same, as a cancelled result
+Pieces are not acknowledged: waiting for the parent's verdict on each one cost two process
+wake-ups per token on a CPU the engine's threads keep busy (measured: half the decode rate).
+  {"op": "close"}                               frees the model and exits
+Errors come back as {"id", "error": message, "engine_error": bool}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import queue
+import sys
+import threading
+
+# Methods the parent may call outside a generation (answered by the reader thread, so they
+# are served while a generation runs, as they are in-process).
+CALLABLE = ("count_tokens", "chat_template", "special_tokens", "apply_chat_template")
+
+
+def _protocol_out():
+    """A private copy of stdout for replies; fd 1 then goes to stderr."""
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
+class Worker:
+    def __init__(self, spec: dict, out):
+        self.spec = spec
+        self.out = out
+        self.lock = threading.Lock()
+        self.engine = None
+        self.jobs: queue.Queue = queue.Queue()  # load/generate, run on the main thread
+        self.cancels: dict[int, threading.Event] = {}
+        self.stops: dict[int, threading.Event] = {}
+
+    def send(self, message: dict) -> None:
+        line = json.dumps(message, ensure_ascii=False)
+        with self.lock:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def read_requests(self) -> None:
+        """Reader thread: routes cancels and verdicts at once, queues the heavy work."""
+        for line in sys.stdin:
+            try:
+                request = json.loads(line)
+            except ValueError:
+                continue
+            op, rid = request.get("op"), request.get("id")
+            if op == "cancel":
+                self._flag(self.cancels, rid).set()
+            elif op == "stop":
+                self._flag(self.stops, rid).set()
+            elif op == "call":
+                self._call(rid, request.get("method", ""), request.get("args", []))
+            else:
+                self.jobs.put(request)
+        # The parent is gone: end any generation, then exit.
+        for flag in list(self.cancels.values()):
+            flag.set()
+        self.jobs.put({"op": "close"})
+
+    @staticmethod
+    def _flag(flags: dict, rid) -> threading.Event:
+        return flags.setdefault(rid, threading.Event())
+
+    def _call(self, rid, method: str, args: list) -> None:
+        if method not in CALLABLE or self.engine is None or not hasattr(self.engine, method):
+            self.send({"id": rid, "error": f"no method {method!r}", "missing": True})
+            return
+        try:
+            self.send({"id": rid, "value": getattr(self.engine, method)(*args)})
+        except Exception as exc:
+            self.send({"id": rid, "error": f"{type(exc).__name__}: {exc}"})
+
+    def run(self) -> None:
+        threading.Thread(target=self.read_requests, name="aipc-worker-reader", daemon=True).start()
+        while True:
+            request = self.jobs.get()
+            op, rid = request.get("op"), request.get("id")
+            if op == "close":
+                if self.engine is not None:
+                    self.engine.close()
+                return
+            try:
+                if op == "load":
+                    self.send({"id": rid, "value": self._load()})
+                elif op == "generate":
+                    self.send({"id": rid, "result": self._generate(rid, request)})
+                else:
+                    self.send({"id": rid, "error": f"unknown op {op!r}"})
+            except Exception as exc:
+                from aipc_lsp.engines.base import EngineError
+
+                self.send({"id": rid, "error": str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}",
+                           "engine_error": isinstance(exc, EngineError)})
+            finally:
+                self.cancels.pop(rid, None)
+                self.stops.pop(rid, None)
+
+    def _load(self) -> dict:
+        module = importlib.import_module(self.spec["module"])
+        engine = getattr(module, self.spec["class"])(*self.spec.get("args", []), **self.spec.get("kwargs", {}))
+        engine.load()
+        self.engine = engine
+        return {"max_prompt_tokens": getattr(engine, "max_prompt_tokens", None),
+                "methods": [m for m in CALLABLE if callable(getattr(engine, m, None))]}
+
+    def _generate(self, rid, request: dict) -> dict:
+        from aipc_lsp.engines.base import GenerationParams
+
+        if self.engine is None:
+            raise RuntimeError("model not loaded")
+        params = request.get("params", {})
+        params = GenerationParams(**{**params, "stop": tuple(params.get("stop", ()))})
+        cancel = self._flag(self.cancels, rid)
+        stop = self._flag(self.stops, rid)
+
+        def on_text(piece: str) -> bool:
+            self.send({"id": rid, "piece": piece})
+            return not stop.is_set()
+
+        result = self.engine.generate(request["prompt"], params, cancel, on_text)
+        return dataclasses.asdict(result)
+
+
+def main() -> None:
+    out = _protocol_out()
+    spec = json.loads(sys.argv[1])
+    Worker(spec, out).run()
+
+
+if __name__ == "__main__":
+    main()

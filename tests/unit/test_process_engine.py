@@ -1,0 +1,144 @@
+"""The worker-process engine: a real child process per test, running scripted engines."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from aipc_lsp.engines.base import EngineError, GenerationParams
+from aipc_lsp.engines.process import EngineSpec, ProcessEngine
+from aipc_lsp.scheduler import Job, Scheduler, Slot
+from fake_engine import FakeEngine
+
+HERE = str(Path(__file__).resolve().parent)
+WORDS = " ".join(f"w{i}" for i in range(40))
+
+
+@pytest.fixture(autouse=True)
+def _worker_imports_test_engines(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", HERE)
+
+
+def engine(cls: str = "FakeEngine", module: str = "worker_engines", **kwargs) -> ProcessEngine:
+    kwargs.setdefault("output", WORDS)
+    return ProcessEngine("fake", "/models/fake", "CPU", EngineSpec(module, cls, (), kwargs))
+
+
+@pytest.fixture
+def loaded():
+    made = []
+
+    def make(cls: str = "FakeEngine", **kwargs) -> ProcessEngine:
+        e = engine(cls, module="fake_engine" if cls == "FakeEngine" else "worker_engines", **kwargs)
+        made.append(e)
+        e.load()
+        return e
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def test_streams_pieces_and_reports_the_result(loaded):
+    e = loaded(token_delay=0.001)
+    pieces: list[str] = []
+    result = e.generate("prompt", GenerationParams(max_new_tokens=10), threading.Event(), lambda p: pieces.append(p) or True)
+    assert result.tokens == 10 and "".join(pieces) == result.text == "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"
+    assert 0 < result.first_token_s <= result.total_s
+    assert not result.cancelled and not result.stopped_by_caller
+    assert e.count_tokens("a b c") == 3
+
+
+def test_on_text_false_stops_the_worker_soon(loaded):
+    e = loaded(token_delay=0.01)
+    seen: list[str] = []
+    result = e.generate("p", GenerationParams(max_new_tokens=40), threading.Event(),
+                        lambda p: seen.append(p) or len(seen) < 3)
+    assert result.stopped_by_caller and not result.cancelled
+    # The stop reaches the worker while it decodes the next token at most.
+    assert 3 <= result.tokens <= 5
+
+
+def test_cancel_ends_a_generation_within_a_step(loaded):
+    e = loaded(token_delay=0.02)
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    started = time.perf_counter()
+    result = e.generate("p", GenerationParams(max_new_tokens=40), cancel)
+    assert result.cancelled and result.tokens < 40
+    assert time.perf_counter() - started < 0.2 + 0.5
+
+
+def test_library_output_on_stdout_does_not_break_the_protocol(loaded):
+    e = loaded("NoisyEngine", token_delay=0.001)
+    assert e.generate("p", GenerationParams(max_new_tokens=3), threading.Event()).text == "w0 w1 w2"
+
+
+def test_load_failure_is_an_engine_error_with_the_engines_message():
+    e = engine("FailingLoadEngine")
+    with pytest.raises(EngineError, match="no such model on this device"):
+        e.load()
+    e.close()
+
+
+def test_unknown_engine_module_is_reported():
+    e = engine("Nothing", module="no_such_module_here")
+    with pytest.raises(EngineError, match="no_such_module_here"):
+        e.load()
+    e.close()
+
+
+def test_missing_interpreter_is_reported():
+    e = ProcessEngine("fake", "/m", "CPU", EngineSpec("fake_engine", "FakeEngine"), python="/no/such/python")
+    with pytest.raises(EngineError, match="could not start the worker"):
+        e.load()
+
+
+def test_a_crashed_worker_fails_the_generation_and_the_next_one_restarts_it(loaded):
+    e = loaded("CrashingEngine", crash_after=3, token_delay=0.001)
+    with pytest.raises(EngineError, match=r"exited \(code 3\)"):
+        e.generate("p", GenerationParams(max_new_tokens=20), threading.Event())
+    # A new worker (a fresh CrashingEngine that has crash_after=3 again): two tokens work.
+    assert e.generate("p", GenerationParams(max_new_tokens=2), threading.Event()).text == "w0 w1"
+
+
+def test_abort_frees_a_generation_stuck_in_native_code(loaded):
+    e = loaded("HangingEngine")
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()  # ignored by the engine
+    threading.Timer(0.6, e.abort).start()
+    started = time.perf_counter()
+    with pytest.raises(EngineError, match="exited"):
+        e.generate("p", GenerationParams(max_new_tokens=5), cancel)
+    assert time.perf_counter() - started < 5
+
+
+def test_calls_the_engine_lacks_get_neutral_answers(loaded):
+    e = loaded(template="{{ messages }}")
+    assert e.chat_template() == "{{ messages }}"
+    assert e.special_tokens() == {}
+    with pytest.raises(EngineError):
+        e.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+async def test_the_watchdog_kills_a_hung_worker_and_the_job_moves_on():
+    hung = engine("HangingEngine")
+    healthy = FakeEngine(output="ok", token_delay=0.001)
+    scheduler = Scheduler([Slot("hung", hung), Slot("cpu", healthy)], stall_timeout_s=0.6, retry_interval_s=60)
+    scheduler.start()
+    try:
+        await asyncio.wait_for(scheduler.wait_ready(), 30)
+        while not all(s.ready for s in scheduler.slots):
+            await asyncio.sleep(0.05)
+        job = Job(key=("file:///a.py", "completion"), prompt="p", params=GenerationParams(max_new_tokens=4))
+        result = await asyncio.wait_for(scheduler.run(job), 20)
+        assert result.text == "ok"
+        assert scheduler.slots[0].health.value == "unhealthy"
+        assert hung._proc.wait(timeout=5) == -9  # killed
+    finally:
+        scheduler.close()
+        hung.close()

@@ -1,0 +1,50 @@
+"""Engines for the worker-process tests: imported by name inside the worker (the test puts
+this folder on PYTHONPATH), so each misbehaviour is a real one of a real child process."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fake_engine import FakeEngine
+
+
+class NoisyEngine(FakeEngine):
+    """Writes to stdout while loading and decoding, as native libraries do."""
+
+    def load(self) -> None:
+        print("library banner on stdout")
+        os.write(1, b"raw bytes on fd 1\n")
+        super().load()
+
+
+class CrashingEngine(FakeEngine):
+    """The process dies after `crash_after` tokens, as a native crash would take it."""
+
+    def __init__(self, crash_after: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.crash_after = crash_after
+
+    def generate(self, prompt, params, cancel, on_text=None):
+        def crash_later(piece: str) -> bool:
+            self.crash_after -= 1
+            if self.crash_after <= 0:
+                os._exit(3)
+            return on_text(piece) if on_text is not None else True
+
+        return super().generate(prompt, params, cancel, crash_later)
+
+
+class HangingEngine(FakeEngine):
+    """Never returns from generate and never looks at `cancel`: a stuck native call."""
+
+    def generate(self, prompt, params, cancel, on_text=None):
+        while True:
+            time.sleep(1)
+
+
+class FailingLoadEngine(FakeEngine):
+    def load(self) -> None:
+        from aipc_lsp.engines.base import EngineError
+
+        raise EngineError("no such model on this device")
