@@ -36,6 +36,9 @@ class Generation:
         # but the next one probably will, so the generation is not stopped.
         self.kept_alive = False
         self.waiters = 0
+        # Requests answered from this generation's text that did not start it (typed-ahead):
+        # they need every piece; the owner only needs to hear when its suggestion is complete.
+        self.followers = 0
         self.owner_complete = False  # the engine stops by itself after this piece
         self.job = None
         self._listeners: set[asyncio.Event] = set()
@@ -71,7 +74,10 @@ class Generation:
         self._marks.append((len(text), time.perf_counter()))
         self.text = text
         self.owner_complete = trim_suggestion(text, **self._owner_trim).complete
-        self._loop.call_soon_threadsafe(self._notify)
+        if self.owner_complete or self.followers:
+            # Waking the event loop for every piece nobody can use would take CPU from the
+            # engine on a small machine; the end of the generation always notifies.
+            self._loop.call_soon_threadsafe(self._notify)
         return not self.owner_complete
 
     def _notify(self) -> None:
@@ -138,6 +144,7 @@ async def answer_from(g: Generation, before: str, trim_args: dict, *, stale: asy
     """Wait until `g` answers the request for `before` (OK), cannot (MISS), or the document
     changed / the generation was cancelled (CANCELLED). Returns (outcome, text, first_at)."""
     g.waiters += 1
+    g.followers += 0 if owner else 1
     g.kept_alive = False
     listener = asyncio.Event()
     g._listeners.add(listener)
@@ -163,6 +170,7 @@ async def answer_from(g: Generation, before: str, trim_args: dict, *, stale: asy
     finally:
         g._listeners.discard(listener)
         g.waiters -= 1
+        g.followers -= 0 if owner else 1
         # Nobody wants the rest: free the slot (unless the user is typing along it).
         if g.waiters == 0 and not g.kept_alive:
             g.stop()
