@@ -43,6 +43,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 PROTOCOL = 1
+PRECISIONS = ("int4", "int8", "fp16")
 # Prompt tokens per forward pass while prefilling: a cancel waits for at most one chunk. Chunks
 # are powers of two, so the library (which compiles one kernel per input shape, statically shaped
 # on the NPU) sees a handful of shapes that stay compiled, not one per prompt length.
@@ -194,6 +195,10 @@ class Runner:
     # -- requests ---------------------------------------------------------------------------------
     def load(self, model: str, precision: str = "int4", threads: int = 0, **_):
         started = time.perf_counter()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not supported; use int4, int8 or fp16")
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise ValueError(f"{model} is not a Hugging Face model folder (no config.json)")
         import torch
 
         import intel_npu_acceleration_library as npu_lib
@@ -202,10 +207,6 @@ class Runner:
         from intel_npu_acceleration_library.compiler import CompilerConfig
 
         dtypes = {"int4": npu_lib.int4, "int8": npu_lib.int8, "fp16": torch.float16}
-        if precision not in dtypes:
-            raise ValueError(f"precision {precision!r} is not supported; use int4, int8 or fp16")
-        if not os.path.isfile(os.path.join(model, "config.json")):
-            raise ValueError(f"{model} is not a Hugging Face model folder (no config.json)")
         # The library runs the linear layers (OpenVINO, on the NPU or its CPU fallback); torch
         # runs the rest. Two thread pools spinning on the same cores slow each other down.
         torch.set_num_threads(threads if threads > 0 else 1)
