@@ -417,6 +417,14 @@ class NpuLibraryEngine:
                 break
         except WorkerDied as exc:
             raise EngineError(f"npu_library generation failed: {exc}") from exc
+        except BaseException:
+            # E.g. on_text raised: the worker must not go on generating for nobody.
+            if cancel_sent_at is None and worker.alive():
+                try:
+                    worker.send({"cancel": request_id})
+                except EngineError:
+                    pass
+            raise
         result.text = text
         result.tokens = tokens
         result.total_s = time.perf_counter() - started
