@@ -257,15 +257,15 @@ class NpuLibraryEngine:
         found = probe(self.python)
         if not found.importable:
             raise EngineError(missing_message(found))
-        # The guide's int4 on an NPU. On the CPU fallback int4 and int8 came out as gibberish with
+        # The guide's int4 on an NPU. On the CPU fallback the library's int4 and int8 garbled
         # SmolLM2-135M here (fp16 was right), so fp16 is the default there.
         self._load_precision = self.precision or ("int4" if found.npu else "fp16")
         if not found.npu:
             self.notice = no_npu_message(found.version)
             log.warning("%s", self.notice)
             if self._load_precision != "fp16":
-                log.warning("npu_library: %s on the CPU fallback gave gibberish with SmolLM2-135M here; fp16 did not",
-                            self._load_precision)
+                log.warning("npu_library: %s on the library's CPU fallback garbled the text of SmolLM2-135M when "
+                            "measured; fp16 did not (precision = \"fp16\")", self._load_precision)
         self._folder = hf_folder_for(Path(self.model_path))
         self._start_worker()
 
