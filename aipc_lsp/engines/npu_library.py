@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +225,11 @@ class Worker:
                 pass
 
 
+def _discard(worker: Worker, workdir: str) -> None:
+    worker.kill()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 class NpuLibraryEngine:
     name = "npu_library"
 
@@ -245,6 +251,7 @@ class NpuLibraryEngine:
         self._load_precision = ""
         self._template: str | None = None
         self._ids = itertools.count(1)
+        self._finalizer: weakref.finalize | None = None
 
     # -- loading ------------------------------------------------------------------------------------
     def load(self) -> None:
@@ -280,8 +287,11 @@ class NpuLibraryEngine:
         try:
             worker = Worker(python, self.worker_script, self._workdir)
         except OSError as exc:
+            self._stop_worker()
             raise EngineError(f"npu_library: cannot start {python}: {exc}") from exc
         self._worker = worker
+        # Should the server exit without closing the engine, the worker and its folder go with it.
+        self._finalizer = weakref.finalize(self, _discard, worker, self._workdir)
         try:
             hello = worker.receive(HELLO_TIMEOUT_S)
             if hello is None or hello.get("hello") != PROTOCOL:
@@ -299,6 +309,9 @@ class NpuLibraryEngine:
                  PACKAGE, self.info.get("version", "?"), float(self.info.get("load_s", 0.0)))
 
     def _stop_worker(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         worker, self._worker = self._worker, None
         if worker is not None:
             if worker.alive():

@@ -168,8 +168,8 @@ def load_tokenizer(folder: str):
         path = os.path.join(folder, "tokenizer.json")
         if not os.path.isfile(path):
             raise
-        print(f"npu_worker: AutoTokenizer failed ({type(exc).__name__}: {exc}); reading tokenizer.json",
-              file=sys.stderr)
+        print(f"npu_worker: reading tokenizer.json directly (this transformers cannot read the folder's "
+              f"tokenizer settings: {exc})", file=sys.stderr)
     special = {}
     try:
         with open(os.path.join(folder, "tokenizer_config.json"), encoding="utf-8") as f:
