@@ -147,10 +147,16 @@ class WorkerDied(EngineError):
 
 
 class Worker:
-    """One worker process: JSON lines in and out, stderr forwarded to the log."""
+    """One worker process: JSON lines in and out, stderr forwarded to the log.
+
+    Answers are routed by request id to the thread that asked: the scheduler's slot thread
+    generates while the event loop's thread counts tokens."""
 
     def __init__(self, python: str, script: Path, cwd: str):
-        self.inbox: queue.Queue = queue.Queue()
+        self.inbox: queue.Queue = queue.Queue()  # the hello, and anything no request waits for
+        self._waiting: dict[int, queue.Queue] = {}
+        self._route_lock = threading.Lock()
+        self._gone = False
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._write_lock = threading.Lock()
         # -I: neither the server's PYTHONPATH nor the script's own folder (whose transformers.py
@@ -168,9 +174,33 @@ class Worker:
             except ValueError:
                 log.warning("npu_library worker %d: not protocol on stdout: %r", self.pid, raw[:200])
                 continue
-            if isinstance(message, dict):
+            if not isinstance(message, dict):
+                continue
+            with self._route_lock:
+                waiting = self._waiting.get(message.get("id"))
+            if waiting is not None:
+                waiting.put(message)
+            elif "hello" in message:
                 self.inbox.put(message)
-        self.inbox.put(None)  # end of output: the worker is gone
+            else:
+                log.debug("npu_library worker %d: dropped %s", self.pid, str(message)[:200])
+        with self._route_lock:  # end of output: the worker is gone
+            self._gone = True
+            for waiting in [self.inbox, *self._waiting.values()]:
+                waiting.put(None)
+
+    def expect(self, request_id: int) -> queue.Queue:
+        """A queue that receives the messages of `request_id` (register before sending it)."""
+        answers: queue.Queue = queue.Queue()
+        with self._route_lock:
+            self._waiting[request_id] = answers
+            if self._gone:
+                answers.put(None)
+        return answers
+
+    def forget(self, request_id: int) -> None:
+        with self._route_lock:
+            self._waiting.pop(request_id, None)
 
     def _read_stderr(self) -> None:
         for raw in self.proc.stderr:
@@ -188,14 +218,16 @@ class Worker:
         except (OSError, ValueError) as exc:
             raise self.died(f"cannot write to it ({exc})") from exc
 
-    def receive(self, timeout: float) -> dict | None:
-        """The next message; None on a timeout. Raises WorkerDied when the worker exited."""
+    def receive(self, timeout: float, answers: queue.Queue | None = None) -> dict | None:
+        """The next message for `answers` (default: the hello); None on a timeout. Raises
+        WorkerDied when the worker exited."""
+        answers = self.inbox if answers is None else answers
         try:
-            message = self.inbox.get(timeout=max(0.0, timeout))
+            message = answers.get(timeout=max(0.0, timeout))
         except queue.Empty:
             return None
         if message is None:
-            self.inbox.put(None)  # stays dead for later calls
+            answers.put(None)  # stays dead for later calls
             raise self.died("exited")
         return message
 
@@ -336,30 +368,30 @@ class NpuLibraryEngine:
 
     # -- requests -----------------------------------------------------------------------------------
     def _call(self, op: str, timeout: float, **fields):
+        """One request and its answer. Safe from any thread; never starts a worker (only the
+        slot's thread does, in load and generate)."""
         worker = self._worker
-        if worker is None:
-            raise EngineError("model not loaded")
+        if worker is None or not worker.alive():
+            raise EngineError("npu_library: the model is not loaded (its worker is not running)")
         request_id = next(self._ids)
-        worker.send({"id": request_id, "op": op, **fields})
-        deadline = time.monotonic() + timeout
-        while True:
-            message = worker.receive(deadline - time.monotonic())
-            if message is None:
-                worker.kill()
-                raise EngineError(f"npu_library: the worker did not answer {op} within {timeout:.0f}s; killed it")
-            if message.get("id") == request_id and "ok" in message:
-                if not message["ok"]:
-                    raise EngineError(f"npu_library {op} failed: {message.get('error')}")
-                return message.get("result")
-            # Anything else is left over from a generation that was given up on.
+        answers = worker.expect(request_id)
+        try:
+            worker.send({"id": request_id, "op": op, **fields})
+            message = worker.receive(timeout, answers)
+        finally:
+            worker.forget(request_id)
+        if message is None:
+            worker.kill()
+            raise EngineError(f"npu_library: the worker did not answer {op} within {timeout:.0f}s; killed it")
+        if not message.get("ok"):
+            raise EngineError(f"npu_library {op} failed: {message.get('error')}")
+        return message.get("result")
 
     def count_tokens(self, text: str) -> int:
-        self._live_worker()
         return int(self._call("count_tokens", REQUEST_TIMEOUT_S, text=text))
 
     def chat_template(self) -> str:
         if self._template is None:
-            self._live_worker()
             self._template = str(self._call("chat_template", REQUEST_TIMEOUT_S) or "")
         return self._template
 
@@ -372,6 +404,7 @@ class NpuLibraryEngine:
             return result
         worker = self._live_worker()
         request_id = next(self._ids)
+        answers = worker.expect(request_id)
         worker.send({"id": request_id, "op": "generate", "prompt": prompt, "params": {
             "max_new_tokens": params.max_new_tokens, "temperature": params.temperature, "top_p": params.top_p,
             "top_k": params.top_k, "repetition_penalty": params.repetition_penalty, "stop": list(params.stop)}})
@@ -394,12 +427,10 @@ class NpuLibraryEngine:
                     worker.kill()
                     raise EngineError(f"npu_library: the worker sent nothing for {SILENCE_TIMEOUT_S:.0f}s while "
                                       f"generating; killed it")
-                message = worker.receive(0.05)
+                message = worker.receive(0.05, answers)
                 if message is None:
                     continue
                 heard = time.monotonic()
-                if message.get("id") != request_id:
-                    continue  # left over from an earlier request
                 if "token" in message:
                     if result.first_token_s is None:
                         result.first_token_s = time.perf_counter() - started
@@ -438,6 +469,8 @@ class NpuLibraryEngine:
                 except EngineError:
                     pass
             raise
+        finally:
+            worker.forget(request_id)
         result.text = text
         result.tokens = tokens
         result.total_s = time.perf_counter() - started

@@ -12,6 +12,8 @@ stdout carries nothing else (whatever the library prints goes to stderr, which t
   worker -> {"id": 1, "ok": true, "result": {"npu": false, "device": "CPU", "version": ..., "load_s": ...}}
   server -> {"id": 2, "op": "count_tokens", "text": "..."}      -> {"id": 2, "ok": true, "result": 12}
   server -> {"id": 3, "op": "chat_template"}                    -> {"id": 3, "ok": true, "result": "{% ... %}"}
+             (these two are answered at once, also while a generation runs: the server counts
+             tokens on every keystroke, from another thread than the one that generates)
   server -> {"id": 4, "op": "generate", "prompt": "...", "params": {"max_new_tokens": 64, "temperature": 0.0,
              "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0, "stop": ["\\n\\n"]}}
   worker -> {"id": 4, "token": 1, "text": "re"}      one line per generated token ("" while a character
@@ -44,6 +46,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 PROTOCOL = 1
 PRECISIONS = ("int4", "int8", "fp16")
+# Answered by the stdin reader thread, so they never wait behind a generation.
+QUICK_OPS = ("count_tokens", "chat_template")
 # Prompt tokens per forward pass while prefilling: a cancel waits for at most one chunk. Chunks
 # are powers of two, so the library (which compiles one kernel per input shape, statically shaped
 # on the NPU) sees a handful of shapes that stay compiled, not one per prompt length.
@@ -93,7 +97,9 @@ class Cancels:
             self._ids.discard(request_id)
 
 
-def read_requests(stream, inbox: "queue.Queue", cancels: Cancels) -> None:
+def read_requests(stream, inbox: "queue.Queue", cancels: Cancels, quick=None) -> None:
+    """Read requests: cancels and the quick ops are dealt with here at once, even while the main
+    thread is generating (the server counts tokens on every keystroke); the rest queue up."""
     for raw in stream:
         line = raw.strip()
         if not line:
@@ -105,6 +111,8 @@ def read_requests(stream, inbox: "queue.Queue", cancels: Cancels) -> None:
             continue
         if isinstance(message, dict) and "cancel" in message:
             cancels.add(message["cancel"])
+        elif quick is not None and isinstance(message, dict) and message.get("op") in QUICK_OPS:
+            quick(message)
         else:
             inbox.put(message)
     cancels.closed.set()
@@ -352,8 +360,24 @@ class Runner:
         return result
 
 
-def serve(channel: Channel, inbox: "queue.Queue", cancels: Cancels) -> int:
-    runner = Runner(channel, cancels)
+def answer(channel: Channel, request_id, work) -> None:
+    try:
+        result = work()
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        channel.send({"id": request_id, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    else:
+        channel.send({"id": request_id, "ok": True, "result": result})
+
+
+def quick_op(runner: "Runner", channel: Channel, message: dict) -> None:
+    if message.get("op") == "count_tokens":
+        answer(channel, message.get("id"), lambda: runner.count_tokens(str(message.get("text", ""))))
+    else:
+        answer(channel, message.get("id"), runner.chat_template)
+
+
+def serve(runner: "Runner", channel: Channel, inbox: "queue.Queue", cancels: Cancels) -> int:
     while True:
         message = inbox.get()
         if message is None:
@@ -369,10 +393,9 @@ def serve(channel: Channel, inbox: "queue.Queue", cancels: Cancels) -> int:
             elif op == "load":
                 result = runner.load(str(message["model"]), str(message.get("precision", "int4")),
                                      int(message.get("threads", 0)))
-            elif op == "count_tokens":
-                result = runner.count_tokens(str(message.get("text", "")))
-            elif op == "chat_template":
-                result = runner.chat_template()
+            elif op in QUICK_OPS:  # when not read by the reader thread
+                quick_op(runner, channel, message)
+                continue
             else:
                 raise ValueError(f"unknown op {op!r}")
         except Exception as exc:
@@ -392,12 +415,13 @@ def main() -> int:
     warnings.filterwarnings("ignore", message=".*pkg_resources is deprecated.*")
     inbox: queue.Queue = queue.Queue()
     cancels = Cancels()
+    runner = Runner(channel, cancels)
     requests = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
-    reader = threading.Thread(target=read_requests, args=(requests, inbox, cancels), daemon=True,
-                              name="npu-worker-stdin")
+    reader = threading.Thread(target=read_requests, daemon=True, name="npu-worker-stdin",
+                              args=(requests, inbox, cancels, lambda message: quick_op(runner, channel, message)))
     reader.start()
     channel.send({"hello": PROTOCOL, "pid": os.getpid(), "python": sys.version.split()[0]})
-    return serve(channel, inbox, cancels)
+    return serve(runner, channel, inbox, cancels)
 
 
 if __name__ == "__main__":

@@ -95,6 +95,24 @@ def test_cancel_lands_within_a_step(loaded):
     assert loaded.generate("x", GenerationParams(), cancel).cancelled  # before it starts: no work at all
 
 
+@pytest.mark.parametrize("loaded", [{"delay": 0.05}], indirect=True)
+def test_tokens_are_counted_while_another_thread_generates(loaded):
+    """The event loop counts tokens on every keystroke while the slot thread generates: the
+    answers must not wait for the generation, nor get mixed up with its stream."""
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=loaded.generate(
+        "x", GenerationParams(max_new_tokens=30), threading.Event())))
+    worker.start()
+    time.sleep(0.2)
+    for n in range(1, 6):
+        asked = time.monotonic()
+        assert loaded.count_tokens("a " * n) == n
+        assert time.monotonic() - asked < 0.5
+    assert worker.is_alive()  # still generating meanwhile
+    worker.join(10)
+    assert outcome["result"].text == "".join(f"tok{i} " for i in range(1, 31))
+
+
 @pytest.mark.parametrize("loaded", [{"crash_after": 3}], indirect=True)
 def test_a_worker_that_dies_mid_generation_is_an_engine_error_and_is_restarted(loaded):
     first = loaded._worker.pid
