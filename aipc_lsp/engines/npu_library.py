@@ -188,6 +188,7 @@ class Worker:
             self._gone = True
             for waiting in [self.inbox, *self._waiting.values()]:
                 waiting.put(None)
+        self.proc.stdout.close()
 
     def expect(self, request_id: int) -> queue.Queue:
         """A queue that receives the messages of `request_id` (register before sending it)."""
@@ -208,6 +209,7 @@ class Worker:
             if line:
                 self.stderr_tail.append(line)
                 log.info("npu_library worker %d: %s", self.pid, line)
+        self.proc.stderr.close()
 
     def send(self, message: dict) -> None:
         data = (json.dumps(message, ensure_ascii=False) + "\n").encode("utf-8")
@@ -250,11 +252,10 @@ class Worker:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover
             pass
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            try:
-                stream.close()
-            except Exception:
-                pass
+        try:
+            self.proc.stdin.close()  # stdout and stderr end by themselves; their readers close them
+        except Exception:
+            pass
 
 
 def _discard(worker: Worker, workdir: str) -> None:
@@ -475,6 +476,14 @@ class NpuLibraryEngine:
         result.tokens = tokens
         result.total_s = time.perf_counter() - started
         return result
+
+    def abort(self) -> None:
+        """Kill a worker stuck in the library (the scheduler's stall watchdog calls this from
+        another thread): the generation waiting for it fails at once, the next one starts anew."""
+        worker = self._worker
+        if worker is not None and worker.alive():
+            log.warning("npu_library: killing worker %d, which stopped producing tokens", worker.pid)
+            worker.proc.kill()
 
     def close(self) -> None:
         self._stop_worker()

@@ -136,6 +136,16 @@ def test_a_hung_worker_is_killed_after_a_cancel(loaded, monkeypatch):
     assert worker.proc.poll() is not None  # killed, not left behind
 
 
+@pytest.mark.parametrize("loaded", [{"hang_after": 2}], indirect=True)
+def test_the_stall_watchdog_aborts_a_stuck_worker(loaded):
+    threading.Timer(0.5, loaded.abort).start()  # the scheduler calls it from the event loop's thread
+    started = time.monotonic()
+    with pytest.raises(EngineError, match="exited"):
+        loaded.generate("x", GenerationParams(max_new_tokens=100), threading.Event())
+    assert time.monotonic() - started < 3
+    assert loaded.generate("x", GenerationParams(max_new_tokens=1), threading.Event()).text == "tok1 "
+
+
 @pytest.mark.parametrize("loaded", [{"hang_after": 1}], indirect=True)
 def test_a_silent_worker_is_killed(loaded, monkeypatch):
     monkeypatch.setattr(npu_library, "SILENCE_TIMEOUT_S", 0.5)
@@ -298,3 +308,14 @@ async def test_the_scheduler_tells_the_user_what_an_engine_notices():
     finally:
         scheduler.close()
     assert told == [f"aipc-lsp: slot npu: {engine.notice}"]
+
+
+def test_npu_library_is_not_wrapped_in_a_second_worker_process():
+    from aipc_lsp.config import Settings, SlotSettings
+    from aipc_lsp.engines import create_engine
+
+    settings = Settings()
+    assert settings.scheduler.engine_process  # the other engines run in a worker of the server's interpreter
+    engine = create_engine(SlotSettings(engine="npu_library", device="NPU", threads=2), "model", settings)
+    assert isinstance(engine, NpuLibraryEngine)  # it has its own, in the library's environment
+    assert engine.precision == "" and engine.threads == 2  # "" = int4 on an NPU, fp16 without
