@@ -337,7 +337,7 @@ class NpuLibraryEngine:
             self._stop_worker()
             raise
         self.device = "NPU" if self.info.get("npu") else "CPU"
-        log.info("npu_library: loaded %s (%s) on %s in %.1fs (worker pid %d, %s %s, compile %.1fs)",
+        log.info("npu_library: loaded %s (%s) on %s in %.1fs (worker pid %d, %s %s; %.1fs of it in the worker)",
                  self._folder.name, self._load_precision, self.device, time.perf_counter() - started, worker.pid,
                  PACKAGE, self.info.get("version", "?"), float(self.info.get("load_s", 0.0)))
 

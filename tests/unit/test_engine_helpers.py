@@ -180,5 +180,5 @@ def test_npu_library_built_offline_is_found_in_its_own_environment():
     found = probe(python)
     assert found.importable and found.version, found
     if not found.npu:
-        # It loads anyway, on OpenVINO's CPU device (tests/e2e/test_npu_library.py), and says so.
+        # It loads anyway, on OpenVINO's CPU device (tests/e2e/test_npu_library_engine.py), and says so.
         assert "sees no NPU" in missing_message(found) and "CPU" in missing_message(found)

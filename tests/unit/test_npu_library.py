@@ -1,7 +1,7 @@
 """The npu_library engine's worker protocol and error paths, with a fake worker
 (tests/unit/fake_npu_worker.py) that speaks the protocol without the library, and the real
-worker script up to the point where it needs the library. tests/e2e/test_npu_library.py runs
-the real library."""
+worker script up to the point where it needs the library. The real library runs in
+tests/e2e/test_npu_library_engine.py."""
 
 from __future__ import annotations
 
