@@ -111,7 +111,7 @@ class SlotSettings:
 class Settings:
     model: str = _opt("default", "\"default\" (SmolLM2-135M-Instruct) or a path to a .gguf file / OpenVINO IR folder")
     engine: str = _opt("openvino", "inference engine", choices=ENGINE_NAMES)
-    device: str = _opt("CPU", "device for the engine: CPU, GPU, GPU.0, NPU, AUTO (openvino); CPU, GPU, CUDA, DML (onnxruntime); CPU, XPU, CUDA (transformers)", upper=True)
+    device: str = _opt("CPU", "device for the engine: CPU, GPU, GPU.0, NPU, AUTO (openvino); CPU, GPU, CUDA, DML (onnxruntime); CPU, XPU, CUDA (transformers); NPU (npu_library)", upper=True)
     precision: str = _opt("", "weights precision where the engine chooses at load (transformers fp32/bf16/fp16, npu_library int4/int8/fp16); \"\" = the engine's default", choices=PRECISIONS)
     threads: int = _opt(0, "CPU inference threads; 0 = the engine's choice", minimum=0, maximum=1024)
     log_level: str = _opt("info", "server log verbosity", choices=LOG_LEVELS)

@@ -214,6 +214,10 @@ class Scheduler:
             self._mark_unhealthy(slot, f"failed to load: {error or 'cancelled'}")
         else:
             slot.loaded = True
+            # Something the user should know although the slot works (e.g. no NPU: it runs on the CPU).
+            notice = getattr(slot.engine, "notice", "")
+            if notice:
+                self.on_problem(f"aipc-lsp: slot {slot.name}: {notice}")
             self._mark_ready(slot)
 
     def _mark_ready(self, slot: Slot) -> None:

@@ -17,7 +17,9 @@ def create_engine(slot: "SlotSettings", model_path: str, settings: "Settings") -
     each engine reads its own section of the settings. Imports stay lazy so a missing optional
     back end only fails when it is chosen."""
     spec = engine_spec(slot, model_path, settings)
-    if settings.scheduler.engine_process:
+    # npu_library runs its model in a worker process of its own (the library's environment):
+    # wrapping it in another process would add a hop and hide its notice and real device.
+    if settings.scheduler.engine_process and slot.engine != "npu_library":
         from aipc_lsp.engines.process import ProcessEngine
 
         return ProcessEngine(slot.engine, model_path, slot.device, spec)
@@ -45,5 +47,5 @@ def engine_spec(slot: "SlotSettings", model_path: str, settings: "Settings"):
             precision=slot.precision, threads=slot.threads, prefix_reuse=settings.transformers.prefix_reuse))
     if slot.engine == "npu_library":
         return EngineSpec("aipc_lsp.engines.npu_library", "NpuLibraryEngine", args, dict(
-            precision=slot.precision or "int4", python=settings.npu_library.python))
+            precision=slot.precision, threads=slot.threads, python=settings.npu_library.python))
     raise EngineError(f"unknown engine {slot.engine!r}; available: {', '.join(ENGINES)}")

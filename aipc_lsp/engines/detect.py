@@ -99,7 +99,8 @@ def _npu_library(python: str = "") -> EngineReport:
     found = probe(python)
     report = EngineReport("npu_library", PACKAGE, found.importable, found.version)
     if found.importable:
-        report.devices = ["NPU"] if found.npu else []
+        # Without an NPU the library runs its layers on OpenVINO's CPU device.
+        report.devices = ["NPU"] if found.npu else ["CPU (fallback: no NPU)"]
     else:
         report.error = found.error
     report.note = missing_message(found)

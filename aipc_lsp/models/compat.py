@@ -17,7 +17,8 @@ ACCEPTS = {
     "openvino": (KIND_GGUF, KIND_OPENVINO_IR),
     "onnxruntime": (KIND_ORT_GENAI,),
     "transformers": (KIND_HF, KIND_GGUF),
-    "npu_library": (KIND_HF,),
+    # A GGUF is dequantised once into the Hugging Face folder the library reads (engine load).
+    "npu_library": (KIND_HF, KIND_GGUF),
 }
 # For the default model, a prepared folder beats the GGUF where the GGUF is slow or unreadable.
 PREFER_PREPARED = ("onnxruntime", "transformers", "npu_library")
@@ -32,7 +33,7 @@ def prepared_default(engine: str) -> Path | None:
     if not root.is_dir():
         return None
     wanted = ACCEPTS.get(engine, ())
-    for candidate in sorted(root.glob(f"{DEFAULT_MODEL.name}-{engine}-*")):
+    for candidate in sorted(root.glob(f"{DEFAULT_MODEL.name}-{PREPARE_AS.get(engine, engine)}-*")):
         if candidate.is_dir() and detect_kind(candidate) in wanted and detect_kind(candidate) != KIND_GGUF:
             return candidate
     return None

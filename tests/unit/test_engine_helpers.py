@@ -180,7 +180,5 @@ def test_npu_library_built_offline_is_found_in_its_own_environment():
     found = probe(python)
     assert found.importable and found.version, found
     if not found.npu:
-        assert "sees no NPU" in missing_message(found)
-        with pytest.raises(EngineError, match="sees no NPU"):
-            NpuLibraryEngine("model", precision="int8", python=python).load()
-        pytest.skip(f"intel-npu-acceleration-library {found.version} imports from {python}, but there is no NPU here")
+        # It loads anyway, on OpenVINO's CPU device (tests/e2e/test_npu_library_engine.py), and says so.
+        assert "sees no NPU" in missing_message(found) and "CPU" in missing_message(found)
