@@ -39,6 +39,8 @@ def _opt(default, doc: str, *, choices=None, minimum=None, maximum=None, upper=F
 class OpenVINOSettings:
     kv_cache_mb: int = _opt(256, "KV-cache memory for prefix caching, in MB", minimum=16, maximum=65536)
     prefix_caching: bool = _opt(True, "reuse the KV cache of a prompt's unchanged beginning")
+    prompt_lookup_tokens: int = _opt(3, "prompt-lookup decoding: tokens copied from the prompt and checked in one "
+                                        "step (code repeats itself); 0 = off", minimum=0, maximum=16)
     config: dict = _opt({}, "extra OpenVINO properties, e.g. {CACHE_DIR = \"...\"}")
     npu_max_prompt_len: int = _opt(1024, "NPU only: longest prompt the statically shaped model is compiled for",
                                    minimum=64, maximum=131072)

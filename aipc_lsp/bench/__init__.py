@@ -12,9 +12,12 @@ from pathlib import Path
 
 from aipc_lsp.bench.corpus import corpus_text
 from aipc_lsp.bench.report import check_targets, render_table
+from aipc_lsp.config import OpenVINOSettings
 
 QUICK_CONTEXTS = (1536,)
 FULL_CONTEXTS = (512, 1024, 1536, 2048)
+# What the server runs with by default, for the bare reference of its decode rate.
+SERVER_PROMPT_LOOKUP = OpenVINOSettings().prompt_lookup_tokens
 
 
 def engine_configs(model: Path, quick: bool, ir: Path | None = None) -> list[dict]:
@@ -30,6 +33,8 @@ def engine_configs(model: Path, quick: bool, ir: Path | None = None) -> list[dic
                     "device": "CPU", "ov_config": {"INFERENCE_PRECISION_HINT": "f32"}})
     configs.append({"label": f"openvino {model.suffix.lstrip('.')} CPU u8 KV cache", "model": str(model),
                     "device": "CPU", "ov_config": {"KV_CACHE_PRECISION": "u8"}})
+    configs.append({"label": f"openvino {model.suffix.lstrip('.')} CPU prompt lookup", "model": str(model),
+                    "device": "CPU", "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP})
     try:
         import openvino
 
@@ -89,8 +94,10 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
         if not quick and "error" not in report["server"]:
             progress("engine: bare decode rate again, next to the server's ...")
             first = report["engines"][0]
+            # The server's own engine configuration (prompt lookup as it serves), bare.
             report["bare_after_server"] = run_engine_config(
-                {"label": first["label"], "model": first["model"], "device": first["device"], "decode_only": True})
+                {"label": first["label"], "model": first["model"], "device": first["device"], "decode_only": True,
+                 "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP})
     elif not skip_server:
         report["server"] = {"error": "the engine benchmark failed, so the server was not measured"}
     if remote:

@@ -27,12 +27,13 @@ def peak_rss_mb() -> float | None:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _timed_generate(pipe, og, prompt: str, max_new_tokens: int, ignore_eos: bool = True) -> dict:
-    """The bare pipeline call: token timestamps only, nothing decoded."""
-    config = pipe.get_config() if isinstance(pipe, og.ContinuousBatchingPipeline) else pipe.get_generation_config()
-    config.apply_chat_template = False
-    config.do_sample = False
-    config.max_new_tokens = max_new_tokens
+def _timed_generate(engine, og, prompt: str, max_new_tokens: int, ignore_eos: bool = True) -> dict:
+    """The bare pipeline call: token timestamps only, nothing decoded. The engine's own
+    generation config (greedy, prompt lookup when it is on), with the library's generate."""
+    from aipc_lsp.engines.base import GenerationParams
+
+    pipe = engine._pipe
+    config = engine._generation_config(GenerationParams(max_new_tokens=max_new_tokens))
     config.ignore_eos = ignore_eos
     stamps: list[float] = []
 
@@ -76,29 +77,29 @@ def run(spec: dict) -> dict:
     from aipc_lsp.engines.openvino import OpenVINOEngine
 
     engine = OpenVINOEngine(spec["model"], spec["device"], threads=spec.get("threads", 0),
-                            ov_config=spec.get("ov_config") or {})
+                            ov_config=spec.get("ov_config") or {},
+                            prompt_lookup_tokens=spec.get("prompt_lookup_tokens", 0))
     started = time.perf_counter()
     engine.load()
     out: dict = {"label": spec["label"], "engine": "openvino", "device": spec["device"],
                  "model": spec["model"], "load_s": time.perf_counter() - started}
-    pipe = engine._pipe
     quick = spec.get("quick", False)
     repeats = 2 if quick else 5
     decode_tokens = 32 if quick else 128
 
     if spec.get("decode_only"):
         # The reference for the server's decode rate, measured right after it (load drifts).
-        rates = [_timed_generate(pipe, og, LONG_PROMPT, decode_tokens)["tokens_per_s"] for _ in range(repeats)]
+        rates = [_timed_generate(engine, og, LONG_PROMPT, decode_tokens)["tokens_per_s"] for _ in range(repeats)]
         out["long_tokens_per_s"] = statistics.median(rates)
         engine.close()
         return out
-    short = [_timed_generate(pipe, og, SHORT, decode_tokens) for _ in range(repeats)]
+    short = [_timed_generate(engine, og, SHORT, decode_tokens) for _ in range(repeats)]
     out["short_prompt_tokens"] = engine.count_tokens(SHORT)
     out["first_ms"] = statistics.median(r["first_ms"] for r in short)
     out["other_ms_per_token"] = statistics.median(r["other_ms_per_token"] for r in short)
     out["tokens_per_s"] = 1000 / out["other_ms_per_token"]
     # The decode-rate reference for the server path: the same prompt the server bench uses.
-    long = [_timed_generate(pipe, og, LONG_PROMPT, decode_tokens) for _ in range(repeats)]
+    long = [_timed_generate(engine, og, LONG_PROMPT, decode_tokens) for _ in range(repeats)]
     out["long_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in long)
 
     # A long prompt cold (a unique first line defeats the prefix cache), then the same
@@ -108,9 +109,9 @@ def run(spec: dict) -> dict:
     cold, warm = [], []
     for i in range(1 if quick else 3):
         prompt = f"# run {uuid.uuid4().hex}\n" + base
-        cold.append(_timed_generate(pipe, og, prompt, 4)["first_ms"])
+        cold.append(_timed_generate(engine, og, prompt, 4)["first_ms"])
         for extra in ("    ", "    r", "    re", "    ret", "    retu")[: 2 if quick else 5]:
-            warm.append(_timed_generate(pipe, og, prompt + extra, 4)["first_ms"])
+            warm.append(_timed_generate(engine, og, prompt + extra, 4)["first_ms"])
     out["long_prompt_tokens"] = engine.count_tokens("# run x\n" + base)
     out["cold_first_ms"] = statistics.median(cold)
     out["incremental_first_ms"] = statistics.median(warm)

@@ -37,6 +37,7 @@ def engine_spec(slot: "SlotSettings", model_path: str, settings: "Settings"):
         ov = settings.openvino
         return EngineSpec("aipc_lsp.engines.openvino", "OpenVINOEngine", args, dict(
             threads=slot.threads, kv_cache_mb=ov.kv_cache_mb, prefix_caching=ov.prefix_caching, ov_config=ov.config,
+            prompt_lookup_tokens=ov.prompt_lookup_tokens,
             npu_max_prompt_len=ov.npu_max_prompt_len, npu_min_response_len=ov.npu_min_response_len))
     if slot.engine == "onnxruntime":
         ort = settings.onnxruntime
