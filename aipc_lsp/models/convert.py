@@ -202,18 +202,21 @@ def dequantise_gguf(path: Path, dest: Path, progress: Progress, dtype: str = "fl
     """A GGUF file -> a Hugging Face folder through transformers (needs gguf and accelerate)."""
     try:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     except ImportError as exc:
         raise PrepareError(f"dequantising a GGUF needs torch, transformers, gguf and accelerate ({exc}); "
                            "pip install \"aipc-lsp[prepare]\" torch") from exc
     progress(f"dequantising {path.name} through transformers", None)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        # The fast tokenizer converted from the GGUF's own vocabulary, not a model-specific class
+        # guessed from the architecture (transformers 5.5 picks CodeLlamaTokenizer for every "llama").
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                      dtype=getattr(torch, dtype))
     except Exception as exc:
         raise PrepareError(f"transformers cannot read {path.name} ({type(exc).__name__}: {exc}); its architecture "
                            "may not be supported for GGUF loading") from exc
+    repair_gguf_tokenizer(tokenizer, model.config)
     # A dequantised model must not be saved as if it were still quantised.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -223,6 +226,24 @@ def dequantise_gguf(path: Path, dest: Path, progress: Progress, dtype: str = "fl
     model.save_pretrained(str(dest))
     tokenizer.save_pretrained(str(dest))
     return dest
+
+
+def repair_gguf_tokenizer(tokenizer, config) -> None:
+    """Undo what transformers before 5.6 gets wrong when it converts a byte-level BPE (GPT-2 style)
+    GGUF vocabulary: a SentencePiece-style decoder chain around ByteLevel (which openvino-tokenizers
+    cannot convert) and the BOS token taken for EOS. Later transformers write what this restores."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        if ((spec.get("pre_tokenizer") or {}).get("type") == "ByteLevel"
+                and (spec.get("decoder") or {}).get("type") != "ByteLevel"):
+            from tokenizers import decoders
+
+            backend.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    for role in ("eos", "bos"):
+        wanted = getattr(config, f"{role}_token_id", None)
+        if isinstance(wanted, int) and getattr(tokenizer, f"{role}_token_id", None) != wanted:
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(wanted))
 
 
 # ---------------------------------------------------------------- routes
@@ -421,6 +442,7 @@ def _openvino_optimum(hf_dir: Path, built: Path, work: Path, options: PrepareOpt
             if not (built / item.name).exists():
                 os.replace(item, built / item.name)
     _ensure_openvino_tokenizers(hf_dir, built, progress)
+    check_openvino_tokenizers(built)
     if not (built / "openvino_model.xml").is_file():
         raise PrepareError("optimum-intel finished without writing openvino_model.xml")
     progress("OpenVINO IR saved", 95)
@@ -459,6 +481,28 @@ def _ensure_openvino_tokenizers(hf_dir: Path, built: Path, progress: Progress) -
     except Exception as exc:
         raise PrepareError(f"openvino-tokenizers could not convert this model's tokenizer ({type(exc).__name__}: "
                            f"{exc}); OpenVINO GenAI needs openvino_tokenizer.xml and openvino_detokenizer.xml") from exc
+
+
+PROBE_TEXT = "def area(width, height):\n    return width * height  # m²\n"
+
+
+def check_openvino_tokenizers(folder: Path) -> None:
+    """Encode and decode a line of code through the converted tokenizer and detokenizer: a conversion
+    that drops the byte-level decoding or the spaces gives back something else, and is refused."""
+    try:
+        import openvino
+        import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations)
+
+        core = openvino.Core()
+        tokenizer = core.compile_model(str(folder / "openvino_tokenizer.xml"), "CPU")
+        detokenizer = core.compile_model(str(folder / "openvino_detokenizer.xml"), "CPU")
+        ids = tokenizer([PROBE_TEXT])["input_ids"]
+        back = str(detokenizer(ids)["string_output"][0])
+    except Exception as exc:
+        raise PrepareError(f"the converted tokenizer does not run ({type(exc).__name__}: {exc})") from exc
+    if back.strip() != PROBE_TEXT.strip():
+        raise PrepareError(f"the converted tokenizer does not give back what it read: {PROBE_TEXT!r} came back as "
+                           f"{back!r}; the model's tokenizer files may be broken")
 
 
 def _openvino_from_gguf(gguf_path: Path, out: Path, progress: Progress) -> None:
