@@ -438,6 +438,7 @@ def _openvino_optimum(hf_dir: Path, built: Path, work: Path, options: PrepareOpt
                                f"{type(exc).__name__}: {exc}") from exc
         del model
         gc.collect()
+        _record_weights(built / "openvino_config.json", weights.to_dict())
         for item in stage.iterdir():  # tokenizer files, chat template, openvino_(de)tokenizer.xml
             if not (built / item.name).exists():
                 os.replace(item, built / item.name)
@@ -446,6 +447,17 @@ def _openvino_optimum(hf_dir: Path, built: Path, work: Path, options: PrepareOpt
     if not (built / "openvino_model.xml").is_file():
         raise PrepareError("optimum-intel finished without writing openvino_model.xml")
     progress("OpenVINO IR saved", 95)
+
+
+def _record_weights(config_file: Path, weights: dict) -> None:
+    """openvino_config.json gets the weight compression that was asked for, as optimum-cli writes it,
+    instead of the pipeline form optimum-intel saves from Python (which names the stage folder)."""
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    config["quantization_config"] = weights
+    config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 @contextlib.contextmanager
@@ -595,6 +607,9 @@ def prepare(source: str, options: PrepareOptions, output: str | Path | None = No
     src = resolve_source(source, progress)
     with contextlib.ExitStack() as cleanup:
         if src.kind == "hub" and options.engine == "openvino":
+            if not _optimum_available():  # say so before downloading gigabytes
+                raise PrepareError(f"an OpenVINO IR from a hub model is made by optimum-intel, which is not "
+                                   f"installed: {OPTIMUM_HINT}")
             src = _download(src, cleanup, progress)
         chosen = plan(src, options)
         out = Path(output).expanduser().resolve() if output else default_output(src, chosen)

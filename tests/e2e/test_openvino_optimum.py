@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import openvino
 import pytest
 import pytest_lsp
 from lsprotocol import types
@@ -46,7 +47,6 @@ TORCH_PAIRS = {
 
 pytestmark = [
     pytest.mark.model,
-    pytest.mark.asyncio(loop_scope="module"),
     # The first test pays for the converter environment and two conversions.
     pytest.mark.timeout(2400),
     pytest.mark.skipif(os.environ.get("AIPC_LSP_SKIP_CONVERTER_ENV") == "1", reason="AIPC_LSP_SKIP_CONVERTER_ENV=1"),
@@ -113,19 +113,23 @@ def converted(converter_python) -> dict[str, Path]:
     return {"int8": _prepare(converter_python, "int8"), "int4": _prepare(converter_python, "int4")}
 
 
-async def test_int8_and_int4_irs_are_made_listed_and_described(converted):
+def test_int8_and_int4_irs_are_made_listed_and_described(converted):
     int8, int4 = converted["int8"], converted["int4"]
     assert int8.name == f"{DEFAULT_MODEL.name}-openvino-int8"
     assert int4.name == f"{DEFAULT_MODEL.name}-openvino-int4-g64"  # the group size chosen for 576 channels
-    for path, bits in ((int8, 8), (int4, 4)):
+    for path, bits, mode, group in ((int8, 8, "int8_asym", "-1"), (int4, 4, "int4_asym", "64")):
         for name in ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml"):
             assert (path / name).is_file(), f"{path} lacks {name}"
         manifest = json.loads((path / "aipc-prepare.json").read_text())
         assert manifest["route"] == "optimum-intel" and manifest["source_checksum"] == DEFAULT_MODEL.sha256
         quantization = json.loads((path / "openvino_config.json").read_text())["quantization_config"]
-        assert quantization["bits"] == bits, quantization
+        assert quantization["bits"] == bits and ".tmp-" not in json.dumps(quantization), quantization
+        # What NNCF itself recorded in the IR.
+        model = openvino.Core().read_model(str(path / "openvino_model.xml"))
+        compression = {key: model.get_rt_info(["nncf", "weight_compression", key]).astype(str)
+                       for key in ("mode", "group_size")}
+        assert compression == {"mode": mode, "group_size": group}, compression
     assert json.loads((int4 / "aipc-prepare.json").read_text())["used"]["group_size"] == 64
-    assert json.loads((int4 / "openvino_config.json").read_text())["quantization_config"]["group_size"] == 64
     assert (int4 / "openvino_model.bin").stat().st_size < 0.75 * (int8 / "openvino_model.bin").stat().st_size
     # The server's own environment lists them.
     listed = json.loads(subprocess.run([sys.executable, "-m", "aipc_lsp", "models", "list", "--json"],
@@ -176,6 +180,7 @@ async def client(lsp_client: LanguageClient, request, converted):
     await lsp_client.shutdown_session()
 
 
+@pytest.mark.asyncio(loop_scope="module")
 async def test_the_server_completes_from_the_prepared_ir(client: LanguageClient, converted, request):
     slot = (await status(client))["slots"][0]
     assert slot["engine"] == "openvino", slot

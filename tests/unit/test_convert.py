@@ -250,6 +250,14 @@ def test_a_hub_id_without_a_hub_fails_at_once_and_leaves_nothing(tmp_path, monke
     assert list((tmp_path / "cache" / "models").iterdir()) == []  # no download folder left behind
 
 
+def test_a_hub_id_without_optimum_is_refused_before_any_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(convert, "_optimum_available", lambda: False)
+    monkeypatch.setattr(convert, "_hub_snapshot", lambda *a: pytest.fail("downloaded anyway"))
+    with pytest.raises(PrepareError, match=r"optimum-intel, which is not installed.*aipc-lsp\[prepare-openvino\]"):
+        prepare("meta-llama/Meta-Llama-3-8B-Instruct", PrepareOptions("openvino", "int4", sym=True))
+
+
 def test_manifests_from_before_routes_were_recorded_still_count(tmp_path, monkeypatch):
     gguf_path = _gguf(tmp_path / "Tiny.Q4_1.gguf")
     monkeypatch.setattr(convert, "_optimum_available", lambda: False)
