@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -175,12 +177,29 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(f"[{bar:20}] {percent if percent is not None else '..':>3}% {message}", file=sys.stderr, flush=True)
 
     try:
-        path = prepare(args.source, options, args.output, force=args.force, progress=progress)
+        # Converters (optimum-intel, NNCF, OpenVINO) print to stdout; stdout is for the path alone.
+        with _stdout_to_stderr():
+            path = prepare(args.source, options, args.output, force=args.force, progress=progress)
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(path)
     return 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything written to stdout, by Python or by native code, to stderr for a while."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -232,9 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--output", help="output folder (default: the model cache, listed by `models list`)")
     prep.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "dml"],
                       help="onnxruntime execution provider the model is built for (default cpu)")
-    prep.add_argument("--group-size", type=int, help="openvino int4: weights per quantisation group "
-                      "(default: the largest of 128/64/32 that divides the model's channels)")
-    prep.add_argument("--ratio", type=float, help="openvino int4: share of layers in int4, the rest int8 (default 1.0)")
+    prep.add_argument("--group-size", type=int, help="openvino int4: weights per quantisation group, -1 per channel "
+                      "(default: the largest of 128/64/32/16 that divides the model's hidden and MLP sizes)")
+    prep.add_argument("--ratio", type=float, help="openvino int4: share of the weights in int4, the rest int8 (default 1.0)")
     prep.add_argument("--sym", action="store_true", help="openvino int4: symmetric quantisation")
     prep.add_argument("--force", action="store_true", help="rebuild even if the output exists")
     prep.set_defaults(func=cmd_prepare)

@@ -123,3 +123,177 @@ def test_openvino_from_a_hf_folder_without_optimum_says_what_to_install(tmp_path
     with pytest.raises(PrepareError, match=r"aipc-lsp\[prepare-openvino\]"):
         prepare(str(hf), PrepareOptions("openvino", "int4"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- OpenVINO through optimum-intel
+
+def _gguf(path, embedding: int = 576, feed_forward: int | list[int] = 1536, q4: bool = True):
+    """A GGUF with the metadata prepare reads and one tensor of the given type (no real weights)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_embedding_length(embedding)
+    writer.add_feed_forward_length(feed_forward)
+    if q4:  # 32 weights in one Q4_1 block: 2 + 2 bytes of scale and minimum, 16 bytes of nibbles
+        writer.add_tensor("blk.0.ffn_up.weight", np.zeros((1, 20), dtype=np.uint8), raw_dtype=GGMLQuantizationType.Q4_1)
+    else:
+        writer.add_tensor("blk.0.ffn_up.weight", np.zeros((1, 32), dtype=np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _llama_folder(tmp_path, hidden: int = 576, intermediate: int = 1536, name: str = "SmolLM2-135M"):
+    hf = tmp_path / name
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                                "hidden_size": hidden, "intermediate_size": intermediate}))
+    return hf
+
+
+def test_group_size_comes_from_the_gguf_metadata_and_the_hf_config(tmp_path):
+    assert convert.gguf_channels(_gguf(tmp_path / "a.gguf")) == (576, 1536)
+    assert convert.gguf_channels(_gguf(tmp_path / "b.gguf", 3072, [8192, 8192])) == (3072, 8192, 8192)
+    assert convert.hf_channels(_llama_folder(tmp_path)) == (576, 1536)
+    nested = tmp_path / "vlm"
+    nested.mkdir()
+    (nested / "config.json").write_text(json.dumps({"text_config": {"hidden_size": 4096, "intermediate_size": 14336}}))
+    assert convert.hf_channels(nested) == (4096, 14336)
+
+
+@pytest.mark.parametrize("asked, channels, used", [
+    (None, (576, 1536), 64),  # SmolLM2-135M: 128 would not divide 576
+    (None, (3072, 8192), 128),  # Phi-3-mini
+    (None, (4096, 14336), 128),  # Llama-3-8B
+    (None, (), 128),  # sizes unknown: optimum-intel's own default
+    (32, (576, 1536), 32),
+    (-1, (576, 1536), -1),  # per channel
+])
+def test_int4_group_size_is_the_users_or_the_largest_that_divides(asked, channels, used):
+    assert convert._int4_group(PrepareOptions("openvino", "int4", group_size=asked), channels) == used
+
+
+def test_a_group_size_that_does_not_divide_the_model_is_refused_with_the_one_that_would():
+    with pytest.raises(PrepareError, match=r"--group-size 128 does not divide .* 576; leave --group-size out to use 64"):
+        convert._int4_group(PrepareOptions("openvino", "int4", group_size=128), (576, 1536))
+    with pytest.raises(PrepareError, match=r"--group-size -1 \(per channel\) or --precision int8"):
+        convert._int4_group(PrepareOptions("openvino", "int4", group_size=16), (577, 1536))
+    with pytest.raises(PrepareError, match="--group-size must be a positive"):
+        validate(PrepareOptions("openvino", "int4", group_size=0))
+
+
+def test_routes_with_and_without_optimum(tmp_path, monkeypatch):
+    gguf = resolve_source(str(_gguf(tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf")))
+    hf = resolve_source(str(_llama_folder(tmp_path)))
+    monkeypatch.setattr(convert, "_optimum_available", lambda: False)
+    # Without optimum-intel: the GGUF at its own precision through OpenVINO GenAI's reader, nothing else.
+    chosen = convert.plan(gguf, PrepareOptions("openvino", "int4"))
+    assert chosen.route == convert.ROUTE_GGUF_READER and chosen.options.group_size is None
+    assert convert.default_output(gguf, chosen).name == "smollm2-135m-instruct-openvino-int4"
+    for options in (PrepareOptions("openvino", "int8"), PrepareOptions("openvino", "int4", sym=True)):
+        with pytest.raises(PrepareError, match=r"holds int4 weights.*aipc-lsp\[prepare-openvino\]"):
+            convert.plan(gguf, options)
+    with pytest.raises(PrepareError, match=r"optimum-intel, which is not installed.*aipc-lsp\[prepare-openvino\]"):
+        convert.plan(hf, PrepareOptions("openvino", "fp16"))
+    # With it: everything through optimum-intel, the int4 parameters filled in and named in the folder.
+    monkeypatch.setattr(convert, "_optimum_available", lambda: True)
+    chosen = convert.plan(gguf, PrepareOptions("openvino", "int4"))
+    assert chosen.route == convert.ROUTE_OPTIMUM
+    assert (chosen.options.group_size, chosen.options.ratio, chosen.options.sym) == (64, 1.0, False)
+    assert convert.default_output(gguf, chosen).name == "smollm2-135m-instruct-openvino-int4-g64"
+    chosen = convert.plan(hf, PrepareOptions("openvino", "int4", group_size=32, ratio=0.8, sym=True))
+    assert convert.default_output(hf, chosen).name == "smollm2-135m-openvino-int4-g32-sym-r0.8"
+    chosen = convert.plan(hf, PrepareOptions("openvino", "int8"))
+    assert (chosen.route, convert.default_output(hf, chosen).name) == (convert.ROUTE_OPTIMUM, "smollm2-135m-openvino-int8")
+    with pytest.raises(PrepareError, match="does not divide"):
+        convert.plan(hf, PrepareOptions("openvino", "int4", group_size=128))
+
+
+def test_an_optimum_that_does_not_import_is_reported_with_the_fix(tmp_path, monkeypatch):
+    """Installed but broken (a torchvision built for another torch fails like this): the reason and the extra."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name.startswith("optimum"):
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(convert, "_optimum_available", lambda: True)
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    hf = _llama_folder(tmp_path)
+    with pytest.raises(PrepareError, match=r"does not import \(RuntimeError: operator torchvision::nms.*"
+                                           r"aipc-lsp\[prepare-openvino\].*torch/torchvision pair"):
+        prepare(str(hf), PrepareOptions("openvino", "int8"), tmp_path / "models" / "out")
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_a_hub_id_without_a_hub_fails_at_once_and_leaves_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never reach a hub from a test, even where one is reachable
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # in case it was imported before the variable was set
+    monkeypatch.setattr(convert, "_optimum_available", lambda: True)
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(PrepareError, match=r"could not download microsoft/Phi-3-mini-4k-instruct .*pass the folder"):
+        prepare("microsoft/Phi-3-mini-4k-instruct", PrepareOptions("openvino", "int4"))
+    assert time.monotonic() - started < 30
+    assert list((tmp_path / "cache" / "models").iterdir()) == []  # no download folder left behind
+
+
+def test_a_hub_id_without_optimum_is_refused_before_any_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(convert, "_optimum_available", lambda: False)
+    monkeypatch.setattr(convert, "_hub_snapshot", lambda *a: pytest.fail("downloaded anyway"))
+    with pytest.raises(PrepareError, match=r"optimum-intel, which is not installed.*aipc-lsp\[prepare-openvino\]"):
+        prepare("meta-llama/Meta-Llama-3-8B-Instruct", PrepareOptions("openvino", "int4", sym=True))
+
+
+def test_manifests_from_before_routes_were_recorded_still_count(tmp_path, monkeypatch):
+    gguf_path = _gguf(tmp_path / "Tiny.Q4_1.gguf")
+    monkeypatch.setattr(convert, "_optimum_available", lambda: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    src = resolve_source(str(gguf_path))
+    options = PrepareOptions("openvino", "int4")
+    old = {"source": src.location, "source_checksum": src.checksum, "options": convert.asdict(options), "format": 1}
+    (out / convert.MANIFEST).write_text(json.dumps(old))
+    assert prepare(str(gguf_path), options, out) == out  # nothing rebuilt
+    # The same source and options through another converter is not the same build.
+    (out / convert.MANIFEST).write_text(json.dumps({**old, "route": convert.ROUTE_GGUF_READER}))
+    assert prepare(str(gguf_path), options, out) == out
+    monkeypatch.setattr(convert, "_optimum_available", lambda: True)
+    with pytest.raises(PrepareError, match="another converter"):
+        prepare(str(gguf_path), options, out)
+
+
+def test_a_byte_level_gguf_tokenizer_gets_its_decoder_and_eos_back():
+    """transformers 5.5 (the newest optimum-intel 2.2 allows) converts a GPT-2 style GGUF vocabulary
+    with a decoder chain openvino-tokenizers cannot convert and BOS as EOS; prepare repairs both."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "a": 3, "Ġ": 4, "Ġa": 5}
+    backend = Tokenizer(models.BPE(vocab, [("Ġ", "a")], unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse(), decoders.Replace("▁", " "),
+                                         decoders.ByteLevel()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_start|>")
+
+    class Config:
+        eos_token_id, bos_token_id = 2, 1
+
+    convert.repair_gguf_tokenizer(tokenizer, Config)
+    assert json.loads(tokenizer.backend_tokenizer.to_str())["decoder"]["type"] == "ByteLevel"
+    assert (tokenizer.eos_token, tokenizer.bos_token) == ("<|im_end|>", "<|im_start|>")
+    assert tokenizer.decode(tokenizer("a a", add_special_tokens=False)["input_ids"]) == "a a"
