@@ -11,6 +11,13 @@ SHORT = "def fibonacci(n):\n    "
 LONG_DOC = 'COLORS = {\n    "red": "#ff0000",\n    "green": "#00ff00",\n    "blue": "#0000ff",\n    '
 # What the engine sees for it: the server holds the trailing space back (token healing).
 LONG_PROMPT = LONG_DOC[:-1]
+# The server's decode rate is compared with the bare engine's on the very same prompts: with
+# prompt lookup the rate depends on what the model writes, so not on a random first line.
+DECODE_RUNS = 3
+
+
+def decode_document(run: int) -> str:
+    return f"# decode run {run}\n{LONG_DOC}"
 
 
 def corpus_text() -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from aipc_lsp.bench.corpus import LONG_DOC
+from aipc_lsp.bench.corpus import DECODE_RUNS, LONG_DOC, decode_document
 from aipc_lsp.lsp_client import drain, plain
 
 
@@ -173,9 +173,9 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
         client.configure({**base_completion, "max_tokens": 48 if quick else 128, "max_lines": 200})
         await asyncio.sleep(0.2)
         rates = []
-        for _ in range(1 if quick else 3):
+        for run in range(1 if quick else DECODE_RUNS):
             uri = f"file:///bench/long_{uuid.uuid4().hex[:6]}.py"
-            text = _unique(LONG_DOC)
+            text = decode_document(run)
             client.open(uri, text)
             record = (await client.suggest(uri, text))["record"]
             if record and record["tokens"] > 1 and record["totalMs"] > record["firstTokenMs"]:
