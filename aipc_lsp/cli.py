@@ -16,6 +16,8 @@ from pathlib import Path
 
 from aipc_lsp import __version__
 
+GIL_SWITCH_INTERVAL_S = 0.001
+
 
 def _setup_logging(verbose: int, log_file: str | None) -> None:
     level = logging.WARNING - 10 * verbose if verbose else logging.INFO
@@ -38,6 +40,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aipc_lsp.server import create_server
 
     server = create_server(config_path=_config_path(args.config), status_port=args.status_port)
+    # The protocol loop, the slot threads and the engine-reply readers hand Python's lock to
+    # each other for every piece and cancel: 1 ms turns instead of the default 5 ms.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     if args.tcp is not None:
         server.start_tcp("127.0.0.1", args.tcp)
     else:

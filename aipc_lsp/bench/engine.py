@@ -54,8 +54,10 @@ def _timed_generate(engine, og, prompt: str, max_new_tokens: int, ignore_eos: bo
     first = (stamps[0][0] - started) * 1000 if stamps else None
     later = tokens - stamps[0][1] if stamps else 0
     other = (stamps[-1][0] - stamps[0][0]) * 1000 / later if later > 0 else None
+    # One decode step (a streamer call): with prompt lookup it yields several tokens.
+    step = (stamps[-1][0] - stamps[0][0]) * 1000 / (len(stamps) - 1) if len(stamps) > 1 else None
     return {"first_ms": first, "other_ms_per_token": other, "tokens": tokens,
-            "tokens_per_s": 1000 / other if other else None}
+            "tokens_per_s": 1000 / other if other else None, "step_ms": step}
 
 
 def prompt_of_tokens(count_tokens, text: str, tokens: int) -> str:
@@ -92,9 +94,9 @@ def run(spec: dict) -> dict:
     if spec.get("decode_only"):
         # The reference for the server's decode rate, measured right after it (load drifts).
         # What the server decoded (its prompt: the document less the held-back space).
-        rates = [_timed_generate(engine, og, decode_document(run)[:-1], decode_tokens)["tokens_per_s"]
-                 for run in range(DECODE_RUNS)]
-        out["long_tokens_per_s"] = statistics.median(rates)
+        runs = [_timed_generate(engine, og, decode_document(run)[:-1], decode_tokens) for run in range(DECODE_RUNS)]
+        out["long_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
+        out["step_ms"] = statistics.median(r["step_ms"] for r in runs)
         engine.close()
         return out
     short = [_timed_generate(engine, og, SHORT, decode_tokens) for _ in range(repeats)]
@@ -105,6 +107,7 @@ def run(spec: dict) -> dict:
     # The decode-rate reference for the server path: the same prompt the server bench uses.
     long = [_timed_generate(engine, og, LONG_PROMPT, decode_tokens) for _ in range(repeats)]
     out["long_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in long)
+    out["step_ms"] = statistics.median(r["step_ms"] for r in long)
 
     # A long prompt cold (a unique first line defeats the prefix cache), then the same
     # prompt grown by a few characters, as when the user types.

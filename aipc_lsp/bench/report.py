@@ -18,9 +18,11 @@ def check_targets(report: dict) -> list[dict]:
     ctx = (server.get("contexts") or {}).get(TARGET_CONTEXT) or (server.get("contexts") or {}).get(str(TARGET_CONTEXT)) or {}
     # The bare rate measured next to the server's when there is one: on a shared machine the
     # load drifts between the engine runs and the server run.
-    bare_rate = (report.get("bare_after_server") or {}).get("long_tokens_per_s") or bare.get("long_tokens_per_s")
+    after = report.get("bare_after_server") or {}
+    bare_rate = after.get("long_tokens_per_s") or bare.get("long_tokens_per_s")
     rate = server.get("server_tokens_per_s")
-    step = 1000 / bare_rate if bare_rate else None
+    # One decode step of the server's configuration (with prompt lookup a step yields several tokens).
+    step = after.get("step_ms") or (1000 / bare_rate if bare_rate else None)
     rows = []
 
     def add(name, value, limit, ok, unit):

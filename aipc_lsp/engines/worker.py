@@ -147,6 +147,8 @@ class Worker:
 
 
 def main() -> None:
+    # A cancel read while the engine runs Python between native calls takes the lock within 1 ms.
+    sys.setswitchinterval(0.001)
     out = _protocol_out()
     spec = json.loads(sys.argv[1])
     Worker(spec, out).run()

@@ -116,3 +116,11 @@ def test_the_bare_rate_next_to_the_server_run_is_the_reference():
     ratio = next(r for r in check_targets(data) if r["target"].startswith("server decode"))
     assert ratio["value"] == pytest.approx(58 / 50 * 100)
     assert "measured right after: 50.0 tok/s" in render_table({**data, "targets": check_targets(data)})
+
+
+def test_one_decode_step_of_the_servers_configuration_sizes_the_cancel_target():
+    # With prompt lookup a step yields several tokens: 1000 / rate would be a fraction of a step.
+    data = report()
+    data["bare_after_server"] = {"long_tokens_per_s": 90.0, "step_ms": 27.0}
+    cancel = next(r for r in check_targets(data) if r["target"].startswith("cancel"))
+    assert cancel["limit"] == pytest.approx(27.0 + 5)
