@@ -13,15 +13,19 @@ import dataclasses
 import itertools
 import json
 import logging
+import mmap
 import os
 import queue
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.engines.worker import CANCEL_AT, FLAGS_SIZE, STOP_AT
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,9 @@ class EngineSpec:
     args: tuple = ()
     kwargs: dict = dataclasses.field(default_factory=dict)
 
-    def to_json(self) -> str:
-        return json.dumps({"module": self.module, "class": self.cls, "args": list(self.args), "kwargs": self.kwargs})
+    def to_json(self, **extra) -> str:
+        return json.dumps({"module": self.module, "class": self.cls, "args": list(self.args), "kwargs": self.kwargs,
+                           **extra})
 
 
 class _WorkerGone(Exception):
@@ -62,6 +67,8 @@ class ProcessEngine:
         self._waiting: dict[int, queue.Queue] = {}
         self._write_lock = threading.Lock()
         self._stderr_tail: list[str] = []
+        self._flags_path: str | None = None
+        self._flags: mmap.mmap | None = None
 
     # -- the worker process -------------------------------------------------------------
 
@@ -70,17 +77,46 @@ class ProcessEngine:
         # Another interpreter (an engine with pins of its own) finds this package's modules here.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        self._open_flags()
         try:
             self._proc = subprocess.Popen(
-                [self.python, "-m", "aipc_lsp.engines.worker", self.spec.to_json()],
+                [self.python, "-m", "aipc_lsp.engines.worker", self.spec.to_json(flags=self._flags_path)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                 text=True, encoding="utf-8", bufsize=1)
         except OSError as exc:
+            self._close_flags()
             raise EngineError(f"{self.name}: could not start the worker process {self.python}: {exc}") from exc
         self._stderr_tail = []
         proc = self._proc
         threading.Thread(target=self._read_replies, args=(proc,), name=f"aipc-{self.name}-replies", daemon=True).start()
         threading.Thread(target=self._read_stderr, args=(proc,), name=f"aipc-{self.name}-stderr", daemon=True).start()
+
+    def _open_flags(self) -> None:
+        """The file both processes map for cancel/stop (see worker.py); in memory where there is /dev/shm."""
+        if self._flags is not None:
+            return
+        shm = "/dev/shm"
+        fd, self._flags_path = tempfile.mkstemp(prefix="aipc-lsp-flags-", dir=shm if os.path.isdir(shm) else None)
+        try:
+            os.write(fd, b"\xff" * FLAGS_SIZE)  # no generation id is negative
+            self._flags = mmap.mmap(fd, FLAGS_SIZE)
+        finally:
+            os.close(fd)
+
+    def _close_flags(self) -> None:
+        if self._flags is not None:
+            self._flags.close()
+            self._flags = None
+        if self._flags_path:
+            try:
+                os.unlink(self._flags_path)
+            except OSError:
+                pass
+            self._flags_path = None
+
+    def _signal(self, offset: int, rid: int) -> None:
+        if self._flags is not None:
+            struct.pack_into("<q", self._flags, offset, rid)
 
     def _read_replies(self, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
@@ -194,6 +230,7 @@ class ProcessEngine:
                 except queue.Empty:
                     if cancel.is_set() and not cancel_sent:
                         cancel_sent = True
+                        self._signal(CANCEL_AT, rid)
                         self._send({"op": "cancel", "id": rid})
                     continue
                 if "piece" in message:
@@ -201,9 +238,11 @@ class ProcessEngine:
                         first_piece_s = time.perf_counter() - started
                     if on_text is not None and not stop_sent and on_text(message["piece"]) is False:
                         stop_sent = True
+                        self._signal(STOP_AT, rid)
                         self._send({"op": "stop", "id": rid})
                     if cancel.is_set() and not cancel_sent:
                         cancel_sent = True
+                        self._signal(CANCEL_AT, rid)
                         self._send({"op": "cancel", "id": rid})
                 elif "result" in message:
                     result = GenerationResult(**message["result"])
@@ -228,6 +267,7 @@ class ProcessEngine:
     def close(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
+            self._close_flags()
             return
         try:
             with self._write_lock:
@@ -237,3 +277,5 @@ class ProcessEngine:
         except (OSError, ValueError, subprocess.TimeoutExpired):
             proc.kill()
             proc.wait()
+        finally:
+            self._close_flags()

@@ -20,6 +20,11 @@ Pieces are not acknowledged: waiting for the parent's verdict on each one cost t
 wake-ups per token on a CPU the engine's threads keep busy (measured: half the decode rate).
   {"op": "close"}                               frees the model and exits
 Errors come back as {"id", "error": message, "engine_error": bool}.
+
+Cancel and stop also arrive through a small file both processes map (`spec["flags"]`): the
+parent writes the generation's id there, and the engine's loop reads it between steps. A message
+alone would need the worker's reader thread to win the GIL from a main thread that holds it for
+whole native steps, on cores the engine's threads keep busy: measured, that often cost a step.
 """
 
 from __future__ import annotations
@@ -27,10 +32,34 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import mmap
 import os
 import queue
+import struct
 import sys
 import threading
+
+# Byte offsets in the shared flags file: the id of the generation to cancel, and to stop.
+CANCEL_AT, STOP_AT, FLAGS_SIZE = 0, 8, 16
+
+
+class SharedFlag:
+    """A cancel/stop flag for generation `rid`: set by a message (the event) or by the parent
+    writing `rid` at `offset` of the shared flags file. Engines only call `is_set()`."""
+
+    def __init__(self, event: threading.Event, flags, offset: int, rid: int):
+        self.event, self.flags, self.offset, self.rid = event, flags, offset, rid
+
+    def is_set(self) -> bool:
+        if self.event.is_set():
+            return True
+        if self.flags is not None and struct.unpack_from("<q", self.flags, self.offset)[0] == self.rid:
+            self.event.set()
+            return True
+        return False
+
+    def set(self) -> None:
+        self.event.set()
 
 # Methods the parent may call outside a generation (answered by the reader thread, so they
 # are served while a generation runs, as they are in-process).
@@ -54,6 +83,10 @@ class Worker:
         self.jobs: queue.Queue = queue.Queue()  # load/generate, run on the main thread
         self.cancels: dict[int, threading.Event] = {}
         self.stops: dict[int, threading.Event] = {}
+        self.flags = None
+        if spec.get("flags"):
+            with open(spec["flags"], "r+b") as f:
+                self.flags = mmap.mmap(f.fileno(), FLAGS_SIZE)
 
     def send(self, message: dict) -> None:
         line = json.dumps(message, ensure_ascii=False)
@@ -135,8 +168,8 @@ class Worker:
             raise RuntimeError("model not loaded")
         params = request.get("params", {})
         params = GenerationParams(**{**params, "stop": tuple(params.get("stop", ()))})
-        cancel = self._flag(self.cancels, rid)
-        stop = self._flag(self.stops, rid)
+        cancel = SharedFlag(self._flag(self.cancels, rid), self.flags, CANCEL_AT, rid)
+        stop = SharedFlag(self._flag(self.stops, rid), self.flags, STOP_AT, rid)
 
         def on_text(piece: str) -> bool:
             self.send({"id": rid, "piece": piece})
