@@ -77,6 +77,7 @@ class ProcessEngine:
         # Another interpreter (an engine with pins of its own) finds this package's modules here.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        self._close_flags()  # a new worker maps a new file (the last one's name is gone)
         self._open_flags()
         try:
             self._proc = subprocess.Popen(
@@ -93,8 +94,6 @@ class ProcessEngine:
 
     def _open_flags(self) -> None:
         """The file both processes map for cancel/stop (see worker.py); in memory where there is /dev/shm."""
-        if self._flags is not None:
-            return
         shm = "/dev/shm"
         fd, self._flags_path = tempfile.mkstemp(prefix="aipc-lsp-flags-", dir=shm if os.path.isdir(shm) else None)
         try:
@@ -107,6 +106,9 @@ class ProcessEngine:
         if self._flags is not None:
             self._flags.close()
             self._flags = None
+        self._unlink_flags()
+
+    def _unlink_flags(self) -> None:
         if self._flags_path:
             try:
                 os.unlink(self._flags_path)
@@ -187,7 +189,10 @@ class ProcessEngine:
             self.close()
         self._spawn()
         rid, replies = self._open({"op": "load"})
-        info = self._reply(rid, replies, None)["value"]  # as long as the model takes to compile
+        try:
+            info = self._reply(rid, replies, None)["value"]  # as long as the model takes to compile
+        finally:
+            self._unlink_flags()  # both processes have it mapped by now: nothing left behind on a kill
         self.max_prompt_tokens = info.get("max_prompt_tokens")
         self._methods = set(info.get("methods", ()))
 

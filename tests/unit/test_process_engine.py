@@ -142,3 +142,13 @@ async def test_the_watchdog_kills_a_hung_worker_and_the_job_moves_on():
     finally:
         scheduler.close()
         hung.close()
+
+
+def test_the_shared_flags_file_is_gone_once_the_worker_has_mapped_it(loaded):
+    before = set(Path("/dev/shm").glob("aipc-lsp-flags-*")) if Path("/dev/shm").is_dir() else set()
+    e = loaded(token_delay=0.02)
+    after = set(Path("/dev/shm").glob("aipc-lsp-flags-*")) if Path("/dev/shm").is_dir() else set()
+    assert e._flags_path is None and after <= before  # a killed server leaves nothing behind
+    cancel = threading.Event()
+    threading.Timer(0.1, cancel.set).start()
+    assert e.generate("p", GenerationParams(max_new_tokens=40), cancel).cancelled  # the mapping still works
