@@ -45,6 +45,23 @@ async def inline(client: LanguageClient, uri: str, position: types.Position) -> 
     return [item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value for item in items]
 
 
+# Two unrelated snippets: a real model completes each, and differently.
+STACK = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        "
+READER = "import json\n\n\ndef load_settings(path):\n    with open(path) as handle:\n        return json."
+
+
+async def two_real_suggestions(client: LanguageClient) -> tuple[str, str]:
+    """Inline suggestions for STACK and READER; each real (non-blank) and not the same."""
+    open_document(client, "file:///project/stack.py", STACK)
+    open_document(client, "file:///project/reader.py", READER)
+    stack = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
+    reader = await inline(client, "file:///project/reader.py", end_position(READER, "utf-8"))
+    assert len(stack) == 1 and stack[0].strip(), stack
+    assert len(reader) == 1 and reader[0].strip(), reader
+    assert stack[0] != reader[0]
+    return stack[0], reader[0]
+
+
 async def status(client: LanguageClient) -> dict:
     return plain(await client.protocol.send_request_async("aipc/status", {}))
 

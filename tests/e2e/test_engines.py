@@ -21,13 +21,11 @@ from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
 from aipc_lsp.models.registry import DEFAULT_MODEL
-from conftest import cancel_and_expect_slot_free, configure, end_position, inline, open_document, server_config, status, wait_ready
+from conftest import two_real_suggestions, cancel_and_expect_slot_free, configure, end_position, open_document, server_config, status, wait_ready
 
 # The first test also pays for the session's `prepare` runs (a few minutes on a fresh machine).
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
-STACK = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        "
-READER = "import json\n\n\ndef load_settings(path):\n    with open(path) as handle:\n        return json."
 # A table every engine keeps extending line after line: a long generation to cancel.
 LONG = "CODES = {\n" + "".join(f'    "k{i}": {i},\n' for i in range(1, 16)) + "    "
 
@@ -102,14 +100,8 @@ async def test_the_slot_runs_the_chosen_engine(client: LanguageClient, request):
 
 
 async def test_inline_completion_is_real_and_depends_on_the_code(client: LanguageClient):
-    open_document(client, "file:///project/stack.py", STACK)
-    open_document(client, "file:///project/reader.py", READER)
-    stack = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
-    reader = await inline(client, "file:///project/reader.py", end_position(READER, "utf-8"))
-    assert len(stack) == 1 and stack[0].strip(), stack
-    assert len(reader) == 1 and reader[0].strip(), reader
-    assert stack[0] != reader[0]
-    assert "self" in stack[0], stack
+    stack, _ = await two_real_suggestions(client)
+    assert "self" in stack, stack
     slot = (await status(client))["slots"][0]
     assert slot["served"] >= 2
 

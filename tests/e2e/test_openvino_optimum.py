@@ -28,7 +28,7 @@ from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
 from aipc_lsp.models.registry import DEFAULT_MODEL, cache_dir
-from conftest import end_position, inline, open_document, server_config, status, wait_ready
+from conftest import two_real_suggestions, server_config, status, wait_ready
 
 try:
     import tomllib
@@ -52,8 +52,6 @@ pytestmark = [
     pytest.mark.skipif(os.environ.get("AIPC_LSP_SKIP_CONVERTER_ENV") == "1", reason="AIPC_LSP_SKIP_CONVERTER_ENV=1"),
 ]
 
-STACK = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n        "
-READER = "import json\n\n\ndef load_settings(path):\n    with open(path) as handle:\n        return json."
 
 
 def _requirements() -> list[str]:
@@ -185,11 +183,5 @@ async def test_the_server_completes_from_the_prepared_ir(client: LanguageClient,
     slot = (await status(client))["slots"][0]
     assert slot["engine"] == "openvino", slot
     assert Path(slot["model"]) == converted[request.node.callspec.params["client"]], slot
-    open_document(client, "file:///project/stack.py", STACK)
-    open_document(client, "file:///project/reader.py", READER)
-    stack = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
-    reader = await inline(client, "file:///project/reader.py", end_position(READER, "utf-8"))
-    assert len(stack) == 1 and stack[0].strip(), stack
-    assert len(reader) == 1 and reader[0].strip(), reader
-    assert stack[0] != reader[0]
+    await two_real_suggestions(client)
     assert (await status(client))["slots"][0]["served"] >= 2
