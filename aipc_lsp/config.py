@@ -41,6 +41,9 @@ class OpenVINOSettings:
     prefix_caching: bool = _opt(True, "reuse the KV cache of a prompt's unchanged beginning")
     prompt_lookup_tokens: int = _opt(3, "prompt-lookup decoding: tokens copied from the prompt and checked in one "
                                         "step (code repeats itself); 0 = off", minimum=0, maximum=16)
+    typing_checkpoint: bool = _opt(True, "after a suggestion's first token, also cache the prompt less its last "
+                                         "tokens, so the next keystroke prefills a few tokens instead of up to a "
+                                         "KV block")
     config: dict = _opt({}, "extra OpenVINO properties, e.g. {CACHE_DIR = \"...\"}")
     npu_max_prompt_len: int = _opt(1024, "NPU only: longest prompt the statically shaped model is compiled for",
                                    minimum=64, maximum=131072)

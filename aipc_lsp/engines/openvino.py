@@ -14,6 +14,11 @@ log = logging.getLogger(__name__)
 
 # Longest run of the last generated tokens searched for in the prompt by prompt lookup.
 PROMPT_LOOKUP_NGRAM = 3
+# The typing checkpoint leaves out the prompt's last tokens: the ones the next keystroke is
+# likely to change (BPE merges the typed character into the word before it).
+CHECKPOINT_HELD_TOKENS = 2
+# Shorter prompts are cheap to prefill anyway.
+CHECKPOINT_MIN_TOKENS = 64
 
 
 class OpenVINOEngine:
@@ -31,6 +36,7 @@ class OpenVINOEngine:
         npu_max_prompt_len: int = 1024,
         npu_min_response_len: int = 128,
         prompt_lookup_tokens: int = 0,
+        typing_checkpoint: bool = True,
     ):
         self.model_path = str(model_path)
         self.device = device
@@ -42,6 +48,8 @@ class OpenVINOEngine:
         self.npu_min_response_len = npu_min_response_len
         # Prompt lookup rides on the paged pipeline (prefix caching); the NPU path has neither.
         self.prompt_lookup_tokens = prompt_lookup_tokens if prefix_caching else 0
+        self.typing_checkpoint = typing_checkpoint and prefix_caching
+        self._checkpoint_handle = None
         self._pipe = None
         self._tokenizer = None
         self._stepped = False
@@ -170,11 +178,16 @@ class OpenVINOEngine:
         result = GenerationResult()
         started = time.perf_counter()
         detok = _Detokenizer(self._tokenizer)
-        handle = self._pipe.add_request(next(self._request_ids), prompt, self._generation_config(params))
+        input_ids = self._tokenizer.encode(prompt).input_ids
+        handle = self._pipe.add_request(next(self._request_ids), input_ids, self._generation_config(params))
+        checkpoint = self._checkpoint_ids(input_ids) if self.typing_checkpoint else None
+        checkpoint_handle = None
         ended = False
         while self._pipe.has_non_finished_requests():
             if cancel.is_set() and not ended:
                 handle.cancel()
+                if checkpoint_handle is not None:
+                    checkpoint_handle.cancel()  # its prefill would delay the cancel by a step
                 result.cancelled = ended = True
             self._pipe.step()  # after cancel/stop this only releases the request's blocks
             if ended or not handle.can_read():
@@ -187,10 +200,41 @@ class OpenVINOEngine:
                     handle.stop()  # keeps the KV blocks for the prefix cache
                     ended = True
                     break
+            if checkpoint is not None and result.first_token_s is not None and not ended:
+                # After the first token, so it never delays it: rides along the next decode step.
+                checkpoint_handle = self._add_checkpoint(checkpoint)
+                checkpoint = None
         result.text = detok.text
         result.tokens = detok.count
         result.total_s = time.perf_counter() - started
         return result
+
+    @staticmethod
+    def _checkpoint_ids(input_ids):
+        """The prompt less its last tokens, or None for a short prompt.
+
+        Why: prefix caching restores whole KV blocks (32 tokens on the CPU), and the block
+        holding the prompt's end is filled with generated tokens by the time the user types
+        the next character, so every keystroke re-prefilled up to a block (16 tokens on
+        average; at 1.5k tokens of context the first token took twice a decode step). The
+        library also restores a partly filled block whose content is exactly a prefix of the
+        new prompt: a second, one-token request for this prompt leaves such a block behind,
+        and the next keystroke prefills only the tokens after it."""
+        import numpy as np
+
+        ids = np.asarray(input_ids.data)
+        cut = ids.shape[1] - CHECKPOINT_HELD_TOKENS
+        if cut < CHECKPOINT_MIN_TOKENS:
+            return None
+        return np.ascontiguousarray(ids[:, :cut])
+
+    def _add_checkpoint(self, ids):
+        import openvino as ov
+
+        config = self._generation_config(GenerationParams(max_new_tokens=1))
+        # Kept until the next one: a dropped handle would drop the request before it ran.
+        self._checkpoint_handle = self._pipe.add_request(next(self._request_ids), ov.Tensor(ids), config)
+        return self._checkpoint_handle
 
     @staticmethod
     def _wants_stop(piece, text, params, on_text, result) -> bool:

@@ -1,0 +1,116 @@
+"""The OpenVINO engine's typing checkpoint, on a scripted pipeline: which requests reach the
+paged pipeline, with which tokens, and when. (tests/e2e/test_openvino_checkpoint.py runs it on
+the real model; `aipc-lsp bench` measures what it saves.)"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from aipc_lsp.engines.base import GenerationParams
+from aipc_lsp.engines.openvino import CHECKPOINT_HELD_TOKENS, CHECKPOINT_MIN_TOKENS, OpenVINOEngine
+
+
+class _Tokenizer:
+    """One token per character."""
+
+    def encode(self, text):
+        return SimpleNamespace(input_ids=SimpleNamespace(data=np.array([[ord(c) for c in text]], dtype=np.int64)))
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+class _Handle:
+    def __init__(self, pipe, request):
+        self.pipe, self.request = pipe, request
+
+    def can_read(self):
+        return bool(self.request["unread"])
+
+    def read(self):
+        ids, self.request["unread"] = self.request["unread"], []
+        return {0: SimpleNamespace(generated_ids=ids)}
+
+    def stop(self):
+        self.request["done"] = True
+
+    cancel = stop
+
+
+class _Pipe:
+    """Each step gives every running request one token ("x") until its max_new_tokens."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.steps = 0
+
+    def get_config(self):
+        return SimpleNamespace()
+
+    def add_request(self, rid, ids, config):
+        request = {"ids": np.asarray(ids.data)[0].tolist(), "max": config.max_new_tokens, "made": 0,
+                   "unread": [], "done": False, "added_at_step": self.steps}
+        self.requests.append(request)
+        return _Handle(self, request)
+
+    def has_non_finished_requests(self):
+        return any(not r["done"] for r in self.requests)
+
+    def step(self):
+        self.steps += 1
+        for r in self.requests:
+            if not r["done"]:
+                r["made"] += 1
+                r["unread"].append(ord("x"))
+                r["done"] = r["made"] >= r["max"]
+
+
+def _engine(**kwargs) -> tuple[OpenVINOEngine, _Pipe]:
+    engine = OpenVINOEngine("m", "CPU", prompt_lookup_tokens=3, **kwargs)
+    pipe = _Pipe()
+    engine._pipe, engine._tokenizer, engine._stepped = pipe, _Tokenizer(), True
+    return engine, pipe
+
+
+LONG = "def f(x):\n    return x\n" * 8  # 192 tokens here
+
+
+def test_after_the_first_token_the_prompt_less_its_last_tokens_is_cached_by_a_one_token_request():
+    engine, pipe = _engine()
+    result = engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
+    assert result.text == "x" * 6
+    main, checkpoint = pipe.requests
+    assert main["ids"] == [ord(c) for c in LONG]
+    assert checkpoint["ids"] == main["ids"][:-CHECKPOINT_HELD_TOKENS]
+    assert checkpoint["max"] == 1 and checkpoint["done"]
+    assert checkpoint["added_at_step"] == 1  # after the step that made the first token, never before
+    assert engine._checkpoint_handle is not None  # kept: a dropped handle drops its request
+
+
+@pytest.mark.parametrize("case", ["short prompt", "switched off", "answered by the first piece"])
+def test_no_checkpoint_when_it_cannot_help(case):
+    engine, pipe = _engine(typing_checkpoint=case != "switched off")
+    prompt = "x = 1\n" if case == "short prompt" else LONG
+    on_text = (lambda piece: False) if case == "answered by the first piece" else None
+    engine.generate(prompt, GenerationParams(max_new_tokens=6), threading.Event(), on_text)
+    assert len(pipe.requests) == 1
+    assert not pipe.has_non_finished_requests()
+
+
+def test_a_cancel_right_after_the_first_token_cancels_the_checkpoint_too():
+    engine, pipe = _engine()
+    cancel = threading.Event()
+    original = pipe.step
+    pipe.step = lambda: (original(), cancel.set())  # the cancel comes during the first step
+    result = engine.generate(LONG, GenerationParams(max_new_tokens=6), cancel)
+    assert result.cancelled
+    main, checkpoint = pipe.requests
+    assert checkpoint["made"] == 0 and checkpoint["done"]  # its prefill never ran
+
+
+def test_no_checkpoint_without_prefix_caching():
+    assert not OpenVINOEngine("m", "CPU", prefix_caching=False).typing_checkpoint
