@@ -17,7 +17,7 @@ def create_engine(slot: "SlotSettings", model_path: str, settings: "Settings") -
     each engine reads its own section of the settings. Imports stay lazy so a missing optional
     back end only fails when it is chosen."""
     spec = engine_spec(slot, model_path, settings)
-    # npu_library runs its model in a worker process of its own (the library's environment):
+    # npu_library is a ProcessEngine itself, whose worker runs under the library's interpreter:
     # wrapping it in another process would add a hop and hide its notice and real device.
     if settings.scheduler.engine_process and slot.engine != "npu_library":
         from aipc_lsp.engines.process import ProcessEngine

@@ -3,8 +3,12 @@
 The server keeps its GIL to itself: the protocol thread answers keystrokes, cancels and
 status while the worker computes (in-process, OpenVINO's `step()` held the GIL for whole
 decode steps and the server thread waited a step or two for each message). A worker that
-crashes or hangs fails its generation with an EngineError, and `abort()` kills it, so the
-scheduler marks the slot unhealthy and retries instead of losing the server.
+crashes or hangs fails its generation with an EngineError, and `abort()` kills it (as does a
+generation that ignores a cancel for CANCEL_GRACE_S), so the scheduler marks the slot unhealthy
+and retries, which starts a new worker, instead of losing the server.
+
+The worker may run another interpreter (`python=`: an engine whose packages pin versions the
+server cannot have, such as npu_library's), which gets this package's folder on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -32,6 +36,10 @@ log = logging.getLogger(__name__)
 # How often a generation waiting for the worker checks its cancel flag when no piece comes.
 CANCEL_POLL_S = 0.005
 CALL_TIMEOUT_S = 60.0
+# A worker still generating this long after a cancel or a stop is stuck (a native call that does
+# not return): it is killed, as the scheduler's stall watchdog (20 s by default) kills one that
+# makes no progress. Longer than one decode step or prefill chunk of any engine here.
+CANCEL_GRACE_S = 20.0
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -54,15 +62,22 @@ class _WorkerGone(Exception):
 
 
 class ProcessEngine:
-    def __init__(self, name: str, model_path: str, device: str, spec: EngineSpec, *, python: str = ""):
+    def __init__(self, name: str, model_path: str, device: str, spec: EngineSpec, *, python: str = "",
+                 isolated: bool = False, cwd: str | None = None):
+        """`python`: the worker's interpreter (default: the server's). `isolated`: it belongs to
+        another environment, so the server's PYTHONPATH/PYTHONHOME/PYTHONSTARTUP stay out of it
+        (it gets only this package's folder). `cwd`: the worker's working folder."""
         self.name = name
         self.model_path = str(model_path)
         self.device = device
         self.spec = spec
         self.python = python or sys.executable
+        self.isolated = isolated
+        self.cwd = cwd
         self.max_prompt_tokens: int | None = None
         self._methods: set[str] = set()
         self._proc: subprocess.Popen | None = None
+        self._wanted = False  # between load() and close(): generate() starts a worker that is gone
         self._ids = itertools.count(1)
         self._waiting: dict[int, queue.Queue] = {}
         self._write_lock = threading.Lock()
@@ -74,23 +89,29 @@ class ProcessEngine:
 
     def _spawn(self) -> None:
         env = dict(os.environ)
+        if self.isolated:
+            for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
+                env.pop(name, None)
         # Another interpreter (an engine with pins of its own) finds this package's modules here.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env["PYTHONIOENCODING"] = "utf-8"  # the requests it reads from stdin are UTF-8 whatever the locale
         self._close_flags()  # a new worker maps a new file (the last one's name is gone)
         self._open_flags()
         try:
             self._proc = subprocess.Popen(
                 [self.python, "-m", "aipc_lsp.engines.worker", self.spec.to_json(flags=self._flags_path)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                text=True, encoding="utf-8", bufsize=1)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=self.cwd,
+                text=True, encoding="utf-8", errors="replace", bufsize=1)
         except OSError as exc:
             self._close_flags()
             raise EngineError(f"{self.name}: could not start the worker process {self.python}: {exc}") from exc
         self._stderr_tail = []
         proc = self._proc
-        threading.Thread(target=self._read_replies, args=(proc,), name=f"aipc-{self.name}-replies", daemon=True).start()
-        threading.Thread(target=self._read_stderr, args=(proc,), name=f"aipc-{self.name}-stderr", daemon=True).start()
+        stderr = threading.Thread(target=self._read_stderr, args=(proc,), name=f"aipc-{self.name}-stderr", daemon=True)
+        stderr.start()
+        threading.Thread(target=self._read_replies, args=(proc, stderr), name=f"aipc-{self.name}-replies",
+                         daemon=True).start()
 
     def _open_flags(self) -> None:
         """The file both processes map for cancel/stop (see worker.py); in memory where there is /dev/shm."""
@@ -120,7 +141,7 @@ class ProcessEngine:
         if self._flags is not None:
             struct.pack_into("<q", self._flags, offset, rid)
 
-    def _read_replies(self, proc: subprocess.Popen) -> None:
+    def _read_replies(self, proc: subprocess.Popen, stderr: threading.Thread) -> None:
         for line in proc.stdout:
             try:
                 message = json.loads(line)
@@ -131,6 +152,7 @@ class ProcessEngine:
             if waiting is not None:
                 waiting.put(message)
         code = proc.wait()
+        stderr.join(timeout=2)  # its last words belong in the error
         gone = {"gone": True, "error": self._exit_message(code)}
         for waiting in list(self._waiting.values()):
             waiting.put(gone)
@@ -161,6 +183,8 @@ class ProcessEngine:
             raise _WorkerGone() from exc
 
     def _open(self, message: dict) -> tuple[int, queue.Queue]:
+        if self._proc is None:
+            raise EngineError(f"{self.name}: the model is not loaded")
         rid = next(self._ids)
         replies: queue.Queue = queue.Queue()
         self._waiting[rid] = replies
@@ -185,12 +209,21 @@ class ProcessEngine:
     # -- the Engine interface -----------------------------------------------------------
 
     def load(self) -> None:
+        self._wanted = True
+        self._start()
+
+    def _start(self) -> None:
+        """A new worker with the model loaded (also after a crash: a subclass's `load` may do more
+        than this once). A worker whose load fails is closed."""
         if self._alive():
-            self.close()
+            self._stop()
         self._spawn()
-        rid, replies = self._open({"op": "load"})
         try:
+            rid, replies = self._open({"op": "load"})
             info = self._reply(rid, replies, None)["value"]  # as long as the model takes to compile
+        except EngineError:
+            self._stop()
+            raise
         finally:
             self._unlink_flags()  # both processes have it mapped by now: nothing left behind on a kill
         self.max_prompt_tokens = info.get("max_prompt_tokens")
@@ -218,37 +251,39 @@ class ProcessEngine:
                  on_text: OnText | None = None) -> GenerationResult:
         if cancel.is_set():
             return GenerationResult(cancelled=True)
-        if self._proc is not None and not self._alive():
-            # Crashed or killed since: a new worker (the scheduler's retry probe lands here).
+        if self._wanted and not self._alive():
+            # Crashed or killed since, or its restart failed: a new worker (the scheduler's retry
+            # probe lands here).
             log.warning("%s: restarting its worker process", self.name)
-            self.load()
+            self._start()
         fields = dataclasses.asdict(params)
         fields["stop"] = list(params.stop)
         started = time.perf_counter()
         first_piece_s = None
         rid, replies = self._open({"op": "generate", "prompt": prompt, "params": fields})
         cancel_sent = stop_sent = False
+        told_at = None  # when the worker was first asked to end early (a cancel or a stop)
         try:
             while True:
+                if cancel.is_set() and not cancel_sent:
+                    cancel_sent = True
+                    told_at = told_at or time.monotonic()
+                    self._tell(CANCEL_AT, "cancel", rid)
+                if told_at is not None and time.monotonic() - told_at > CANCEL_GRACE_S:
+                    self.abort()
+                    raise EngineError(f"{self.name}: the worker process did not stop within {CANCEL_GRACE_S:.0f}s "
+                                      f"of a cancel; killed it (a new one starts on the next request)")
                 try:
                     message = replies.get(timeout=CANCEL_POLL_S)
                 except queue.Empty:
-                    if cancel.is_set() and not cancel_sent:
-                        cancel_sent = True
-                        self._signal(CANCEL_AT, rid)
-                        self._send({"op": "cancel", "id": rid})
                     continue
                 if "piece" in message:
                     if first_piece_s is None:
                         first_piece_s = time.perf_counter() - started
                     if on_text is not None and not stop_sent and on_text(message["piece"]) is False:
                         stop_sent = True
-                        self._signal(STOP_AT, rid)
-                        self._send({"op": "stop", "id": rid})
-                    if cancel.is_set() and not cancel_sent:
-                        cancel_sent = True
-                        self._signal(CANCEL_AT, rid)
-                        self._send({"op": "cancel", "id": rid})
+                        told_at = told_at or time.monotonic()
+                        self._tell(STOP_AT, "stop", rid)
                 elif "result" in message:
                     result = GenerationResult(**message["result"])
                     # Timed on this side, so the trip to the worker and back is included.
@@ -260,8 +295,23 @@ class ProcessEngine:
                     raise EngineError(message.get("error", f"{self.name}: unexpected reply {message}"))
         except _WorkerGone:
             raise EngineError(self._exit_message(self._proc.poll() if self._proc else None)) from None
+        except EngineError:
+            raise
+        except BaseException:
+            # E.g. on_text raised: the worker must not go on generating for nobody.
+            if not cancel_sent:
+                try:
+                    self._tell(CANCEL_AT, "cancel", rid)
+                except _WorkerGone:
+                    pass
+            raise
         finally:
             self._waiting.pop(rid, None)
+
+    def _tell(self, offset: int, op: str, rid: int) -> None:
+        """Ask generation `rid` to end after the step in flight: the shared flag, and a message."""
+        self._signal(offset, rid)
+        self._send({"op": op, "id": rid})
 
     def abort(self) -> None:
         """Kill a worker stuck in a native call; its generation fails and `load` starts anew."""
@@ -270,6 +320,10 @@ class ProcessEngine:
             self._proc.kill()
 
     def close(self) -> None:
+        self._wanted = False
+        self._stop()
+
+    def _stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None:
             self._close_flags()

@@ -97,13 +97,19 @@ class TransformersEngine:
         except Exception as exc:
             raise EngineError(f"transformers could not load {path}: {exc}") from exc
         self._model = model.to(self._torch_device).eval()
+        self._warm_up()
+        log.info("transformers: loaded %s (%s) on %s in %.2fs", path.name, precision, self._torch_device,
+                 time.perf_counter() - started)
+
+    def _warm_up(self) -> None:
+        """With the model and tokenizer in place: its end-of-sequence ids, and a first short
+        generation (the first keystroke then finds the kernels ready)."""
         eos = self._model.generation_config.eos_token_id
         if eos is None:
             eos = self._tokenizer.eos_token_id
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        self._cache, self._sequence = None, []
         self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
-        log.info("transformers: loaded %s (%s) on %s in %.2fs", path.name, precision, self._torch_device,
-                 time.perf_counter() - started)
 
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
@@ -132,8 +138,6 @@ class TransformersEngine:
 
     def _start(self, ids: list[int]):
         """The KV cache to continue from and how many of `ids` it already holds."""
-        from transformers import DynamicCache
-
         reuse = 0
         if self.prefix_reuse and self._cache is not None:
             reuse = min(common_prefix(self._sequence, ids), len(ids) - 1)
@@ -144,7 +148,16 @@ class TransformersEngine:
                 self._cache.crop(-surplus)
             return self._cache, reuse
         self._cache = None
-        return DynamicCache(config=self._model.config), 0
+        return self._new_cache(), 0
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        return DynamicCache(config=self._model.config)
+
+    def _chunk_size(self, remaining: int) -> int:
+        """Prompt tokens in the next prefill forward pass, of `remaining`."""
+        return min(PREFILL_CHUNK, remaining)
 
     def generate(self, prompt: str, params: GenerationParams, cancel: threading.Event,
                  on_text: OnText | None = None) -> GenerationResult:
@@ -168,14 +181,16 @@ class TransformersEngine:
                 result.extra["reused_tokens"] = reused
                 # Prefill all but the last prompt token in chunks, so a cancel lands between them;
                 # the loop below feeds the last one and gets the first logits from it.
-                for offset in range(reused, len(ids) - 1, PREFILL_CHUNK):
+                offset, end = reused, len(ids) - 1
+                while offset < end:
                     if cancel.is_set():
                         result.cancelled = True
                         break
-                    chunk = ids[offset:min(offset + PREFILL_CHUNK, len(ids) - 1)]
+                    chunk = ids[offset:offset + self._chunk_size(end - offset)]
                     cache = self._model(input_ids=torch.tensor([chunk], device=self._torch_device),
                                         past_key_values=cache, use_cache=True).past_key_values
-                    self._cache, self._sequence = cache, ids[:offset + len(chunk)]
+                    offset += len(chunk)
+                    self._cache, self._sequence = cache, ids[:offset]
                 sequence = list(ids)
                 feed = torch.tensor([ids[-1:]], device=self._torch_device)
                 while not result.cancelled and len(pieces.tokens) < params.max_new_tokens:
@@ -203,7 +218,7 @@ class TransformersEngine:
                     feed = torch.tensor([[token]], device=self._torch_device)
         except Exception as exc:
             self._cache, self._sequence = None, []
-            raise EngineError(f"transformers generation failed: {exc}") from exc
+            raise EngineError(f"{self.name} generation failed: {exc}") from exc
         result.text = pieces.text
         result.tokens = len(pieces.tokens)
         result.total_s = time.perf_counter() - started

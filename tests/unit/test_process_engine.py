@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from aipc_lsp.engines import process
 from aipc_lsp.engines.base import EngineError, GenerationParams
 from aipc_lsp.engines.process import EngineSpec, ProcessEngine
 from aipc_lsp.scheduler import Job, Scheduler, Slot
@@ -89,7 +90,21 @@ def test_unknown_engine_module_is_reported():
     e = engine("Nothing", module="no_such_module_here")
     with pytest.raises(EngineError, match="no_such_module_here"):
         e.load()
+    assert e._proc is None  # a worker whose load failed is not left running
+    with pytest.raises(EngineError, match="not loaded"):
+        e.count_tokens("x")
     e.close()
+
+
+def test_an_isolated_worker_gets_this_package_but_not_the_servers_pythonpath():
+    """For another environment's interpreter: the server's PYTHONPATH (here the test engines'
+    folder) would put packages with other pins in front of its own."""
+    e = ProcessEngine("fake", "/m", "CPU", EngineSpec("fake_engine", "FakeEngine"), isolated=True)
+    with pytest.raises(EngineError, match="No module named 'fake_engine'"):
+        e.load()
+    e = ProcessEngine("fake", "/m", "CPU", EngineSpec("aipc_lsp.engines.base", "NoSuchEngine"), isolated=True)
+    with pytest.raises(EngineError, match="'aipc_lsp.engines.base' has no attribute 'NoSuchEngine'"):
+        e.load()  # but aipc_lsp is there
 
 
 def test_missing_interpreter_is_reported():
@@ -115,6 +130,18 @@ def test_abort_frees_a_generation_stuck_in_native_code(loaded):
     with pytest.raises(EngineError, match="exited"):
         e.generate("p", GenerationParams(max_new_tokens=5), cancel)
     assert time.perf_counter() - started < 5
+
+
+def test_a_worker_that_ignores_a_cancel_is_killed(loaded, monkeypatch):
+    monkeypatch.setattr(process, "CANCEL_GRACE_S", 0.5)
+    e = loaded("HangingEngine")
+    cancel = threading.Event()
+    threading.Timer(0.2, cancel.set).start()
+    started = time.perf_counter()
+    with pytest.raises(EngineError, match="did not stop within 0s of a cancel; killed it"):
+        e.generate("p", GenerationParams(max_new_tokens=5), cancel)
+    assert time.perf_counter() - started < 3
+    assert e._proc.wait(timeout=5) == -9
 
 
 def test_calls_the_engine_lacks_get_neutral_answers(loaded):
