@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -204,72 +205,26 @@ class AipcProtocol(LanguageServerProtocol):
             server.shutdown()
 
     async def _read_messages(self, stream: BinaryIO, stop_event: threading.Event) -> None:
+        """A thread of its own reads whole messages and hands each to the loop: one thread
+        wake-up per message. (pygls awaits an executor call per header line and per body:
+        three hand-offs per message, each a wait for a core the engine keeps busy.)"""
         loop = asyncio.get_running_loop()
-        pool = self._server.thread_pool
+        ended = loop.create_future()
 
-        def call(fn, *args):  # blocking reads happen off the event loop, as in pygls
-            return loop.run_in_executor(pool, fn, *args)
+        def read() -> None:
+            try:
+                for body in _frames(_unlocked(stream), stop_event):
+                    loop.call_soon_threadsafe(self._receive, body)
+            except Exception:  # a broken stream ends the session as EOF does
+                logger.exception("Reading the client's messages failed")
+            finally:
+                try:
+                    loop.call_soon_threadsafe(lambda: ended.done() or ended.set_result(None))
+                except RuntimeError:
+                    pass  # the loop is gone already (exit)
 
-        async def read_exactly(n: int) -> bytes:
-            parts = []
-            while n > 0:
-                chunk = await call(stream.read, n)
-                if not chunk:
-                    break
-                parts.append(chunk)
-                n -= len(chunk)
-            return b"".join(parts)
-
-        while not stop_event.is_set():
-            # Headers, up to the blank line.
-            length: int | None = None
-            seen_headers = False
-            while True:
-                line = await call(stream.readline, MAX_HEADER_LINE)
-                if not line:
-                    return
-                if len(line) >= MAX_HEADER_LINE and not line.endswith(b"\n"):
-                    logger.error("Header line longer than %d bytes; discarding it", MAX_HEADER_LINE)
-                    while line and not line.endswith(b"\n"):
-                        line = await call(stream.readline, MAX_HEADER_LINE)
-                    if not line:
-                        return
-                if not line.strip():
-                    if length is not None:
-                        break
-                    if seen_headers:
-                        logger.error("Header block without a valid Content-Length; ignoring it")
-                    seen_headers = False
-                    continue
-                seen_headers = True
-                match = _CONTENT_LENGTH.search(line)
-                if match is None:
-                    if b":" not in line:
-                        logger.warning("Ignoring malformed header line %.80r", line)
-                    continue
-                value = match.group(1)
-                # isdigit on bytes is ASCII-only; 20 digits keep int() cheap and bounded.
-                length = int(value) if value.isdigit() and len(value) <= 20 else None
-                if length is None:
-                    logger.error("Invalid Content-Length %.40r", value)
-
-            if length > MAX_CONTENT_LENGTH:
-                # Honour the framing by discarding exactly that many bytes, in bounded pieces.
-                logger.error("Content-Length %d exceeds the %d byte limit; skipping that message",
-                             length, MAX_CONTENT_LENGTH)
-                remaining = length
-                while remaining > 0:
-                    chunk = await call(stream.read, min(remaining, _SKIP_CHUNK))
-                    if not chunk:
-                        return
-                    remaining -= len(chunk)
-                continue
-
-            body = await read_exactly(length)
-            if len(body) < length:
-                logger.error("Input ended %d bytes into a %d byte message", len(body), length)
-                return
-            self._receive(body)
+        threading.Thread(target=read, name="lsp-reader", daemon=True).start()
+        await ended
 
     def _receive(self, body: bytes) -> None:
         try:
@@ -283,3 +238,108 @@ class AipcProtocol(LanguageServerProtocol):
         except Exception as exc:  # as pygls' loop: report, keep serving (SystemExit passes)
             logger.exception("Unable to handle message")
             self._server._report_server_error(exc, JsonRpcException)
+
+
+class _FdReader:
+    """readline/read on a file descriptor, with a buffer of our own: a daemon thread blocked
+    in it holds no lock of the interpreter's, so the process can exit while it waits (blocked
+    in sys.stdin.buffer, it made interpreter shutdown abort)."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self._buf = bytearray()
+
+    def _fill(self) -> bool:
+        chunk = os.read(self._fd, 65536)
+        self._buf += chunk
+        return bool(chunk)
+
+    def readline(self, limit: int) -> bytes:
+        while True:
+            end = self._buf.find(b"\n", 0, limit)
+            if end >= 0:
+                return self._take(end + 1)
+            if len(self._buf) >= limit or not self._fill():
+                return self._take(min(limit, len(self._buf)))
+
+    def read(self, n: int) -> bytes:
+        if not self._buf:
+            self._fill()
+        return self._take(min(n, len(self._buf)))
+
+    def _take(self, n: int) -> bytes:
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+
+def _unlocked(stream):
+    try:
+        return _FdReader(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # not a real file (tests pass BytesIO)
+        return stream
+
+
+def _frames(stream, stop_event: threading.Event):
+    """Message bodies from an LSP stream (blocking reads), until EOF or `stop_event`."""
+
+    def read_exactly(n: int) -> bytes:
+        parts = []
+        while n > 0:
+            chunk = stream.read(n)
+            if not chunk:
+                break
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    while not stop_event.is_set():
+        # Headers, up to the blank line.
+        length: int | None = None
+        seen_headers = False
+        while True:
+            line = stream.readline(MAX_HEADER_LINE)
+            if not line:
+                return
+            if len(line) >= MAX_HEADER_LINE and not line.endswith(b"\n"):
+                logger.error("Header line longer than %d bytes; discarding it", MAX_HEADER_LINE)
+                while line and not line.endswith(b"\n"):
+                    line = stream.readline(MAX_HEADER_LINE)
+                if not line:
+                    return
+            if not line.strip():
+                if length is not None:
+                    break
+                if seen_headers:
+                    logger.error("Header block without a valid Content-Length; ignoring it")
+                seen_headers = False
+                continue
+            seen_headers = True
+            match = _CONTENT_LENGTH.search(line)
+            if match is None:
+                if b":" not in line:
+                    logger.warning("Ignoring malformed header line %.80r", line)
+                continue
+            value = match.group(1)
+            # isdigit on bytes is ASCII-only; 20 digits keep int() cheap and bounded.
+            length = int(value) if value.isdigit() and len(value) <= 20 else None
+            if length is None:
+                logger.error("Invalid Content-Length %.40r", value)
+
+        if length > MAX_CONTENT_LENGTH:
+            # Honour the framing by discarding exactly that many bytes, in bounded pieces.
+            logger.error("Content-Length %d exceeds the %d byte limit; skipping that message",
+                         length, MAX_CONTENT_LENGTH)
+            remaining = length
+            while remaining > 0:
+                chunk = stream.read(min(remaining, _SKIP_CHUNK))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+            continue
+
+        body = read_exactly(length)
+        if len(body) < length:
+            logger.error("Input ended %d bytes into a %d byte message", len(body), length)
+            return
+        yield body

@@ -12,6 +12,7 @@ again only when the worker thread has really returned.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import enum
 import itertools
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from aipc_lsp.engines.base import Engine, EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.engines.base import CancelFlag, Engine, EngineError, GenerationParams, GenerationResult, OnText
 
 log = logging.getLogger(__name__)
 _job_ids = itertools.count(1)
@@ -57,6 +58,8 @@ class Job:
     _result: GenerationResult = field(default_factory=GenerationResult, repr=False)
     _tokens_now: int = 0
     _last_progress: float = 0.0
+    # When the job was first told to stop (perf_counter): cancel -> slot free is timed from here.
+    cancelled_at: float | None = None
 
     @property
     def kind(self) -> str:
@@ -70,6 +73,8 @@ class Job:
     def abandon(self, *, superseded: bool = False) -> None:
         """Stop the job: the engine stops within a decode step, its awaiter returns at once."""
         self.superseded = self.superseded or superseded
+        if self.cancelled_at is None:
+            self.cancelled_at = time.perf_counter()
         self.cancel.set()
         if self._attempt is not None:
             self._attempt.set()
@@ -85,6 +90,8 @@ class SlotStats:
     failed: int = 0
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
+    # The last cancels of a running job: ms from the cancel to the slot being free again.
+    cancel_to_free_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=16))
 
     def record(self, result: GenerationResult, alpha: float = 0.2) -> None:
         if result.first_token_s is not None:
@@ -153,6 +160,7 @@ class Slot:
             "failed": self.stats.failed,
             "ttft_ms": self.stats.ttft_ms,
             "tokens_per_s": self.stats.tokens_per_s,
+            "cancel_to_free_ms": list(self.stats.cancel_to_free_ms),
         }
 
     def close(self) -> None:
@@ -395,7 +403,7 @@ class Scheduler:
     def _start(self, job: Job, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         job.slot_name = slot.name
-        job._attempt = attempt = threading.Event()
+        job._attempt = attempt = CancelFlag()  # an engine may pass a cancel on the moment it is set
         if job.cancel.is_set():
             attempt.set()
         job._tokens_now = 0
@@ -426,6 +434,8 @@ class Scheduler:
                   started: float, future: asyncio.Future) -> None:
         # The slot is free only once the thread has really returned.
         slot.busy_with = None if slot.busy_with is job else slot.busy_with
+        if job.cancelled_at is not None and job.cancelled_at >= started and job._attempt is attempt:
+            slot.stats.cancel_to_free_ms.append(round((time.perf_counter() - job.cancelled_at) * 1000, 2))
         self._forget_attempt(attempt)
         stale = job._attempt is not attempt  # the watchdog moved the job elsewhere
         error = None if future.cancelled() else future.exception()

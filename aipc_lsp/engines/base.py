@@ -36,6 +36,40 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
 
 
+class CancelFlag(threading.Event):
+    """A cancel event that also calls back when it is set, so an engine can pass a cancel on
+    the moment it happens (to a worker process) instead of polling for it."""
+
+    def __init__(self):
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (in the thread that sets the flag) when it is set, at once if it is
+        set already. Returns a function that unregisters it."""
+        with self._lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return lambda: self._forget(callback)
+        callback()
+        return lambda: None
+
+    def _forget(self, callback) -> None:
+        with self._lock:
+            if callback in self._callbacks:
+                self._callbacks.remove(callback)
+
+    def set(self) -> None:
+        with self._lock:
+            if self.is_set():
+                return
+            super().set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 # Receives each new piece of decoded text; returning False asks the engine to stop
 # (the caller has seen enough, e.g. the suggestion's block ended).
 OnText = Callable[[str], bool]

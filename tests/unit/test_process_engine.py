@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from aipc_lsp.engines import process
-from aipc_lsp.engines.base import EngineError, GenerationParams
+from aipc_lsp.engines.base import CancelFlag, EngineError, GenerationParams
 from aipc_lsp.engines.process import EngineSpec, ProcessEngine
 from aipc_lsp.scheduler import Job, Scheduler, Slot
 from fake_engine import FakeEngine
@@ -72,6 +72,31 @@ def test_cancel_ends_a_generation_within_a_step(loaded):
     result = e.generate("p", GenerationParams(max_new_tokens=40), cancel)
     assert result.cancelled and result.tokens < 40
     assert time.perf_counter() - started < 0.2 + 0.5
+
+
+def test_a_cancel_flag_reaches_a_silent_worker_without_polling(loaded, monkeypatch):
+    # No piece comes while the worker prefills; with polling switched off, only the flag's
+    # callback (shared flag written + the waiting thread woken) can end this generation.
+    monkeypatch.setattr(process, "CANCEL_POLL_S", 60.0)
+    monkeypatch.setattr(process, "WAKE_POLL_S", 60.0)
+    e = loaded("SilentUntilCancelledEngine")
+    cancel = CancelFlag()
+    threading.Timer(0.2, cancel.set).start()
+    started = time.perf_counter()
+    assert e.generate("p", GenerationParams(max_new_tokens=40), cancel).cancelled
+    assert time.perf_counter() - started < 10
+
+
+def test_cancel_flag_calls_back_once_and_at_once_when_already_set():
+    flag, calls = CancelFlag(), []
+    forget = flag.on_set(lambda: calls.append("a"))
+    flag.on_set(lambda: calls.append("b"))
+    forget()
+    flag.set()
+    flag.set()
+    assert calls == ["b"] and flag.is_set()
+    flag.on_set(lambda: calls.append("c"))
+    assert calls == ["b", "c"]
 
 
 def test_library_output_on_stdout_does_not_break_the_protocol(loaded):

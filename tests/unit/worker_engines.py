@@ -48,3 +48,15 @@ class FailingLoadEngine(FakeEngine):
         from aipc_lsp.engines.base import EngineError
 
         raise EngineError("no such model on this device")
+
+
+class SilentUntilCancelledEngine(FakeEngine):
+    """Sends nothing until it is cancelled (a long prefill): only the cancel itself can wake
+    the server's side of the generation."""
+
+    def generate(self, prompt, params, cancel, on_text=None):
+        from aipc_lsp.engines.base import GenerationResult
+
+        while not cancel.is_set():
+            time.sleep(0.002)
+        return GenerationResult(cancelled=True)
