@@ -17,6 +17,8 @@ from typing import Callable
 WINDOW_STEP_LINES = 32
 # Used to size the window before the exact token count is known; code averages ~3-4.
 CHARS_PER_TOKEN = 3.0
+# A cursor line up to this long is bounded by its byte count rather than tokenized.
+BOUNDED_LINE_BYTES = 160
 
 @dataclass(frozen=True)
 class CompletionContext:
@@ -99,8 +101,11 @@ def _round_up(value: int, step: int) -> int:
 
 class LineCountCache:
     """Token counts for prompts that grow keystroke by keystroke: the text up to the last
-    newline is counted once and remembered, only the cursor's line is counted anew. BPE
-    may merge across that newline, so the sum can be a token high: fine for a budget."""
+    newline is counted once and remembered; the cursor's line is bounded by its UTF-8 length
+    (a token is at least one byte) instead of counted, so a keystroke that stays on its line
+    asks the tokenizer nothing (with the engine in a worker process, a count is a round trip
+    to it on every keystroke). A long cursor line is counted. The sum can be high by a few
+    tokens (BPE also merges across that newline): fine for a budget."""
 
     def __init__(self, count_tokens: Callable[[str], int], size: int = 16):
         self._count = count_tokens
@@ -118,4 +123,5 @@ class LineCountCache:
             if len(self._heads) >= self._size:
                 self._heads.pop(next(iter(self._heads)))
             self._heads[head] = n
-        return n + (self._count(tail) if tail else 0)
+        tail_bytes = len(tail.encode("utf-8", "surrogatepass"))
+        return n + (tail_bytes if tail_bytes <= BOUNDED_LINE_BYTES else self._count(tail))

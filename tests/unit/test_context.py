@@ -207,8 +207,8 @@ def test_one_huge_dense_line_is_cut_to_fit():
     assert one_per_char(ctx.prompt) <= 100
 
 
-def test_line_count_cache_counts_the_unchanged_lines_once():
-    from aipc_lsp.context import LineCountCache
+def test_line_count_cache_counts_the_unchanged_lines_once_and_bounds_the_cursor_line():
+    from aipc_lsp.context import BOUNDED_LINE_BYTES, LineCountCache
 
     counted: list[str] = []
 
@@ -218,8 +218,10 @@ def test_line_count_cache_counts_the_unchanged_lines_once():
 
     cache = LineCountCache(count)
     head = "def f(a, b):\n    return a\n"
-    assert cache(head + "x = 1") == 8
-    assert cache(head + "x = 12") == 8
-    assert cache(head + "x = 12 + y") == 10
-    assert counted.count(head) == 1  # the lines above the cursor were counted once
+    assert cache(head + "x = 1") == 5 + 5  # 5 words above, the cursor line's 5 bytes
+    assert cache(head + "x = 12") == 5 + 6
+    assert cache(head + "s = 'é'") == 5 + 8  # bytes, not characters: a bound
+    assert counted == [head]  # typing on the cursor's line asks the tokenizer nothing
+    long_line = "y = " + "a + " * BOUNDED_LINE_BYTES
+    assert cache(head + long_line) == 5 + len(long_line.split())  # counted: a bound would be far off
     assert cache("no newline here") == 3
