@@ -182,8 +182,6 @@ class Worker:
 def main() -> None:
     # A cancel read while the engine runs Python between native calls takes the lock within 1 ms.
     sys.setswitchinterval(0.001)
-    if os.environ.get("AIPC_EXPERIMENT_NICE"):
-        os.nice(int(os.environ["AIPC_EXPERIMENT_NICE"]))
     out = _protocol_out()
     spec = json.loads(sys.argv[1])
     Worker(spec, out).run()
