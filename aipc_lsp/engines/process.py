@@ -54,12 +54,14 @@ class _WorkerGone(Exception):
 
 
 class ProcessEngine:
-    def __init__(self, name: str, model_path: str, device: str, spec: EngineSpec, *, python: str = ""):
+    def __init__(self, name: str, model_path: str, device: str, spec: EngineSpec, *, python: str = "",
+                 env: dict | None = None):
         self.name = name
         self.model_path = str(model_path)
         self.device = device
         self.spec = spec
         self.python = python or sys.executable
+        self.env = dict(env or {})  # the worker's environment variables, unless already set
         self.max_prompt_tokens: int | None = None
         self._methods: set[str] = set()
         self._proc: subprocess.Popen | None = None
@@ -77,6 +79,8 @@ class ProcessEngine:
         # Another interpreter (an engine with pins of its own) finds this package's modules here.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        for key, value in self.env.items():
+            env.setdefault(key, value)
         self._close_flags()  # a new worker maps a new file (the last one's name is gone)
         self._open_flags()
         try:

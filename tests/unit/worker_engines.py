@@ -48,3 +48,11 @@ class FailingLoadEngine(FakeEngine):
         from aipc_lsp.engines.base import EngineError
 
         raise EngineError("no such model on this device")
+
+
+class EnvEngine(FakeEngine):
+    """Says the worker's MALLOC_ARENA_MAX: what the environment a worker is started with holds."""
+
+    def load(self) -> None:
+        self.output = os.environ.get("MALLOC_ARENA_MAX", "unset")
+        super().load()
