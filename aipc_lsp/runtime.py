@@ -17,6 +17,7 @@ from aipc_lsp.engines import create_engine
 from aipc_lsp.engines.base import EngineError
 from aipc_lsp.models.compat import model_for_engine
 from aipc_lsp.models.fetch import FetchError, resolve_model
+from aipc_lsp.models.registry import KIND_GGUF, detect_kind
 from aipc_lsp.scheduler import Scheduler, Slot
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,20 @@ class LogReporter:
 
 class ModelUnavailable(RuntimeError):
     """No model can serve right now; the message says why and what to do."""
+
+
+def openvino_ir_of_gguf(path: Path, progress, warn) -> Path:
+    """The IR OpenVINO GenAI's GGUF reader makes of `path` (once, into the model cache): loaded
+    instead of the GGUF, the engine holds ~90 MB less (see models/gguf_ir.py). The GGUF itself when
+    the IR cannot be made."""
+    from aipc_lsp.models import gguf_ir
+    from aipc_lsp.models.convert import PrepareError
+
+    try:
+        return gguf_ir.ir_for(path, progress)
+    except (PrepareError, OSError) as exc:
+        warn(f"aipc-lsp: loading {path.name} itself (more memory): {exc}")
+        return path
 
 
 class ModelRuntime:
@@ -95,6 +110,9 @@ class ModelRuntime:
             for slot_settings in settings.slot_list():
                 path = await asyncio.to_thread(resolve_model, slot_settings.model, progress=progress)
                 path = model_for_engine(path, slot_settings.engine)
+                if slot_settings.engine == "openvino" and settings.openvino.gguf_as_ir and detect_kind(path) == KIND_GGUF:
+                    path = await asyncio.to_thread(openvino_ir_of_gguf, path, progress,
+                                                   lambda msg: loop.call_soon_threadsafe(reporter.warn, msg))
                 reporter.report(f"loading {path.name} with {slot_settings.engine} on {slot_settings.device}", 90)
                 engine = create_engine(slot_settings, str(path), settings)
                 slots.append(Slot(slot_settings.label(), engine))

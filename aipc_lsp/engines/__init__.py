@@ -10,6 +10,10 @@ if TYPE_CHECKING:
     from aipc_lsp.config import Settings, SlotSettings
 
 ENGINES = ("openvino", "onnxruntime", "transformers", "npu_library")
+# Environment of an engine's worker process (a variable already set wins). One malloc arena: the
+# OpenVINO worker otherwise keeps an arena per thread that compiled or ran the model, with their
+# free memory in each (measured: -13 to -17 MB of peak RSS, the same decode rate and prefill time).
+WORKER_ENV = {"openvino": {"MALLOC_ARENA_MAX": "1"}}
 
 
 def create_engine(slot: "SlotSettings", model_path: str, settings: "Settings") -> Engine:
@@ -22,7 +26,7 @@ def create_engine(slot: "SlotSettings", model_path: str, settings: "Settings") -
     if settings.scheduler.engine_process and slot.engine != "npu_library":
         from aipc_lsp.engines.process import ProcessEngine
 
-        return ProcessEngine(slot.engine, model_path, slot.device, spec)
+        return ProcessEngine(slot.engine, model_path, slot.device, spec, env=WORKER_ENV.get(slot.engine))
     import importlib
 
     return getattr(importlib.import_module(spec.module), spec.cls)(*spec.args, **spec.kwargs)
@@ -37,7 +41,7 @@ def engine_spec(slot: "SlotSettings", model_path: str, settings: "Settings"):
         ov = settings.openvino
         return EngineSpec("aipc_lsp.engines.openvino", "OpenVINOEngine", args, dict(
             threads=slot.threads, kv_cache_mb=ov.kv_cache_mb, prefix_caching=ov.prefix_caching, ov_config=ov.config,
-            prompt_lookup_tokens=ov.prompt_lookup_tokens,
+            prompt_lookup_tokens=ov.prompt_lookup_tokens, release_weight_pages=ov.release_weight_pages,
             typing_checkpoint=ov.typing_checkpoint,
             npu_max_prompt_len=ov.npu_max_prompt_len, npu_min_response_len=ov.npu_min_response_len))
     if slot.engine == "onnxruntime":

@@ -65,10 +65,11 @@ class _WorkerGone(Exception):
 
 class ProcessEngine:
     def __init__(self, name: str, model_path: str, device: str, spec: EngineSpec, *, python: str = "",
-                 isolated: bool = False, cwd: str | None = None):
+                 isolated: bool = False, cwd: str | None = None, env: dict | None = None):
         """`python`: the worker's interpreter (default: the server's). `isolated`: it belongs to
         another environment, so the server's PYTHONPATH/PYTHONHOME/PYTHONSTARTUP stay out of it
-        (it gets only this package's folder). `cwd`: the worker's working folder."""
+        (it gets only this package's folder). `cwd`: the worker's working folder. `env`: its
+        environment variables, unless already set."""
         self.name = name
         self.model_path = str(model_path)
         self.device = device
@@ -76,6 +77,7 @@ class ProcessEngine:
         self.python = python or sys.executable
         self.isolated = isolated
         self.cwd = cwd
+        self.env = dict(env or {})
         self.max_prompt_tokens: int | None = None
         self._methods: set[str] = set()
         self._proc: subprocess.Popen | None = None
@@ -98,6 +100,8 @@ class ProcessEngine:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH", "")) if p)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env["PYTHONIOENCODING"] = "utf-8"  # the requests it reads from stdin are UTF-8 whatever the locale
+        for key, value in self.env.items():
+            env.setdefault(key, value)
         self._close_flags()  # a new worker maps a new file (the last one's name is gone)
         self._open_flags()
         try:

@@ -117,9 +117,11 @@ class Source:
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
+    block = bytearray(1 << 20)  # one buffer: the server's process checksums the GGUF it loads (gguf_ir)
+    view = memoryview(block)
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+        while n := f.readinto(block):
+            digest.update(view[:n])
     return digest.hexdigest()
 
 
@@ -601,17 +603,21 @@ def _same_build(existing: dict | None, wanted: dict) -> bool:
 
 
 def prepare(source: str, options: PrepareOptions, output: str | Path | None = None, *,
-            force: bool = False, progress: Progress = _quiet) -> Path:
-    """Build `source` for `options.engine` into `output` (default: the model cache) and return it."""
+            force: bool = False, progress: Progress = _quiet, route: str | None = None) -> Path:
+    """Build `source` for `options.engine` into `output` (default: the model cache) and return it.
+    `route` forces a converter (ROUTE_GGUF_READER: the GGUF's own precision even where optimum-intel
+    is installed) instead of the one `plan` would choose."""
     validate(options)
     src = resolve_source(source, progress)
+    if route == ROUTE_GGUF_READER and (src.kind != "gguf" or options.engine != "openvino"):
+        raise PrepareError("OpenVINO GenAI's GGUF reader converts GGUF files for openvino only")
     with contextlib.ExitStack() as cleanup:
         if src.kind == "hub" and options.engine == "openvino":
             if not _optimum_available():  # say so before downloading gigabytes
                 raise PrepareError(f"an OpenVINO IR from a hub model is made by optimum-intel, which is not "
                                    f"installed: {OPTIMUM_HINT}")
             src = _download(src, cleanup, progress)
-        chosen = plan(src, options)
+        chosen = Plan(route, options) if route else plan(src, options)
         out = Path(output).expanduser().resolve() if output else default_output(src, chosen)
         wanted = _manifest(src, options, chosen)
         if out.exists():

@@ -60,3 +60,11 @@ class SilentUntilCancelledEngine(FakeEngine):
         while not cancel.is_set():
             time.sleep(0.002)
         return GenerationResult(cancelled=True)
+
+
+class EnvEngine(FakeEngine):
+    """Says the worker's MALLOC_ARENA_MAX: what the environment a worker is started with holds."""
+
+    def load(self) -> None:
+        self.output = os.environ.get("MALLOC_ARENA_MAX", "unset")
+        super().load()
