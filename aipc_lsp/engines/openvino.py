@@ -118,6 +118,8 @@ class OpenVINOEngine:
         weights = path / "openvino_model.bin" if path.is_dir() and self.release_weight_pages else None
         with Releasing(weights if weights is not None and weights.is_file() else None):
             self._warm_up()
+        # Then once through our own loop (step(), the detokenizer), as the first request will go.
+        self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
         log.info("openvino: loaded %s on %s in %.2fs", path.name, self.device, time.perf_counter() - started)
 
     def _warm_up(self) -> None:

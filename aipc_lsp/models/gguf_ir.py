@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 BUILD_TIMEOUT_S = 1800.0
 # Quantisation tags in GGUF file names (Model.Q4_K_M.gguf), for when the gguf package that reads
 # the file's own tensor types is not installed.
-_NAME_PRECISION = ((r"\.(i?q[2-6])", "int4"), (r"\.q8", "int8"), (r"\.(b?f16)", "fp16"), (r"\.f32", "fp32"))
+_NAME_PRECISION = ((r"\.(i?q[2-5])", "int4"), (r"\.q8", "int8"), (r"\.(b?f16)", "fp16"), (r"\.f32", "fp32"))
 
 
 def precision_of(gguf: Path, *, read_tensors: bool = True) -> str | None:
