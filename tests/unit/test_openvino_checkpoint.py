@@ -1,5 +1,5 @@
 """The OpenVINO engine's typing checkpoint, on a scripted pipeline: which requests reach the
-paged pipeline, with which tokens, and when. (tests/e2e/test_openvino_checkpoint.py runs it on
+paged pipeline, with which tokens, and when. (tests/e2e/test_typing_checkpoint_real_model.py runs it on
 the real model; `aipc-lsp bench` measures what it saves.)"""
 
 from __future__ import annotations
