@@ -50,12 +50,12 @@ STACK = "class Stack:\n    def __init__(self):\n        self.items = []\n\n    d
 READER = "import json\n\n\ndef load_settings(path):\n    with open(path) as handle:\n        return json."
 
 
-async def two_real_suggestions(client: LanguageClient) -> tuple[str, str]:
-    """Inline suggestions for STACK and READER; each real (non-blank) and not the same."""
+async def two_real_suggestions(client: LanguageClient, reader_text: str = READER) -> tuple[str, str]:
+    """Inline suggestions for STACK and a JSON reader; each real (non-blank) and not the same."""
     open_document(client, "file:///project/stack.py", STACK)
-    open_document(client, "file:///project/reader.py", READER)
+    open_document(client, "file:///project/reader.py", reader_text)
     stack = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
-    reader = await inline(client, "file:///project/reader.py", end_position(READER, "utf-8"))
+    reader = await inline(client, "file:///project/reader.py", end_position(reader_text, "utf-8"))
     assert len(stack) == 1 and stack[0].strip(), stack
     assert len(reader) == 1 and reader[0].strip(), reader
     assert stack[0] != reader[0]

@@ -11,7 +11,8 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from conftest import cancel_and_expect_slot_free, configure, end_position, inline, open_document, replace_document, server_config, status, wait_ready
+from conftest import (cancel_and_expect_slot_free, configure, end_position, inline, open_document, replace_document,
+                      server_config, status, two_real_suggestions, wait_ready)
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -66,20 +67,14 @@ async def test_server_advertises_inline_completion_and_completion(client: Langua
 
 
 async def test_inline_completion_is_real_and_depends_on_the_code(client: LanguageClient):
-    open_document(client, "file:///project/stack.py", STACK)
-    open_document(client, "file:///project/reader.py", CONFIG_READER)
-    stack = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
-    reader = await inline(client, "file:///project/reader.py", end_position(CONFIG_READER, "utf-8"))
-    assert len(stack) == 1 and stack[0].strip(), stack
-    assert len(reader) == 1 and reader[0].strip(), reader
-    assert stack[0] != reader[0]
+    stack, reader = await two_real_suggestions(client, CONFIG_READER)
     # Post-processed to fit the cursor: no leading or trailing blanks, block-shaped.
-    for text in (stack[0], reader[0]):
+    for text in (stack, reader):
         assert text == text.strip(), repr(text)
         assert all(line == line.rstrip() for line in text.split("\n"))
     # The Stack body works on the instance; the JSON reader continues a json.<call>.
-    assert "self" in stack[0], stack
-    assert reader[0][0].isalpha(), reader  # continues the attribute after "json."
+    assert "self" in stack, stack
+    assert reader[0].isalpha(), reader  # continues the attribute after "json."
     state = await status(client)
     assert state["slots"][0]["served"] >= 2
 
