@@ -92,6 +92,9 @@ class SlotStats:
     tokens_per_s: float | None = None
     # The last cancels of a running job: ms from the cancel to the slot being free again.
     cancel_to_free_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=16))
+    # When the slot last became free, on time.monotonic(): the system-wide clock, so a client on
+    # the same machine can time its own cancel -> slot free without a status round trip in it.
+    freed_at: float | None = None
 
     def record(self, result: GenerationResult, alpha: float = 0.2) -> None:
         if result.first_token_s is not None:
@@ -161,6 +164,7 @@ class Slot:
             "ttft_ms": self.stats.ttft_ms,
             "tokens_per_s": self.stats.tokens_per_s,
             "cancel_to_free_ms": list(self.stats.cancel_to_free_ms),
+            "freed_at": self.stats.freed_at,
         }
 
     def close(self) -> None:
@@ -433,7 +437,9 @@ class Scheduler:
     def _finished(self, job: Job, slot: Slot, attempt: threading.Event, params: GenerationParams,
                   started: float, future: asyncio.Future) -> None:
         # The slot is free only once the thread has really returned.
-        slot.busy_with = None if slot.busy_with is job else slot.busy_with
+        if slot.busy_with is job:
+            slot.busy_with = None
+            slot.stats.freed_at = time.monotonic()
         if job.cancelled_at is not None and job.cancelled_at >= started and job._attempt is attempt:
             slot.stats.cancel_to_free_ms.append(round((time.perf_counter() - job.cancelled_at) * 1000, 2))
         self._forget_attempt(attempt)

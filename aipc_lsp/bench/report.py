@@ -75,7 +75,9 @@ def render_table(report: dict) -> str:
                 out.append(f"bare engine decode on the same prompt, measured right after: {after:.1f} tok/s")
             out.append(f"model ready in {_f(server.get('ready_s'), '{:.1f}')} s; decode {_f(server.get('server_tokens_per_s'), '{:.1f}')} tok/s; "
                        f"cancel -> slot free {_f(server['cancel_ms']['p50'], '{:.1f}')}/{_f(server['cancel_ms']['p95'], '{:.1f}')} ms "
-                       f"(server's own clock: {_f((server.get('cancel_server_ms') or {}).get('p50'), '{:.1f}')}/"
+                       f"(seen by polling aipc/status: {_f((server.get('cancel_polled_ms') or {}).get('p50'), '{:.1f}')}/"
+                       f"{_f((server.get('cancel_polled_ms') or {}).get('p95'), '{:.1f}')} ms; "
+                       f"server's own clock: {_f((server.get('cancel_server_ms') or {}).get('p50'), '{:.1f}')}/"
                        f"{_f((server.get('cancel_server_ms') or {}).get('p95'), '{:.1f}')} ms); "
                        f"peak RSS {_f(server.get('peak_rss_mb'))} MB")
     remote = report.get("remote")

@@ -182,8 +182,9 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
                 rates.append((record["tokens"] - 1) * 1000 / (record["totalMs"] - record["firstTokenMs"]))
         out["server_tokens_per_s"] = statistics.median(rates) if rates else None
 
-        client_side, server_side = await _cancel_latencies(client, 2 if quick else 5)
+        client_side, polled, server_side = await _cancel_latencies(client, 2 if quick else 5)
         out["cancel_ms"] = summary(client_side)
+        out["cancel_polled_ms"] = summary(polled)
         out["cancel_server_ms"] = summary(server_side) if server_side else None
         out["peak_rss_mb"] = _proc_peak_rss_mb(client._server.pid)
         await client.shutdown_async(None)
@@ -197,12 +198,14 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
         await client.stop()
 
 
-async def _cancel_latencies(client: BenchClient, reps: int) -> tuple[list[float], list[float]]:
-    """$/cancelRequest while decoding -> aipc/status shows the slot free (polled every 2 ms),
-    and the same as the server timed it (the job told to stop -> the slot free again)."""
+async def _cancel_latencies(client: BenchClient, reps: int) -> tuple[list[float], list[float], list[float]]:
+    """$/cancelRequest while decoding -> the slot free, three ways: sent -> the moment the
+    server freed the slot (`slots[].freed_at`, on the machine's monotonic clock both processes
+    read); sent -> aipc/status seen to say so (polled every 2 ms: adds a status round trip on
+    cores the engine keeps busy); and the server's own clock (the job told to stop -> free)."""
     client.configure({"max_tokens": 400, "max_lines": 200})
     await asyncio.sleep(0.2)
-    latencies, server_side = [], []
+    latencies, polled, server_side = [], [], []
     for _ in range(reps):
         uri = f"file:///bench/cancel_{uuid.uuid4().hex[:6]}.py"
         text = _unique(LONG_DOC)
@@ -213,7 +216,7 @@ async def _cancel_latencies(client: BenchClient, reps: int) -> tuple[list[float]
         while not (await client.status())["slots"][0]["busy"] and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
         await asyncio.sleep(0.15)  # well into decoding
-        cancelled = time.perf_counter()
+        cancelled, sent_at = time.perf_counter(), time.monotonic()
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
         while (slot := (await client.status())["slots"][0])["busy"]:
             if time.perf_counter() - cancelled > 10:
@@ -221,11 +224,13 @@ async def _cancel_latencies(client: BenchClient, reps: int) -> tuple[list[float]
             # Polling back to back took CPU from the engine it measures (2 cores): 48-51 ms
             # p50 against 32-36 ms with these 2 ms pauses, in the same conditions.
             await asyncio.sleep(0.002)
-        latencies.append((time.perf_counter() - cancelled) * 1000)
+        polled.append((time.perf_counter() - cancelled) * 1000)
+        freed_at = slot.get("freed_at")
+        latencies.append((freed_at - sent_at) * 1000 if freed_at and freed_at >= sent_at else polled[-1])
         if slot.get("cancel_to_free_ms"):
             server_side.append(slot["cancel_to_free_ms"][-1])
         try:
             await asyncio.wait_for(asyncio.wrap_future(request), 5)
         except Exception:
             pass  # -32800 RequestCancelled is the expected answer
-    return latencies, server_side
+    return latencies, polled, server_side

@@ -126,6 +126,11 @@ async def test_newer_job_same_key_supersedes_running_one(make_scheduler):
     assert scheduler.live_jobs() == []
     stats = scheduler.slots[0].stats
     assert (stats.served, stats.cancelled, stats.failed) == (1, 1, 0)
+    # The cancel was timed to the slot being free (the server's clock), and when it was freed is
+    # on the system-wide monotonic clock a client compares with its own.
+    assert len(stats.cancel_to_free_ms) == 1 and 0 <= stats.cancel_to_free_ms[0] < 1000
+    freed_at = scheduler.slots[0].status()["freed_at"]
+    assert time.monotonic() - 1.0 <= freed_at <= time.monotonic()
 
 
 async def test_superseding_a_waiting_job_keeps_it_from_the_engine(make_scheduler):
