@@ -11,6 +11,7 @@ the time the server spent after the first token existed.
 from __future__ import annotations
 
 import asyncio
+import random
 import statistics
 import sys
 import time
@@ -215,7 +216,10 @@ async def _cancel_latencies(client: BenchClient, reps: int) -> tuple[list[float]
         deadline = time.perf_counter() + 30
         while not (await client.status())["slots"][0]["busy"] and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
-        await asyncio.sleep(0.15)  # well into decoding
+        # Well into decoding: past the prefill and the first decode step (which costs about two
+        # later ones), so the step in flight is the kind the target is sized by. At 0.15 s the
+        # cancel fell in those (60-130 ms steps) and measured them instead of the way back.
+        await asyncio.sleep(0.5 + random.random() * 0.05)
         cancelled, sent_at = time.perf_counter(), time.monotonic()
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
         while (slot := (await client.status())["slots"][0])["busy"]:
