@@ -234,6 +234,9 @@ class ProcessEngine:
             self._unlink_flags()  # both processes have it mapped by now: nothing left behind on a kill
         self.max_prompt_tokens = info.get("max_prompt_tokens")
         self._methods = set(info.get("methods", ()))
+        if info.get("released_bytes"):
+            log.info("%s worker: gave back the pages of %d MB of file mappings after loading",
+                     self.name, info["released_bytes"] >> 20)
 
     def _call(self, method: str, *args):
         rid, replies = self._open({"op": "call", "method": method, "args": list(args)})

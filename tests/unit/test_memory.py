@@ -199,3 +199,68 @@ def test_the_openvino_worker_gets_one_malloc_arena_unless_the_user_set_it(monkey
             assert engine.generate("x", GenerationParams(), threading.Event()).text == expected
         finally:
             engine.close()
+
+
+SMAPS = """\
+55d0a0000000-55d0a0001000 r--p 00000000 fe:00 11   /usr/lib/libplugin.so
+Size:                  4 kB
+Rss:                   4 kB
+Anonymous:             0 kB
+VmFlags: rd mr mw me sd
+55d0a0001000-55d0a0003000 r-xp 00001000 fe:00 11   /usr/lib/libplugin.so
+Size:                  8 kB
+Anonymous:             0 kB
+55d0a0003000-55d0a0004000 r--p 00003000 fe:00 11   /usr/lib/libplugin.so
+Size:                  4 kB
+Anonymous:             4 kB
+55d0a0004000-55d0a0005000 rw-p 00004000 fe:00 11   /usr/lib/libplugin.so
+Anonymous:             4 kB
+7f1962600000-7f1967e34000 r--s 00000000 fe:00 16039964   /models/my ir/openvino_model.bin
+Anonymous:             0 kB
+7f1974000000-7f1974001000 r--p 00000000 00:00 0
+Anonymous:             0 kB
+7ffd1c3f0000-7ffd1c3f2000 r-xp 00000000 00:00 0                          [vdso]
+Anonymous:             0 kB
+7f1975000000-7f1975001000 rw-s 00000000 00:1a 77   /dev/shm/aipc-lsp-flags-x
+Anonymous:             0 kB
+"""
+
+
+def test_clean_file_ranges_leave_out_private_pages_writable_and_anonymous_mappings():
+    assert pages.clean_file_ranges(SMAPS) == [
+        (0x55d0a0000000, 0x55d0a0001000),  # read-only data
+        (0x55d0a0001000, 0x55d0a0003000),  # code
+        (0x7f1962600000, 0x7f1967e34000),  # a model file, a space in its path
+    ]  # not RELRO (private pages), not writable, not anonymous memory, not [vdso], not a shared flag
+
+
+@linux_only
+def test_release_file_pages_keeps_private_pages_and_gives_back_clean_ones(tmp_path):
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    data = bytes(range(256)) * (4 << 12)  # 4 MB
+    clean_file, relro_file = tmp_path / "clean.bin", tmp_path / "relro.bin"
+    clean_file.write_bytes(data)
+    relro_file.write_bytes(data)
+    with clean_file.open("rb") as f:
+        clean = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    with relro_file.open("r+b") as f:
+        # As the dynamic linker does with RELRO: a private mapping written to, then made read-only.
+        relro = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    try:
+        relro[:4] = b"RELO"
+        address = ctypes.addressof(ctypes.c_char.from_buffer(relro))
+        assert libc.mprotect(address, len(data), 1) == 0  # PROT_READ
+        assert clean[:] == data
+        start = pages.read_only_ranges(str(clean_file.resolve()), Path("/proc/self/maps").read_text())[0][0]
+        assert _resident_kb(start) >= 4000
+        assert pages.release_file_pages() >= len(data)
+        assert _resident_kb(start) < 100
+        assert clean[:] == data  # read again from the page cache
+        assert relro[:4] == b"RELO" and relro[4:] == data[4:]  # its private page was kept
+    finally:
+        clean.close()
+        assert libc.mprotect(address, len(data), 3) == 0  # PROT_READ | PROT_WRITE, so it can be unmapped
+        relro.close()
