@@ -28,6 +28,13 @@ PRECISIONS = ("", "int4", "int8", "fp16", "bf16", "fp32")
 LOG_LEVELS = ("error", "warning", "info", "debug")
 
 
+# Settings that were renamed, and what to write instead.
+RENAMED = {
+    "openvino.kv_cache_mb": "use openvino.kv_cache_tokens, the tokens the KV cache holds (the old value x 16 "
+                            "gives the same cache; its memory depends on the model)",
+}
+
+
 def _opt(default, doc: str, *, choices=None, minimum=None, maximum=None, upper=False):
     meta = {"doc": doc, "choices": choices, "min": minimum, "max": maximum, "upper": upper}
     if isinstance(default, (dict, list)):
@@ -37,7 +44,9 @@ def _opt(default, doc: str, *, choices=None, minimum=None, maximum=None, upper=F
 
 @dataclass
 class OpenVINOSettings:
-    kv_cache_mb: int = _opt(256, "KV-cache memory for prefix caching, in MB", minimum=16, maximum=65536)
+    kv_cache_tokens: int = _opt(3072, "tokens the KV cache holds: the prompt and answer in flight, and what prefix "
+                                      "caching keeps of earlier prompts (the default model: 14 KB per token)",
+                                minimum=512, maximum=1048576)
     prefix_caching: bool = _opt(True, "reuse the KV cache of a prompt's unchanged beginning")
     prompt_lookup_tokens: int = _opt(3, "prompt-lookup decoding: tokens copied from the prompt and checked in one "
                                         "step (code repeats itself); 0 = off", minimum=0, maximum=16)
@@ -219,7 +228,9 @@ def validate(raw: Any, source: str, *, text: str | None = None, cls=Settings,
         where = _where(source, text, written_prefix + str(key))
         f = fields.get(name)
         if f is None:
-            problems.append(Problem(where, dotted, f"unknown setting (known: {', '.join(fields)})"))
+            hint = RENAMED.get(dotted)
+            problems.append(Problem(where, dotted, f"renamed: {hint}" if hint else
+                                    f"unknown setting (known: {', '.join(fields)})"))
             continue
         if _is_section(f):
             sub, sub_problems = validate(value, source, text=text, cls=f.default_factory,

@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from aipc_lsp.engines.base import CancelFlag, Engine, EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.engines.base import (CancelFlag, Engine, EngineError, GenerationParams, GenerationResult, OnText,
+                                   RequestError)
 
 log = logging.getLogger(__name__)
 _job_ids = itertools.count(1)
@@ -445,7 +446,13 @@ class Scheduler:
         self._forget_attempt(attempt)
         stale = job._attempt is not attempt  # the watchdog moved the job elsewhere
         error = None if future.cancelled() else future.exception()
-        if error is not None:
+        if isinstance(error, RequestError):
+            # The request, not the slot: the job fails with the engine's word on what to change.
+            slot.stats.failed += 1
+            log.warning("job %d on slot %s cannot run: %s", job.id, slot.name, error)
+            if not stale:
+                self._fail(job, error)
+        elif error is not None:
             slot.stats.failed += 1
             log.warning("job %d on slot %s failed: %s", job.id, slot.name, error)
             self._mark_unhealthy(slot, f"failed while generating: {error}")

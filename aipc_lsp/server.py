@@ -124,6 +124,13 @@ class AipcServer(LanguageServer):
         except Exception:
             log.debug("could not show message", exc_info=True)
 
+    def tell_user_once(self, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
+        """For what every keystroke would repeat (a completion that cannot run as configured)."""
+        told = self.__dict__.setdefault("_told", set())
+        if message not in told:
+            told.add(message)
+            self.tell_user(message, kind)
+
     def report_problems(self, problems: list[Problem]) -> None:
         if problems:
             lines = "\n".join(f"- {p}" for p in problems)

@@ -40,7 +40,7 @@ def engine_spec(slot: "SlotSettings", model_path: str, settings: "Settings"):
     if slot.engine == "openvino":
         ov = settings.openvino
         return EngineSpec("aipc_lsp.engines.openvino", "OpenVINOEngine", args, dict(
-            threads=slot.threads, kv_cache_mb=ov.kv_cache_mb, prefix_caching=ov.prefix_caching, ov_config=ov.config,
+            threads=slot.threads, kv_cache_tokens=ov.kv_cache_tokens, prefix_caching=ov.prefix_caching, ov_config=ov.config,
             prompt_lookup_tokens=ov.prompt_lookup_tokens, release_weight_pages=ov.release_weight_pages,
             typing_checkpoint=ov.typing_checkpoint,
             npu_max_prompt_len=ov.npu_max_prompt_len, npu_min_response_len=ov.npu_min_response_len))

@@ -79,6 +79,11 @@ class EngineError(RuntimeError):
     """A model failed to load or generate; the message is meant for the user."""
 
 
+class RequestError(EngineError):
+    """A request this engine cannot serve as asked (e.g. a prompt longer than its KV cache holds);
+    the engine itself is fine, so its slot stays healthy."""
+
+
 class Engine(Protocol):
     name: str
     device: str

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
 import time
 from pathlib import Path
 
-from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText, RequestError
 from aipc_lsp.engines.pages import Releasing
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,11 @@ PROMPT_LOOKUP_NGRAM = 3
 CHECKPOINT_HELD_TOKENS = 2
 # Shorter prompts are cheap to prefill anyway.
 CHECKPOINT_MIN_TOKENS = 64
+# Tokens per KV-cache block of the paged-attention pipeline: 32 on the CPU plugin, 16 on the GPU.
+CPU_BLOCK_TOKENS, OTHER_BLOCK_TOKENS = 32, 16
+# Of the KV cache, what prompts may fill at most: the rest is the answer's room (a chat answer is
+# 384 tokens by default). Prompt builders keep within it (Scheduler.prompt_limit).
+ANSWER_ROOM_TOKENS = 512
 
 
 class OpenVINOEngine:
@@ -31,7 +37,7 @@ class OpenVINOEngine:
         device: str = "CPU",
         *,
         threads: int = 0,
-        kv_cache_mb: int = 256,
+        kv_cache_tokens: int = 3072,
         prefix_caching: bool = True,
         ov_config: dict | None = None,
         npu_max_prompt_len: int = 1024,
@@ -43,7 +49,7 @@ class OpenVINOEngine:
         self.model_path = str(model_path)
         self.device = device
         self.threads = threads
-        self.kv_cache_mb = kv_cache_mb
+        self.kv_cache_tokens = kv_cache_tokens
         self.prefix_caching = prefix_caching
         self.ov_config = dict(ov_config or {})
         self.npu_max_prompt_len = npu_max_prompt_len
@@ -59,9 +65,33 @@ class OpenVINOEngine:
         self._request_ids = itertools.count()
 
     @property
+    def block_tokens(self) -> int:
+        return CPU_BLOCK_TOKENS if self.device.upper().startswith("CPU") else OTHER_BLOCK_TOKENS
+
+    @property
+    def kv_capacity(self) -> int | None:
+        """Tokens the paged KV cache holds (its whole blocks), or None without one."""
+        if self.device.upper().startswith("NPU") or not self.prefix_caching:
+            return None
+        return -(-self.kv_cache_tokens // self.block_tokens) * self.block_tokens
+
+    @property
     def max_prompt_tokens(self) -> int | None:
-        """The NPU is compiled for a fixed longest prompt; other devices take any length."""
-        return self.npu_max_prompt_len if self.device.upper().startswith("NPU") else None
+        """The NPU is compiled for a fixed longest prompt; a paged KV cache holds so many tokens,
+        of which prompts get all but the answer's room."""
+        if self.device.upper().startswith("NPU"):
+            return self.npu_max_prompt_len
+        capacity = self.kv_capacity
+        return None if capacity is None else max(capacity // 2, capacity - ANSWER_ROOM_TOKENS)
+
+    def _room(self, prompt_tokens: int) -> int | None:
+        """Tokens the KV cache leaves for the answer to a prompt this long, or None without a
+        cap. Held back: the typing checkpoint's copy of the last partly filled block, and the
+        prompt-lookup candidates a step writes beyond the answer's end."""
+        capacity = self.kv_capacity
+        if capacity is None:
+            return None
+        return capacity - prompt_tokens - self.block_tokens - self.prompt_lookup_tokens - 1
 
     def _compile_properties(self) -> dict:
         props: dict = {"PERFORMANCE_HINT": "LATENCY"}
@@ -92,9 +122,9 @@ class OpenVINOEngine:
             # that shares its beginning with the previous one (the user typing) skips that prefill.
             scheduler = og.SchedulerConfig()
             scheduler.enable_prefix_caching = True
-            scheduler.cache_size = max(1, round(self.kv_cache_mb / 1024)) if self.kv_cache_mb >= 1024 else 0
-            if scheduler.cache_size == 0:
-                scheduler.num_kv_blocks = max(16, self.kv_cache_mb // 2)
+            # In blocks, not bytes: how many tokens a request may use must not depend on the model.
+            scheduler.cache_size = 0
+            scheduler.num_kv_blocks = self.kv_capacity // self.block_tokens
         try:
             if self.prefix_caching:
                 # The same paged-attention pipeline LLMPipeline builds for a scheduler_config,
@@ -197,6 +227,7 @@ class OpenVINOEngine:
         started = time.perf_counter()
         detok = _Detokenizer(self._tokenizer)
         input_ids = self._tokenizer.encode(prompt).input_ids
+        params = self._fit(int(input_ids.data.shape[-1]), params)
         handle = self._pipe.add_request(next(self._request_ids), input_ids, self._generation_config(params))
         checkpoint = self._checkpoint_ids(input_ids) if self.typing_checkpoint else None
         checkpoint_handle = None
@@ -226,6 +257,22 @@ class OpenVINOEngine:
         result.tokens = detok.count
         result.total_s = time.perf_counter() - started
         return result
+
+    def _fit(self, prompt_tokens: int, params: GenerationParams) -> GenerationParams:
+        """The request as the KV cache can hold it. Past its end the pipeline answers nothing, or
+        stops mid-answer, without a word: a prompt that leaves no room is an error that says what
+        to change, and an answer is cut to the room there is."""
+        room = self._room(prompt_tokens)
+        if room is None or params.max_new_tokens <= room:
+            return params
+        if room < 1:
+            raise RequestError(
+                f"the prompt is {prompt_tokens} tokens, more than the KV cache leaves room for "
+                f"(openvino.kv_cache_tokens = {self.kv_cache_tokens}): lower the prompt budget "
+                f"(completion.context_tokens / chat.context_tokens) or raise openvino.kv_cache_tokens")
+        log.info("openvino: answer cut to %d tokens (asked %d): the KV cache holds %d tokens",
+                 room, params.max_new_tokens, self.kv_capacity)
+        return dataclasses.replace(params, max_new_tokens=room)
 
     @staticmethod
     def _checkpoint_ids(input_ids):

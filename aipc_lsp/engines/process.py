@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from aipc_lsp.engines.base import CancelFlag, EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.engines.base import CancelFlag, EngineError, GenerationParams, GenerationResult, OnText, RequestError
 from aipc_lsp.engines.worker import CANCEL_AT, FLAGS_SIZE, STOP_AT
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,8 @@ class ProcessEngine:
                     result.cancelled = result.cancelled or cancel.is_set()
                     return result
                 else:
-                    raise EngineError(message.get("error", f"{self.name}: unexpected reply {message}"))
+                    error = RequestError if message.get("request_error") else EngineError
+                    raise error(message.get("error", f"{self.name}: unexpected reply {message}"))
         except _WorkerGone:
             raise EngineError(self._exit_message(self._proc.poll() if self._proc else None)) from None
         except EngineError:

@@ -19,7 +19,8 @@ library chatter cannot corrupt the protocol).
 Pieces are not acknowledged: waiting for the parent's verdict on each one cost two process
 wake-ups per token on a CPU the engine's threads keep busy (measured: half the decode rate).
   {"op": "close"}                               frees the model and exits
-Errors come back as {"id", "error": message, "engine_error": bool}.
+Errors come back as {"id", "error": message, "engine_error": bool, "request_error": bool}
+(a RequestError: the request cannot run as asked, the engine is fine).
 
 Cancel and stop also arrive through a small file both processes map (`spec["flags"]`): the
 parent writes the generation's id there, and the engine's loop reads it between steps. A message
@@ -145,10 +146,10 @@ class Worker:
                 else:
                     self.send({"id": rid, "error": f"unknown op {op!r}"})
             except Exception as exc:
-                from aipc_lsp.engines.base import EngineError
+                from aipc_lsp.engines.base import EngineError, RequestError
 
                 self.send({"id": rid, "error": str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}",
-                           "engine_error": isinstance(exc, EngineError)})
+                           "engine_error": isinstance(exc, EngineError), "request_error": isinstance(exc, RequestError)})
             finally:
                 self.cancels.pop(rid, None)
                 self.stops.pop(rid, None)

@@ -16,6 +16,7 @@ from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from aipc_lsp.chat import ROLES, ChatAnswer, ChatRequest, ChatSuperseded, ChatTooLong, fit_code
+from aipc_lsp.engines.base import RequestError
 from aipc_lsp.lsp_client import plain
 from aipc_lsp.runtime import ModelUnavailable
 
@@ -148,7 +149,7 @@ async def run_chat(ls, raw: Any, msg_id: Any) -> tuple[dict, types.WorkspaceEdit
     except ModelUnavailable as exc:
         outcome = "failed"
         raise JsonRpcException(f"aipc-lsp has no model: {exc}", code=REQUEST_FAILED) from None
-    except ChatTooLong as exc:
+    except (ChatTooLong, RequestError) as exc:
         outcome = "failed"
         raise JsonRpcException(str(exc), code=REQUEST_FAILED) from None
     except ChatSuperseded as exc:

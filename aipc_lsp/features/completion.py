@@ -9,6 +9,7 @@ import re
 from lsprotocol import types
 from pygls.workspace import TextDocument
 
+from aipc_lsp.engines.base import RequestError
 from aipc_lsp.suggest import Suggestion
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocum
             text=document.source, offset=offset, settings=ls.settings.completion,
             uri=uri, language_id=document.language_id or "", version=version,
         )
+    except RequestError as exc:  # e.g. a prompt budget larger than the KV cache: say what to change
+        ls.tell_user_once(f"aipc-lsp: no suggestion: {exc}")
+        return None
     except Exception as exc:  # ModelUnavailable was shown once already; keep answering
         log.debug("no suggestion for %s: %s", uri, exc)
         return None

@@ -10,6 +10,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
+from aipc_lsp.bench.corpus import corpus_text
 from conftest import end_position, inline, open_document, server_config, status, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -32,7 +33,8 @@ async def _messages(client: LanguageClient, count: int = 1, timeout: float = 30)
 
 @pytest_lsp.fixture(config=server_config("--config", str(DATA / "bad_values.toml")), scope="module")
 async def bad_values(lsp_client: LanguageClient):
-    await _start(lsp_client, {"completion": {"temperature": "hot"}, "engine": "teapot", "maxLines": 3})
+    await _start(lsp_client, {"completion": {"temperature": "hot", "contextTokens": 4096}, "engine": "teapot",
+                              "maxLines": 3, "openvino": {"kvCacheMb": 256, "kvCacheTokens": 1024}})
     yield
     await lsp_client.shutdown_session()
 
@@ -46,12 +48,20 @@ async def test_bad_values_are_named_and_defaults_serve(bad_values: LanguageClien
     assert "initializationOptions: completion.temperature" in messages, messages
     assert "initializationOptions: engine: 'teapot' is not one of openvino" in messages, messages
     assert "initializationOptions: max_lines: unknown setting" in messages, messages
+    assert "initializationOptions: openvino.kv_cache_mb: renamed: use openvino.kv_cache_tokens" in messages, messages
     state = await wait_ready(bad_values)
     assert state["ready"] and state["engine"] == "openvino", state
     uri = "file:///project/area.py"
     open_document(bad_values, uri, CODE)
     result = await inline(bad_values, uri, end_position(CODE, "utf-8"))
     assert result and result[0].strip()
+
+    # A KV cache of 1024 tokens and a prompt budget of 4096: the prompt is cut to what the cache
+    # leaves room for (before, a prompt past the cache's end got an empty answer without a word).
+    long_uri, long_text = "file:///project/long.py", corpus_text()[:14000] + "\n\ndef area(width, height):\n    return width"
+    open_document(bad_values, long_uri, long_text)
+    result = await inline(bad_values, long_uri, end_position(long_text, "utf-8"))
+    assert result and result[0].strip(), result  # uncut, the prompt (~3.5k tokens) would not fit
 
 
 @pytest_lsp.fixture(config=server_config("--config", str(DATA / "invalid_syntax.toml")), scope="module")

@@ -40,7 +40,7 @@ def test_defaults():
     assert (s.model, s.engine, s.device, s.threads, s.log_level) == ("default", "openvino", "CPU", 0, "info")
     c = s.completion
     assert (c.enabled, c.max_tokens, c.max_lines, c.temperature, c.context_tokens) == (True, 64, 8, 0.0, 1536)
-    assert (s.openvino.kv_cache_mb, s.openvino.prefix_caching, s.openvino.config) == (256, True, {})
+    assert (s.openvino.kv_cache_tokens, s.openvino.prefix_caching, s.openvino.config) == (3072, True, {})
     assert build([]) == s
     assert SettingsLayers().settings() == s
 
@@ -85,7 +85,7 @@ temperature = 1     # an integer is fine for a float
 context_tokens = 2048.0  # and an integral float for an integer
 
 [openvino]
-kv_cache_mb = 512
+kv_cache_tokens = 8192
 prefix_caching = false
 
 [openvino.config]
@@ -103,7 +103,7 @@ def test_valid_toml_file(tmp_path):
     assert s.completion.temperature == 1.0 and isinstance(s.completion.temperature, float)
     assert s.completion.context_tokens == 2048 and isinstance(s.completion.context_tokens, int)
     assert s.completion.enabled is True  # untouched: default
-    assert (s.openvino.kv_cache_mb, s.openvino.prefix_caching) == (512, False)
+    assert (s.openvino.kv_cache_tokens, s.openvino.prefix_caching) == (8192, False)
     assert s.openvino.config == {"CACHE_DIR": "/tmp/ov-cache"}
 
 
@@ -151,7 +151,7 @@ bogus = 1
 enabled = "yes"
 
 [openvino]
-kv_cache_mb = 512
+kv_cache_tokens = 8192
 prefix_caching = 1
 """
 
@@ -189,10 +189,10 @@ def test_bad_values_are_reported_with_file_line_and_dotted_key(tmp_path):
         "model": "default",
         "engine": "openvino",
         "completion": {"max_lines": 4},
-        "openvino": {"kv_cache_mb": 512},
+        "openvino": {"kv_cache_tokens": 8192},
     }
     s = build([clean])
-    assert s.completion.max_lines == 4 and s.openvino.kv_cache_mb == 512
+    assert s.completion.max_lines == 4 and s.openvino.kv_cache_tokens == 8192
     assert s.completion.max_tokens == 64 and s.device == "CPU"  # defaults where invalid
 
 
@@ -236,7 +236,7 @@ def test_camel_case_keys_from_initialization_options():
         "logLevel": "DEBUG",
         "engine": "OpenVINO",
         "completion": {"maxTokens": 32, "maxLines": 2, "contextTokens": 4096},
-        "openvino": {"kvCacheMb": 1024, "prefixCaching": False},
+        "openvino": {"kvCacheTokens": 16384, "prefixCaching": False},
     }
     clean, problems = validate(raw, "initializationOptions")
     assert problems == []
@@ -244,7 +244,7 @@ def test_camel_case_keys_from_initialization_options():
         "log_level": "debug",
         "engine": "openvino",
         "completion": {"max_tokens": 32, "max_lines": 2, "context_tokens": 4096},
-        "openvino": {"kv_cache_mb": 1024, "prefix_caching": False},
+        "openvino": {"kv_cache_tokens": 16384, "prefix_caching": False},
     }
 
 
@@ -316,7 +316,7 @@ def test_merge_does_not_mutate_layers():
     ({"model": "/models/other.gguf"}, True),
     ({"device": "GPU"}, True),
     ({"threads": 8}, True),
-    ({"openvino": {"kv_cache_mb": 1024}}, True),
+    ({"openvino": {"kv_cache_tokens": 16384}}, True),
     ({"openvino": {"prefix_caching": False}}, True),
     ({"openvino": {"config": {"CACHE_DIR": "/tmp/ov"}}}, True),
 ])
@@ -369,3 +369,10 @@ def test_camel_case_key_in_toml_names_its_line(tmp_path):
     (problem,) = load_file(path)[1]
     assert problem.key == "completion.max_tokens"
     assert problem.source == f"{path}:2"
+
+
+def test_a_renamed_setting_says_what_to_write_instead():
+    clean, problems = validate({"openvino": {"kvCacheMb": 256}}, "initializationOptions")
+    assert clean == {"openvino": {}}
+    assert [p.key for p in problems] == ["openvino.kv_cache_mb"]
+    assert "renamed: use openvino.kv_cache_tokens" in problems[0].message

@@ -1,5 +1,5 @@
 """The OpenVINO engine's typing checkpoint, on a scripted pipeline: which requests reach the
-paged pipeline, with which tokens, and when. (tests/e2e/test_typing_checkpoint_real_model.py runs it on
+paged pipeline, with which tokens, and when; and requests fitted to the KV cache. (tests/e2e/test_typing_checkpoint_real_model.py runs it on
 the real model; `aipc-lsp bench` measures what it saves.)"""
 
 from __future__ import annotations
@@ -114,3 +114,27 @@ def test_a_cancel_right_after_the_first_token_cancels_the_checkpoint_too():
 
 def test_no_checkpoint_without_prefix_caching():
     assert not OpenVINOEngine("m", "CPU", prefix_caching=False).typing_checkpoint
+
+
+def test_a_request_is_fitted_to_the_kv_cache_or_refused_with_what_to_change():
+    from aipc_lsp.engines.base import RequestError
+
+    engine, _ = _engine(kv_cache_tokens=512)
+    held = 32 + 3 + 1  # the checkpoint's copy of a partly filled block, prompt-lookup candidates
+    asked = GenerationParams(max_new_tokens=64)
+    assert engine._fit(512 - held - 64, asked) is asked  # fits as asked
+    assert engine._fit(512 - held - 10, asked).max_new_tokens == 10  # cut where the cache ends
+    with pytest.raises(RequestError, match=r"the prompt is 476 tokens.*kv_cache_tokens = 512"):
+        engine._fit(512 - held, asked)
+    assert OpenVINOEngine("m", "CPU", prefix_caching=False)._fit(10**6, asked) is asked  # no paged cache
+
+
+def test_a_prompt_past_the_kv_cache_fails_before_the_pipeline_sees_it():
+    from aipc_lsp.engines.base import RequestError
+
+    engine, pipe = _engine(kv_cache_tokens=512)
+    with pytest.raises(RequestError):
+        engine.generate("x" * 600, GenerationParams(max_new_tokens=8), threading.Event())
+    assert pipe.requests == []
+    result = engine.generate("x" * 450, GenerationParams(max_new_tokens=64), threading.Event())
+    assert pipe.requests[0]["max"] == 512 - 450 - 36 and result.text == "x" * 26  # cut to the room

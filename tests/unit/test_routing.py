@@ -196,7 +196,11 @@ async def test_prompt_limit_is_the_strictest_healthy_slot(make):
     from aipc_lsp.engines.openvino import OpenVINOEngine
 
     assert OpenVINOEngine("m.gguf", "NPU", npu_max_prompt_len=512).max_prompt_tokens == 512
-    assert OpenVINOEngine("m.gguf", "CPU").max_prompt_tokens is None
+    # The paged KV cache holds kv_cache_tokens (whole blocks): prompts get all but the answer's room.
+    assert OpenVINOEngine("m.gguf", "CPU").max_prompt_tokens == 3072 - 512
+    assert OpenVINOEngine("m.gguf", "CPU", kv_cache_tokens=1000).max_prompt_tokens == 512  # 1024 // 2
+    assert OpenVINOEngine("m.gguf", "GPU", kv_cache_tokens=8200).kv_capacity == 8208  # 16-token blocks
+    assert OpenVINOEngine("m.gguf", "CPU", prefix_caching=False).max_prompt_tokens is None
     npu, cpu = FakeEngine(output="n"), FakeEngine(output="c")
     npu.max_prompt_tokens = 512
     scheduler = make(npu, cpu, names=["npu", "cpu"])

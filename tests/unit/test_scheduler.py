@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult
+from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, RequestError
 from aipc_lsp.scheduler import Job, Scheduler, Slot, SlotStats
 
 from fake_engine import FakeEngine, tokenize
@@ -361,6 +361,20 @@ async def test_wait_ready_falls_back_to_the_next_slot(make_scheduler):
     assert scheduler.slots[0].status()["state"] == "unhealthy"
     assert (await asyncio.wait_for(scheduler.run(job()), 1.0)).text == "fine"
     assert broken.calls == [] and len(working.calls) == 1
+
+
+async def test_a_request_error_fails_the_job_and_leaves_the_slot_healthy(make_scheduler):
+    engine = FakeEngine(output="a b", fail_after_tokens=0,
+                        fail_with=RequestError("the prompt is 4000 tokens, more than the KV cache leaves room for"))
+    scheduler = make_scheduler(engine, retry_interval_s=0.05)
+    with pytest.raises(RequestError, match="more than the KV cache"):
+        await asyncio.wait_for(scheduler.run(job(prompt="long")), 1.0)
+    slot = scheduler.slots[0]
+    assert slot.busy_with is None and slot.ready and slot.status()["state"] == "ready"
+    assert (slot.stats.served, slot.stats.failed) == (0, 1) and scheduler.live_jobs() == []
+    assert len(engine.calls) == 1  # not retried: no slot could do better with the same request
+    engine.fail_after_tokens = None
+    assert (await asyncio.wait_for(scheduler.run(job(prompt="short")), 1.0)).text == "a b"
 
 
 async def test_generation_error_propagates_and_frees_slot(make_scheduler):
