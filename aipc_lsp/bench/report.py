@@ -79,7 +79,9 @@ def render_table(report: dict) -> str:
                        f"{_f((server.get('cancel_polled_ms') or {}).get('p95'), '{:.1f}')} ms; "
                        f"server's own clock: {_f((server.get('cancel_server_ms') or {}).get('p50'), '{:.1f}')}/"
                        f"{_f((server.get('cancel_server_ms') or {}).get('p95'), '{:.1f}')} ms); "
-                       f"peak RSS {_f(server.get('peak_rss_mb'))} MB")
+                       f"peak RSS {_f(server.get('peak_rss_mb'))} MB"
+                       + (f" ({' + '.join(_f(v) for v in server['peak_rss_parts_mb'])}: the server, its worker)"
+                          if len(server.get("peak_rss_parts_mb") or ()) > 1 else ""))
     remote = report.get("remote")
     if remote:
         out += ["", f"Remote {remote.get('url')}:"]

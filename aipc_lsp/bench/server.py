@@ -84,19 +84,19 @@ class BenchClient(LanguageClient):
                 "source": record["source"], "record": record}
 
 
-def _proc_peak_rss_mb(pid: int) -> float | None:
+def _proc_peak_rss_mb(pid: int) -> tuple[float | None, list[float]]:
     """Peak resident memory of the server and its engine worker processes (Linux VmHWM),
-    summed: the sum of the peaks bounds the peak of the sum from above."""
-    total, seen = 0.0, False
+    summed (the sum of the peaks bounds the peak of the sum from above), and each one's, the
+    server's first."""
+    parts = []
     for proc in _process_tree(pid):
         try:
             for line in Path(f"/proc/{proc}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) / 1024
-                    seen = True
+                    parts.append(int(line.split()[1]) / 1024)
         except OSError:
             pass
-    return total if seen else None
+    return (sum(parts) if parts else None), parts
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -187,7 +187,7 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
         out["cancel_ms"] = summary(client_side)
         out["cancel_polled_ms"] = summary(polled)
         out["cancel_server_ms"] = summary(server_side) if server_side else None
-        out["peak_rss_mb"] = _proc_peak_rss_mb(client._server.pid)
+        out["peak_rss_mb"], out["peak_rss_parts_mb"] = _proc_peak_rss_mb(client._server.pid)
         await client.shutdown_async(None)
         client.exit(None)
         await asyncio.wait_for(client._server.wait(), 10)

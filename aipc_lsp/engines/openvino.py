@@ -50,7 +50,8 @@ class OpenVINOEngine:
         self.device = device
         self.threads = threads
         self.kv_cache_tokens = kv_cache_tokens
-        self.prefix_caching = prefix_caching
+        # The NPU runs the statically shaped LLMPipeline: no paged attention, so no prefix caching.
+        self.prefix_caching = prefix_caching and not device.upper().startswith("NPU")
         self.ov_config = dict(ov_config or {})
         self.npu_max_prompt_len = npu_max_prompt_len
         self.npu_min_response_len = npu_min_response_len
@@ -71,7 +72,7 @@ class OpenVINOEngine:
     @property
     def kv_capacity(self) -> int | None:
         """Tokens the paged KV cache holds (its whole blocks), or None without one."""
-        if self.device.upper().startswith("NPU") or not self.prefix_caching:
+        if not self.prefix_caching:
             return None
         return -(-self.kv_cache_tokens // self.block_tokens) * self.block_tokens
 

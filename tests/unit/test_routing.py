@@ -195,7 +195,8 @@ async def test_a_typing_storm_never_runs_two_generations_for_one_document(make):
 async def test_prompt_limit_is_the_strictest_healthy_slot(make):
     from aipc_lsp.engines.openvino import OpenVINOEngine
 
-    assert OpenVINOEngine("m.gguf", "NPU", npu_max_prompt_len=512).max_prompt_tokens == 512
+    npu = OpenVINOEngine("m.gguf", "NPU", npu_max_prompt_len=512)
+    assert npu.max_prompt_tokens == 512 and not npu.prefix_caching and npu.kv_capacity is None  # static LLMPipeline
     # The paged KV cache holds kv_cache_tokens (whole blocks): prompts get all but the answer's room.
     assert OpenVINOEngine("m.gguf", "CPU").max_prompt_tokens == 3072 - 512
     assert OpenVINOEngine("m.gguf", "CPU", kv_cache_tokens=1000).max_prompt_tokens == 512  # 1024 // 2
