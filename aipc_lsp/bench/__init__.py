@@ -87,17 +87,25 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
         progress(f"server: aipc-lsp serve over stdio, contexts {', '.join(map(str, contexts))} tokens ...")
         from aipc_lsp.bench import server
 
+        first = report["engines"][0]
+
+        def bare_decode() -> dict:
+            # The server's own engine configuration (prompt lookup as it serves), bare, on the
+            # server's decode prompts; in a child process while the server idles.
+            return run_engine_config({"label": first["label"], "model": first["model"], "device": first["device"],
+                                      "decode_only": True, "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP})
+
+        def before_decode() -> None:
+            progress("engine: bare decode rate, right before the server's ...")
+            report["bare_before_server"] = bare_decode()
+
         report["server"] = asyncio.run(server.run(
             docs=docs, continuations=following, quick=quick, model=str(path) if model else None,
             # Room for every document whole, so its unique first line stays in the prompt.
-            context_tokens=2 * max(contexts)))
+            context_tokens=2 * max(contexts), before_decode=None if quick else before_decode))
         if not quick and "error" not in report["server"]:
-            progress("engine: bare decode rate again, next to the server's ...")
-            first = report["engines"][0]
-            # The server's own engine configuration (prompt lookup as it serves), bare.
-            report["bare_after_server"] = run_engine_config(
-                {"label": first["label"], "model": first["model"], "device": first["device"], "decode_only": True,
-                 "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP})
+            progress("engine: bare decode rate again, right after the server's ...")
+            report["bare_after_server"] = bare_decode()
     elif not skip_server:
         report["server"] = {"error": "the engine benchmark failed, so the server was not measured"}
     if remote:

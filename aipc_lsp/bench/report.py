@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 TARGET_CONTEXT = 1536
@@ -16,13 +17,16 @@ def check_targets(report: dict) -> list[dict]:
     bare = next((e for e in report.get("engines", []) if "error" not in e), {})
     server = report.get("server") or {}
     ctx = (server.get("contexts") or {}).get(TARGET_CONTEXT) or (server.get("contexts") or {}).get(str(TARGET_CONTEXT)) or {}
-    # The bare rate measured next to the server's when there is one: on a shared machine the
-    # load drifts between the engine runs and the server run.
-    after = report.get("bare_after_server") or {}
-    bare_rate = after.get("long_tokens_per_s") or bare.get("long_tokens_per_s")
+    # The bare rate measured next to the server's when there is one (the mean of right before and
+    # right after it): on a shared machine the load drifts between the engine runs and the server run.
+    beside = [r for r in (report.get("bare_before_server"), report.get("bare_after_server"))
+              if r and r.get("long_tokens_per_s")]
+    bare_rate = (statistics.mean(r["long_tokens_per_s"] for r in beside) if beside
+                 else bare.get("long_tokens_per_s"))
     rate = server.get("server_tokens_per_s")
     # One decode step of the server's configuration (with prompt lookup a step yields several tokens).
-    step = after.get("step_ms") or (1000 / bare_rate if bare_rate else None)
+    steps = [r["step_ms"] for r in beside if r.get("step_ms")]
+    step = statistics.mean(steps) if steps else (1000 / bare_rate if bare_rate else None)
     rows = []
 
     def add(name, value, limit, ok, unit):
@@ -70,9 +74,13 @@ def render_table(report: dict) -> str:
                 sources = ", ".join(f"{k} {v}" for k, v in sorted(c["sources"].items(), key=lambda kv: str(kv[0])))
                 out.append(f"{n:>14} {pp('cold_first_ms'):>13} {pp('cold_full_ms'):>13} {pp('incremental_first_ms'):>13} "
                            f"{pp('incremental_full_ms'):>13} {pp('keystroke_first_ms'):>16} {pp('keystroke_full_ms'):>15}  {sources}")
+            before = (report.get("bare_before_server") or {}).get("long_tokens_per_s")
             after = (report.get("bare_after_server") or {}).get("long_tokens_per_s")
-            if after:
-                out.append(f"bare engine decode on the same prompt, measured right after: {after:.1f} tok/s")
+            if before and after:
+                out.append(f"bare engine decode on the same prompts, right before / right after the server's: "
+                           f"{before:.1f} / {after:.1f} tok/s")
+            elif after:
+                out.append(f"bare engine decode on the same prompts, measured right after: {after:.1f} tok/s")
             out.append(f"model ready in {_f(server.get('ready_s'), '{:.1f}')} s; decode {_f(server.get('server_tokens_per_s'), '{:.1f}')} tok/s; "
                        f"cancel -> slot free {_f(server['cancel_ms']['p50'], '{:.1f}')}/{_f(server['cancel_ms']['p95'], '{:.1f}')} ms "
                        f"(seen by polling aipc/status: {_f((server.get('cancel_polled_ms') or {}).get('p50'), '{:.1f}')}/"

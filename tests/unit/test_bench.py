@@ -116,6 +116,14 @@ def test_the_bare_rate_next_to_the_server_run_is_the_reference():
     ratio = next(r for r in check_targets(data) if r["target"].startswith("server decode"))
     assert ratio["value"] == pytest.approx(58 / 50 * 100)
     assert "measured right after: 50.0 tok/s" in render_table({**data, "targets": check_targets(data)})
+    # Measured on both sides of the server's decode: their mean, so a drift of the host shows.
+    data["bare_before_server"] = {"long_tokens_per_s": 70.0, "step_ms": 30.0}
+    data["bare_after_server"]["step_ms"] = 34.0
+    rows = check_targets(data)
+    ratio = next(r for r in rows if r["target"].startswith("server decode"))
+    assert ratio["value"] == pytest.approx(58 / 60 * 100)
+    assert next(r for r in rows if r["target"].startswith("cancel"))["limit"] == pytest.approx(32.0 + 5)
+    assert "right before / right after the server's: 70.0 / 50.0 tok/s" in render_table({**data, "targets": rows})
 
 
 def test_one_decode_step_of_the_servers_configuration_sizes_the_cancel_target():
