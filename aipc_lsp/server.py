@@ -108,6 +108,7 @@ class AipcServer(LanguageServer):
         self.shutting_down = False
         # Settings problems found before the client can be shown messages (initialize).
         self.pending_problems: list[Problem] = []
+        self._told: set[str] = set()  # tell_user_once's keys
 
     def shutdown(self) -> None:
         # Also reached when the client goes away (end of input) without `shutdown`: stop every
@@ -124,12 +125,14 @@ class AipcServer(LanguageServer):
         except Exception:
             log.debug("could not show message", exc_info=True)
 
-    def tell_user_once(self, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
-        """For what every keystroke would repeat (a completion that cannot run as configured)."""
-        told = self.__dict__.setdefault("_told", set())
-        if message not in told:
-            told.add(message)
-            self.tell_user(message, kind)
+    def tell_user_once(self, key: str, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
+        """For what every keystroke would repeat (a completion that cannot run as configured):
+        shown the first time for `key`, logged at debug level after that."""
+        if key in self._told:
+            log.debug("%s", message)
+            return
+        self._told.add(key)
+        self.tell_user(message, kind)
 
     def report_problems(self, problems: list[Problem]) -> None:
         if problems:

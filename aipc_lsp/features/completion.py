@@ -32,7 +32,7 @@ async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocum
             uri=uri, language_id=document.language_id or "", version=version,
         )
     except RequestError as exc:  # e.g. a prompt budget larger than the KV cache: say what to change
-        ls.tell_user_once(f"aipc-lsp: no suggestion: {exc}")
+        ls.tell_user_once("completion cannot run", f"aipc-lsp: no suggestion: {exc}")
         return None
     except Exception as exc:  # ModelUnavailable was shown once already; keep answering
         log.debug("no suggestion for %s: %s", uri, exc)
