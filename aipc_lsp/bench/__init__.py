@@ -5,6 +5,7 @@ OpenAI-compatible peer, and the issue's targets checked against one run."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from pathlib import Path
 
 from aipc_lsp.bench.corpus import corpus_text
 from aipc_lsp.bench.report import check_targets, render_table
-from aipc_lsp.config import OpenVINOSettings
+from aipc_lsp.config import PRECISIONS, OpenVINOSettings
+from aipc_lsp.models.compat import ACCEPTS
+from aipc_lsp.models.registry import DEFAULT_MODEL, KIND_GGUF, detect_kind, models_dir
 
 QUICK_CONTEXTS = (1536,)
 FULL_CONTEXTS = (512, 1024, 1536, 2048)
@@ -22,7 +25,8 @@ SERVER_PROMPT_LOOKUP = OpenVINOSettings().prompt_lookup_tokens
 
 def engine_configs(model: Path, quick: bool, ir: Path | None = None) -> list[dict]:
     """What this machine can run: the model as given, its OpenVINO IR when there is one
-    next to it, inference/KV-cache precisions, and every OpenVINO device present."""
+    next to it, inference/KV-cache precisions, every OpenVINO device present, and for the
+    default model the other engines and precisions `aipc-lsp prepare` left in the cache."""
     configs = [{"label": f"openvino {model.suffix.lstrip('.') or 'ir'} CPU", "model": str(model), "device": "CPU"}]
     if quick:
         return configs
@@ -43,7 +47,30 @@ def engine_configs(model: Path, quick: bool, ir: Path | None = None) -> list[dic
         devices = []
     for device in devices:
         configs.append({"label": f"openvino {model.suffix.lstrip('.')} {device}", "model": str(model), "device": device})
+    if model.name == DEFAULT_MODEL.filename:
+        configs += prepared_configs(models_dir(), exclude=ir)
     return configs
+
+
+def prepared_configs(root: Path, exclude: Path | None = None) -> list[dict]:
+    """The default model as `aipc-lsp prepare` made it for each engine and precision
+    (`<model>-<engine>-<precision>` folders), for the engines that import here."""
+    configs = []
+    for folder in sorted(root.glob(f"{DEFAULT_MODEL.name}-*-*")):
+        engine, _, precision = folder.name[len(DEFAULT_MODEL.name) + 1:].partition("-")
+        kind = detect_kind(folder)
+        if not folder.is_dir() or (exclude is not None and folder.resolve() == exclude.resolve()):
+            continue
+        if kind not in ACCEPTS.get(engine, ()) or kind == KIND_GGUF or not _importable(engine):
+            continue
+        configs.append({"label": f"{engine} {'ir ' if engine == 'openvino' else ''}{precision} CPU", "engine": engine, "model": str(folder), "device": "CPU",
+                        "precision": precision if precision in PRECISIONS else ""})
+    return configs
+
+
+def _importable(engine: str) -> bool:
+    module = {"openvino": "openvino_genai", "onnxruntime": "onnxruntime_genai", "transformers": "torch"}.get(engine)
+    return module is not None and importlib.util.find_spec(module) is not None
 
 
 def run_engine_config(spec: dict, timeout: float = 600) -> dict:

@@ -75,6 +75,8 @@ def prompt_of_tokens(count_tokens, text: str, tokens: int) -> str:
 
 def run(spec: dict) -> dict:
     """One configuration: spec has model, device, label, ov_config, quick, context_tokens."""
+    if spec.get("engine", "openvino") != "openvino":
+        return run_engine_api(spec)
     import openvino_genai as og
 
     from aipc_lsp.engines.base import GenerationParams
@@ -134,6 +136,59 @@ def run(spec: dict) -> dict:
     text = corpus_text()
     # Documents for the server bench, sized by this tokenizer (16 tokens spare for a unique first line).
     out["doc_sizes"] = {n: len(prompt_of_tokens(engine.count_tokens, text, n - 16)) for n in spec.get("doc_tokens", [])}
+    out["peak_rss_mb"] = peak_rss_mb()
+    engine.close()
+    return out
+
+
+def run_engine_api(spec: dict) -> dict:
+    """Another engine (ONNX Runtime GenAI, transformers), built as the server builds it. Their
+    decode loops are aipc-lsp's own over the library's model call, so "bare" is the engine API:
+    the figures come from its first-token time and the total of each generation."""
+    import importlib
+
+    from aipc_lsp.config import Settings, SlotSettings
+    from aipc_lsp.engines import engine_spec
+    from aipc_lsp.engines.base import GenerationParams
+
+    built = engine_spec(SlotSettings(engine=spec["engine"], device=spec["device"], precision=spec.get("precision", "")),
+                        spec["model"], Settings())
+    engine = getattr(importlib.import_module(built.module), built.cls)(*built.args, **built.kwargs)
+    started = time.perf_counter()
+    engine.load()
+    out: dict = {"label": spec["label"], "engine": spec["engine"], "device": spec["device"],
+                 "model": spec["model"], "load_s": time.perf_counter() - started}
+    quick = spec.get("quick", False)
+    repeats = 1 if quick else 2  # these engines decode slower than OpenVINO here (transformers fp32: ~10x)
+    decode_tokens = 32 if quick else 128
+
+    def generate(prompt: str, tokens: int):
+        return engine.generate(prompt, GenerationParams(max_new_tokens=tokens), threading.Event(), lambda piece: True)
+
+    def rate(result) -> float | None:
+        later = result.total_s - (result.first_token_s or 0.0)
+        return (result.tokens - 1) / later if result.tokens > 1 and later > 0 else None
+
+    short = [generate(SHORT, decode_tokens) for _ in range(repeats)]
+    out["short_prompt_tokens"] = engine.count_tokens(SHORT)
+    out["first_ms"] = statistics.median(r.first_token_s * 1000 for r in short if r.first_token_s is not None)
+    long = [generate(LONG_PROMPT, decode_tokens) for _ in range(repeats)]
+    rates = [r for r in (rate(result) for result in long) if r]
+    out["long_tokens_per_s"] = out["tokens_per_s"] = out["engine_api_tokens_per_s"] = (
+        statistics.median(rates) if rates else None)
+    out["other_ms_per_token"] = out["step_ms"] = 1000 / out["tokens_per_s"] if out["tokens_per_s"] else None
+
+    base = prompt_of_tokens(engine.count_tokens, corpus_text(), spec.get("context_tokens", 1536) - 16)
+    cold, warm = [], []
+    for _ in range(1 if quick else 2):
+        prompt = f"# run {uuid.uuid4().hex}\n" + base
+        cold.append(generate(prompt, 4).first_token_s * 1000)
+        for extra in ("    ", "    r", "    re", "    ret", "    retu")[: 2 if quick else 5]:
+            warm.append(generate(prompt + extra, 4).first_token_s * 1000)
+    out["long_prompt_tokens"] = engine.count_tokens("# run x\n" + base)
+    out["cold_first_ms"] = statistics.median(cold)
+    out["incremental_first_ms"] = statistics.median(warm)
+    out["doc_sizes"] = {}
     out["peak_rss_mb"] = peak_rss_mb()
     engine.close()
     return out

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,24 @@ def test_one_decode_step_of_the_servers_configuration_sizes_the_cancel_target():
     data["bare_after_server"] = {"long_tokens_per_s": 90.0, "step_ms": 27.0}
     cancel = next(r for r in check_targets(data) if r["target"].startswith("cancel"))
     assert cancel["limit"] == pytest.approx(27.0 + 5)
+
+
+def test_the_default_models_prepared_folders_are_benched_for_engines_that_import(tmp_path, monkeypatch):
+    import aipc_lsp.bench as bench
+
+    name = bench.DEFAULT_MODEL.name
+    for folder, files in {f"{name}-onnxruntime-int4": ["genai_config.json"],
+                          f"{name}-openvino-int8": ["openvino_model.xml"],
+                          f"{name}-openvino-int4": ["openvino_model.xml"],  # the --ir one: measured already
+                          f"{name}-transformers-fp32": ["config.json", "model.safetensors"],
+                          f"{name}-onnxruntime-fp16": [],  # not a model (an interrupted prepare)
+                          "other-model-openvino-int4": ["openvino_model.xml"]}.items():
+        (tmp_path / folder).mkdir()
+        for file in files:
+            (tmp_path / folder / file).write_text("{}")
+    monkeypatch.setattr(bench, "_importable", lambda engine: engine != "transformers")
+    configs = bench.prepared_configs(tmp_path, exclude=tmp_path / f"{name}-openvino-int4")
+    assert [(c["label"], c["engine"], Path(c["model"]).name, c["precision"]) for c in configs] == [
+        ("onnxruntime int4 CPU", "onnxruntime", f"{name}-onnxruntime-int4", "int4"),
+        ("openvino ir int8 CPU", "openvino", f"{name}-openvino-int8", "int8"),
+    ]  # transformers does not import here (faked): left out
