@@ -339,6 +339,10 @@ class Scheduler:
         previous = self._live.get(job.key)
         if previous is not None:
             previous.abandon(superseded=True)
+        if not job.prompt:
+            # Nothing to continue from (e.g. the document was emptied): no engine is asked, and
+            # OpenVINO would fail on it as on a broken engine.
+            return GenerationResult()
         self._live[job.key] = job
         job._future = asyncio.get_running_loop().create_future()
         self._pending.append(job)

@@ -211,6 +211,8 @@ class OpenVINOEngine:
             raise EngineError("model not loaded")
         if cancel.is_set():
             return GenerationResult(cancelled=True)
+        if not prompt:
+            return GenerationResult()  # the pipeline refuses an empty prompt ("prompt_len > 0")
         try:
             if self._stepped:
                 return self._generate_stepped(prompt, params, cancel, on_text)

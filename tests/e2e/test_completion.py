@@ -169,3 +169,17 @@ async def test_unknown_document_and_out_of_range_give_empty_results(client: Lang
     uri = "file:///project/short.py"
     open_document(client, uri, "x = 1\n")
     assert await inline(client, uri, types.Position(line=40, character=3)) == []
+
+
+async def test_an_emptied_document_gets_no_suggestion_and_the_slot_stays_healthy(client: LanguageClient):
+    # As when the user deletes everything (`:%d` in Neovim): the completion before the cursor is
+    # empty. OpenVINO fails on an empty prompt, which took the slot out and told the user so.
+    uri = "file:///project/emptied.py"
+    open_document(client, uri, "def add(a, b):\n    return a + b\n")
+    replace_document(client, uri, "", 2)
+    failed_before = (await status(client))["slots"][0]["failed"]
+    assert await inline(client, uri, types.Position(line=0, character=0)) == []
+    slot = (await status(client))["slots"][0]
+    assert slot["state"] == "ready" and slot["failed"] == failed_before, slot
+    replace_document(client, uri, "def add(a, b):\n    return", 3)
+    assert await inline(client, uri, end_position("def add(a, b):\n    return")) != []

@@ -138,3 +138,9 @@ def test_a_prompt_past_the_kv_cache_fails_before_the_pipeline_sees_it():
     assert pipe.requests == []
     result = engine.generate("x" * 450, GenerationParams(max_new_tokens=64), threading.Event())
     assert pipe.requests[0]["max"] == 512 - 450 - 36 and result.text == "x" * 26  # cut to the room
+
+
+def test_an_empty_prompt_is_answered_empty_without_the_pipeline():
+    engine, pipe = _engine()
+    result = engine.generate("", GenerationParams(max_new_tokens=8), threading.Event())
+    assert result.text == "" and result.tokens == 0 and pipe.requests == []

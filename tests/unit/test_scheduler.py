@@ -133,6 +133,19 @@ async def test_newer_job_same_key_supersedes_running_one(make_scheduler):
     assert time.monotonic() - 1.0 <= freed_at <= time.monotonic()
 
 
+async def test_an_empty_prompt_supersedes_the_running_job_and_never_reaches_an_engine(make_scheduler):
+    engine = FakeEngine(output=by_prompt({"first": LONG}), token_delay=DELAY)
+    scheduler = make_scheduler(engine)
+    first = job(prompt="first")
+    task1 = asyncio.create_task(scheduler.run(first))
+    await started(engine)
+    emptied = await asyncio.wait_for(scheduler.run(job(prompt="")), 1.0)  # the document was emptied
+    assert emptied.text == "" and not emptied.cancelled and emptied.tokens == 0
+    assert (await asyncio.wait_for(task1, 1.0)).cancelled and first.superseded
+    assert [call.prompt for call in engine.calls] == ["first"]
+    assert scheduler.slots[0].stats.failed == 0 and scheduler.live_jobs() == []
+
+
 async def test_superseding_a_waiting_job_keeps_it_from_the_engine(make_scheduler):
     engine = FakeEngine(output=by_prompt({"running": "x y z", "fresh": SHORT}), token_delay=DELAY)
     scheduler = make_scheduler(engine)
