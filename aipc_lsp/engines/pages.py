@@ -83,24 +83,7 @@ _madvise_fn = None
 def release(path: str | os.PathLike) -> int:
     """Unmap the resident pages of the read-only mappings of `path` in this process (they stay in
     the page cache). Returns the bytes of the ranges advised; 0 off Linux or when nothing maps it."""
-    global _madvise_fn
-    if not sys.platform.startswith("linux"):
-        return 0
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            ranges = read_only_ranges(os.path.realpath(path), f.read())
-        if not ranges:
-            return 0
-        if _madvise_fn is None:
-            _madvise_fn = _madvise()
-    except (OSError, AttributeError) as exc:
-        log.debug("cannot release the pages of %s: %s", path, exc)
-        return 0
-    done = 0
-    for start, end in ranges:
-        if _madvise_fn(start, end - start, MADV_DONTNEED) == 0:
-            done += end - start
-    return done
+    return _release("/proc/self/maps", lambda text: read_only_ranges(os.path.realpath(path), text))
 
 
 def release_file_pages() -> int:
@@ -108,16 +91,22 @@ def release_file_pages() -> int:
     model files); they stay in the page cache and what is used again comes back on first touch.
     For a worker that has loaded its model: whatever only loading used leaves its RSS. Returns the
     bytes of the ranges advised; 0 off Linux."""
+    return _release("/proc/self/smaps", clean_file_ranges)
+
+
+def _release(table: str, ranges_in) -> int:
+    """madvise(MADV_DONTNEED) the ranges `ranges_in` finds in the text of /proc/self/`table`;
+    the bytes advised (0 off Linux or on any failure to read the table)."""
     global _madvise_fn
     if not sys.platform.startswith("linux"):
         return 0
     try:
-        with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
-            ranges = clean_file_ranges(f.read())
-        if _madvise_fn is None:
+        with open(table, encoding="utf-8", errors="replace") as f:
+            ranges = ranges_in(f.read())
+        if ranges and _madvise_fn is None:
             _madvise_fn = _madvise()
     except (OSError, AttributeError, ValueError) as exc:
-        log.debug("cannot release file pages: %s", exc)
+        log.debug("cannot release pages (%s): %s", table, exc)
         return 0
     return sum(end - start for start, end in ranges if _madvise_fn(start, end - start, MADV_DONTNEED) == 0)
 
