@@ -73,6 +73,29 @@ def prompt_of_tokens(count_tokens, text: str, tokens: int) -> str:
     return "\n".join(lines[:lo]) + "\n"
 
 
+def _engine_api_typing(engine, tokens: int, docs: int) -> dict:
+    """The server's cold and typing figures without the server: our engine API (typing
+    checkpoint, prompt lookup: what the worker runs) on a document of `tokens` tokens, cold,
+    then typed on character by character. What the server's figures cannot go below in this run."""
+    from aipc_lsp.engines.base import GenerationParams
+
+    text = corpus_text()
+    base = prompt_of_tokens(engine.count_tokens, text, tokens - 16)
+    following = text[len(base):len(base) + 8]
+    cold, typed = [], []
+    for _ in range(docs):
+        head = f"# run {uuid.uuid4().hex}\n" + base
+        for k in range(len(following) + 1):
+            prompt = head + following[:k]
+            # As the server builds it: a trailing space waits for the word after it (token healing).
+            prompt = prompt[:-1] if prompt.endswith(" ") else prompt
+            result = engine.generate(prompt, GenerationParams(max_new_tokens=4), threading.Event())
+            if result.first_token_s is not None:
+                (typed if k else cold).append(result.first_token_s * 1000)
+    return {"api_cold_first_ms": statistics.median(cold) if cold else None,
+            "api_typing_first_ms": statistics.median(typed) if typed else None}
+
+
 def run(spec: dict) -> dict:
     """One configuration: spec has model, device, label, ov_config, quick, context_tokens."""
     if spec.get("engine", "openvino") != "openvino":
@@ -99,6 +122,7 @@ def run(spec: dict) -> dict:
         runs = [_timed_generate(engine, og, decode_document(run)[:-1], decode_tokens) for run in range(DECODE_RUNS)]
         out["long_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
         out["step_ms"] = statistics.median(r["step_ms"] for r in runs)
+        out.update(_engine_api_typing(engine, spec.get("context_tokens", 1536), docs=1 if quick else 2))
         engine.close()
         return out
     short = [_timed_generate(engine, og, SHORT, decode_tokens) for _ in range(repeats)]

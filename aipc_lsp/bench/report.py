@@ -29,13 +29,21 @@ def check_targets(report: dict) -> list[dict]:
     step = statistics.mean(steps) if steps else (1000 / bare_rate if bare_rate else None)
     rows = []
 
-    def add(name, value, limit, ok, unit):
+    def alone(key):
+        # The same figure from the engine alone (our engine API, no server), measured beside the
+        # server's run: where the server's is above the target and this is too, the engine is why.
+        values = [r[key] for r in beside if r.get(key) is not None]
+        return statistics.mean(values) if values else None
+
+    def add(name, value, limit, ok, unit, engine_alone=None):
         rows.append({"target": name, "value": value, "limit": limit, "unit": unit,
-                     "met": None if value is None or limit is None else ok(value, limit)})
+                     "met": None if value is None or limit is None else ok(value, limit),
+                     "engine_alone": engine_alone})
 
     add("incremental typing ~1.5k ctx: first token p50", (ctx.get("incremental_first_ms") or {}).get("p50"),
-        30.0, lambda v, l: v <= l, "ms")
-    add("cold 1.5k prompt: first token p50", (ctx.get("cold_first_ms") or {}).get("p50"), 1000.0, lambda v, l: v <= l, "ms")
+        30.0, lambda v, l: v <= l, "ms", alone("api_typing_first_ms"))
+    add("cold 1.5k prompt: first token p50", (ctx.get("cold_first_ms") or {}).get("p50"), 1000.0,
+        lambda v, l: v <= l, "ms", alone("api_cold_first_ms"))
     add("decode through the server", rate, 60.0, lambda v, l: v >= l, "tok/s")
     add("server decode vs bare engine", rate / bare_rate * 100 if rate and bare_rate else None, 95.0,
         lambda v, l: v >= l, "%")
@@ -103,7 +111,10 @@ def render_table(report: dict) -> str:
     for t in report.get("targets", []):
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         limit = f"{'>=' if t['target'].startswith(('decode', 'server decode')) else '<='} {_f(t['limit'], '{:.1f}')}"
-        out.append(f"  {t['target']:52} {_f(t['value'], '{:.1f}'):>8} {t['unit']:5} (target {limit})  {verdict}")
+        line = f"  {t['target']:52} {_f(t['value'], '{:.1f}'):>8} {t['unit']:5} (target {limit})  {verdict}"
+        if t.get("engine_alone") is not None:
+            line += f"  (engine alone, same run: {t['engine_alone']:.1f} {t['unit']})"
+        out.append(line)
     return "\n".join(out)
 
 

@@ -34,3 +34,16 @@ def test_bench_quick_measures_everything(tmp_path):
     assert server["server_tokens_per_s"] > 0 and server["peak_rss_mb"] > 0
     assert server["cancel_ms"]["n"] == 2
     assert len(report["targets"]) == 6 and all(t["met"] in (True, False, None) for t in report["targets"])
+
+
+def test_the_bare_reference_beside_the_server_also_times_the_engine_alone_typing():
+    # The child process the full bench runs right before and right after the server's decode.
+    from aipc_lsp.bench import SERVER_PROMPT_LOOKUP, run_engine_config
+    from aipc_lsp.models.fetch import fetch
+
+    result = run_engine_config({"label": "reference", "model": str(fetch()), "device": "CPU", "quick": True,
+                                "decode_only": True, "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP})
+    assert "error" not in result, result
+    assert result["long_tokens_per_s"] > 0 and result["step_ms"] > 0
+    # A keystroke reuses the cold prompt's KV cache: its first token comes well before a cold one.
+    assert 0 < result["api_typing_first_ms"] < result["api_cold_first_ms"] / 2

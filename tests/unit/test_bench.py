@@ -127,6 +127,18 @@ def test_the_bare_rate_next_to_the_server_run_is_the_reference():
     assert "right before / right after the server's: 70.0 / 50.0 tok/s" in render_table({**data, "targets": rows})
 
 
+def test_the_engine_alone_beside_the_server_shows_why_a_latency_target_is_missed():
+    data = report()
+    assert all(r["engine_alone"] is None for r in check_targets(data))  # not measured: nothing shown
+    data["bare_before_server"] = {"long_tokens_per_s": 60.0, "api_typing_first_ms": 40.0, "api_cold_first_ms": 1100.0}
+    data["bare_after_server"] = {"long_tokens_per_s": 60.0, "api_typing_first_ms": 44.0, "api_cold_first_ms": 1300.0}
+    rows = {r["target"].split(":")[0]: r for r in check_targets(data)}
+    assert rows["incremental typing ~1.5k ctx"]["engine_alone"] == pytest.approx(42.0)
+    assert rows["cold 1.5k prompt"]["engine_alone"] == pytest.approx(1200.0)
+    table = render_table({**data, "targets": list(rows.values())})
+    assert "(engine alone, same run: 42.0 ms)" in table and "(engine alone, same run: 1200.0 ms)" in table
+
+
 def test_one_decode_step_of_the_servers_configuration_sizes_the_cancel_target():
     # With prompt lookup a step yields several tokens: 1000 / rate would be a fraction of a step.
     data = report()
