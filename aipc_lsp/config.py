@@ -87,6 +87,8 @@ class CompletionSettings:
     max_lines: int = _opt(8, "most lines in one suggestion", minimum=1, maximum=200)
     temperature: float = _opt(0.0, "0 = greedy (deterministic); higher samples", minimum=0.0, maximum=2.0)
     context_tokens: int = _opt(1536, "prompt budget: tokens of code before the cursor", minimum=32, maximum=131072)
+    warm_on_open: bool = _opt(True, "when a document is opened and the model is idle, compute its first window's KV "
+                                    "cache, so the first suggestion there skips the cold prefill")
 
 
 @dataclass

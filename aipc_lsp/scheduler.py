@@ -47,6 +47,10 @@ class Job:
     on_text: OnText | None = None
     # Long jobs (chat) run in chunks so that completions can take the slot in between.
     preemptible: bool = False
+    # Background work (warming a document's KV cache): runs only when nothing else waits, and
+    # is stopped as soon as another job does (within the engine's step in flight; the prefix
+    # cache keeps what it computed).
+    yields: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     id: int = field(default_factory=lambda: next(_job_ids))
     superseded: bool = False
@@ -69,6 +73,8 @@ class Job:
     @property
     def priority(self) -> int:
         """Lower runs first: completions are what the user waits for while typing."""
+        if self.yields:
+            return 2
         return 0 if self.kind == COMPLETION else 1
 
     def abandon(self, *, superseded: bool = False) -> None:
@@ -379,6 +385,11 @@ class Scheduler:
         if self._closed:
             return
         ready = [s for s in self.slots if s.ready and not s.closed]
+        if any(not j.yields and not j.cancel.is_set() for j in self._pending):
+            for slot in ready:
+                if slot.busy_with is not None and slot.busy_with.yields and not slot.busy_with.cancel.is_set():
+                    log.debug("job %d gives way on slot %s", slot.busy_with.id, slot.name)
+                    slot.busy_with.abandon()
         wait = {s.name: self._remaining_ms(s) for s in ready}
         for job in sorted(self._pending, key=lambda j: (j.priority, j.created)):
             if job.cancel.is_set():
@@ -393,7 +404,7 @@ class Scheduler:
                     self._fail(job, EngineError("no healthy slot can serve: " + "; ".join(
                         f"{s.name}: {s.error or s.health.value}" for s in self.slots)))
                 continue
-            if job.priority > 0:
+            if job.priority == 1:
                 best = candidates[0]  # chat prefers the accelerator (slots are in preference order)
             else:
                 tokens = self._expected_tokens(job)
@@ -402,6 +413,8 @@ class Scheduler:
                 self._pending.remove(job)
                 self._start(job, best)
                 wait[best.name] = self._remaining_ms(best)
+            elif job.yields:
+                continue  # background work never queues behind a busy slot
             else:
                 wait[best.name] += best.service_ms(self._expected_tokens(job))
 
@@ -489,7 +502,8 @@ class Scheduler:
             total.cancelled = True
         else:
             slot.stats.served += 1
-            slot.stats.record(chunk)
+            if not job.yields:  # a warm-up's cold prefill says nothing about answering keystrokes
+                slot.stats.record(chunk)
             outcome = "stopped" if chunk.stopped_by_caller else "done"
         log.info(
             "job %d %s slot=%s queued=%.0fms ttft=%s tokens=%d total=%.0fms outcome=%s",

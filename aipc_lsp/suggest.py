@@ -9,6 +9,9 @@ Work is reused three ways before a new generation is started:
 - an LRU cache keyed by the prompt answers undo/redo and revisits;
 - typed-ahead: when the user typed what the running or the last generation of the
   document predicted, the rest of that prediction is the answer (see generation.py).
+
+And one way ahead of a request: a document just opened has its first window's KV cache
+computed while the model is idle (`warm`), so the first suggestion in it skips the cold prefill.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from aipc_lsp.config import CompletionSettings
-from aipc_lsp.context import LineCountCache, build_completion_context
+from aipc_lsp.context import CHARS_PER_TOKEN, LineCountCache, build_completion_context
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
 from aipc_lsp.runtime import ModelRuntime
@@ -30,8 +33,11 @@ from aipc_lsp.scheduler import Job
 log = logging.getLogger(__name__)
 
 COMPLETION = "completion"
+WARM = "warm"
 RESULT_CACHE_SIZE = 128
 RECENT_SIZE = 64
+# A burst of opens (a restored session, a search result preview) warms only the last document.
+WARM_DELAY_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,10 @@ class Suggester:
         self.recent: deque[dict] = deque(maxlen=RECENT_SIZE)
         self._count: LineCountCache | None = None
         self._scheduler_ref: weakref.ref | None = None
+        self._warming: asyncio.Task | None = None
+        self._warming_uri: str | None = None
+        # The latest warm-ups, for aipc/status.
+        self.warmups: deque[dict] = deque(maxlen=RECENT_SIZE)
 
     # --- called by the LSP features -----------------------------------------------------
 
@@ -76,6 +86,50 @@ class Suggester:
     def document_closed(self, uri: str) -> None:
         self.document_changed(uri, None)
         self._latest.pop(uri, None)
+        if self._warming_uri == uri:
+            self._stop_warming()
+
+    def warm(self, uri: str, text: str, settings: CompletionSettings) -> None:
+        """A document was opened: once the model is idle, compute the KV cache of its first
+        window (the prompt for a cursor anywhere in a file that fits the budget, or in the first
+        budget's worth of a longer one), so the first suggestion there prefills a few tokens
+        instead of the whole window. The newest open wins; any request stops it (the prefix cache
+        keeps what it computed)."""
+        self._stop_warming()
+        self._warming_uri = uri
+        self._warming = asyncio.ensure_future(self._warm(uri, text, settings))
+
+    def _stop_warming(self) -> None:
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+        self._warming = self._warming_uri = None
+
+    async def _warm(self, uri: str, text: str, settings: CompletionSettings) -> None:
+        await asyncio.sleep(WARM_DELAY_S)
+        started = time.perf_counter()
+        prompt, cancelled = "", True
+        try:
+            scheduler = await self.runtime.scheduler()
+            budget = self._prepare(scheduler, settings)
+            ctx = build_completion_context(text, _first_window_end(text, budget), budget_tokens=budget,
+                                           count_tokens=self._count)
+            if ctx.window_start_line != 0 or not ctx.prompt:
+                return  # denser than CHARS_PER_TOKEN: no cursor's window would start there
+            prompt = ctx.prompt
+            job = Job(key=("", WARM), prompt=prompt, params=GenerationParams(max_new_tokens=1), yields=True)
+            cancelled = (await scheduler.run(job)).cancelled
+        except asyncio.CancelledError:
+            raise  # a request took over (recorded below when the warm-up had begun)
+        except Exception as exc:  # no model: the completion path says so when it is asked
+            log.debug("no warm-up for %s: %s", uri, exc)
+            prompt = ""
+        finally:
+            if self._warming is asyncio.current_task():
+                self._warming = self._warming_uri = None
+            if prompt:
+                self.warmups.append({"uri": uri, "promptChars": len(prompt), "cancelled": cancelled,
+                                     "ms": round((time.perf_counter() - started) * 1000, 1)})
+                log.debug("warm-up of %s: %d chars, %s", uri, len(prompt), "cancelled" if cancelled else "done")
 
     async def suggest(
         self,
@@ -88,6 +142,7 @@ class Suggester:
         version: int | None = None,
     ) -> Suggestion | None:
         """None when the request was superseded or no model can serve."""
+        self._stop_warming()  # the model is not idle any more; the request does that work itself
         key = (uri, version, offset, text if version is None else None)
         shared = self._inflight.get(key)
         if shared is not None and not shared.done():
@@ -122,15 +177,7 @@ class Suggester:
     async def _suggest(self, text, offset, settings, uri, version, stale: asyncio.Event) -> Suggestion | None:
         started = time.perf_counter()
         scheduler = await self.runtime.scheduler()
-        # Any ready slot's tokenizer sizes the prompt; slots normally share one model family.
-        engine = next((s for s in scheduler.slots if s.ready), scheduler.slots[0]).engine
-        if self._scheduler_ref is None or self._scheduler_ref() is not scheduler:
-            # Another model (settings changed): nothing it did not generate may be served.
-            self._scheduler_ref = weakref.ref(scheduler)
-            self._count = LineCountCache(engine.count_tokens)
-            self._latest.clear()
-            self._results.clear()
-        budget = min(settings.context_tokens, scheduler.prompt_limit() or settings.context_tokens)
+        budget = self._prepare(scheduler, settings)
         ctx = build_completion_context(text, offset, budget_tokens=budget, count_tokens=self._count)
         before, after = text[:offset], text[offset:]
         params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature)
@@ -166,6 +213,18 @@ class Suggester:
         self._remember(cache_key, answer)
         return self._done(uri, version, started, answer, "generated", first_at, g.tokens)
 
+    def _prepare(self, scheduler, settings: CompletionSettings) -> int:
+        """The prompt budget on this scheduler (its token counter set up for it)."""
+        # Any ready slot's tokenizer sizes the prompt; slots normally share one model family.
+        engine = next((s for s in scheduler.slots if s.ready), scheduler.slots[0]).engine
+        if self._scheduler_ref is None or self._scheduler_ref() is not scheduler:
+            # Another model (settings changed): nothing it did not generate may be served.
+            self._scheduler_ref = weakref.ref(scheduler)
+            self._count = LineCountCache(engine.count_tokens)
+            self._latest.clear()
+            self._results.clear()
+        return min(settings.context_tokens, scheduler.prompt_limit() or settings.context_tokens)
+
     def _remember(self, key: tuple, text: str) -> None:
         self._results[key] = text
         self._results.move_to_end(key)
@@ -180,3 +239,13 @@ class Suggester:
                             "totalMs": total_ms, "tokens": tokens})
         log.debug("suggestion for %s@%s (%s): %r (%.0f ms)", uri, version, source, text, total_ms)
         return Suggestion(text=text, first_token_ms=first_ms, total_ms=total_ms, tokens=tokens, source=source)
+
+
+def _first_window_end(text: str, budget_tokens: int) -> int:
+    """The end of the last line within the budget counted from the document's start (by the
+    context builder's own chars-per-token estimate, so a cursor there gets a window from line 0)."""
+    limit = int(budget_tokens * CHARS_PER_TOKEN)
+    if len(text) <= limit:
+        return len(text)
+    cut = text.rfind("\n", 0, limit + 1)
+    return cut if cut > 0 else limit

@@ -119,6 +119,12 @@ def register(server) -> None:
         )
         return types.CompletionList(is_incomplete=True, items=[item])
 
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls, params: types.DidOpenTextDocumentParams) -> None:
+        settings = ls.settings.completion
+        if settings.enabled and settings.warm_on_open and not ls.shutting_down:
+            ls.suggester.warm(params.text_document.uri, params.text_document.text, settings)
+
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
         # A newer version makes requests for the old one worthless; the running generation

@@ -34,6 +34,8 @@ def collect(ls) -> dict:
         # Timings of the latest answers (request received -> first token / answer, and
         # whether it was generated or reused); `aipc-lsp bench` reads them.
         "suggestions": list(ls.suggester.recent),
+        # Documents whose first window was computed ahead of a request (completion.warm_on_open).
+        "warmups": list(ls.suggester.warmups),
     }
 
 

@@ -489,3 +489,47 @@ async def test_cancel_right_after_dispatch_does_not_leak_the_slot(make_scheduler
     assert engine.prompts[0] == "busy"
     result = await asyncio.wait_for(scheduler.run(job(URI_B, prompt="after")), 0.5)
     assert result.text == "a b c"
+
+
+# --- background work that yields (warming a document's KV cache) ---------------------------
+
+
+async def test_a_yielding_job_gives_way_to_a_completion_within_a_step(make_scheduler):
+    engine = FakeEngine(output=by_prompt({"warm": LONG, "c": SHORT}), token_delay=DELAY)
+    scheduler = make_scheduler(engine)
+    warm = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="warm", yields=True)))
+    await started(engine)
+    asked = time.perf_counter()
+    result = await asyncio.wait_for(scheduler.run(job(URI_A, prompt="c")), 2.0)
+    assert result.text == SHORT and not result.cancelled
+    assert (await warm).cancelled
+    warm_call, completion_call = engine.calls
+    assert completion_call.started >= warm_call.ended  # never two generations at once
+    assert warm_call.ended - asked < CANCEL_LATENCY  # stopped within about a token
+    # Its cold prefill says nothing about answering keystrokes: not in the slot's averages.
+    assert scheduler.slots[0].stats.served == 1 and scheduler.slots[0].stats.cancelled == 1
+
+
+async def test_a_yielding_job_waits_for_an_idle_slot_and_never_delays_other_work(make_scheduler):
+    engine = FakeEngine(output=by_prompt({"warm": "w1 w2", "chat": LONG}), token_delay=DELAY)
+    scheduler = make_scheduler(engine)
+    chat = asyncio.ensure_future(scheduler.run(job(URI_A, "chat", prompt="chat")))
+    await started(engine)
+    warm = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="warm", yields=True)))
+    await asyncio.sleep(DELAY * 3)
+    assert len(engine.calls) == 1  # not queued behind the busy slot's work: it waits for idle
+    assert not (await chat).cancelled  # and the work it would have cut into was not stopped
+    warmed = await asyncio.wait_for(warm, 2.0)
+    assert warmed.text == "w1 w2" and not warmed.cancelled  # then it ran, the slot being idle
+    assert scheduler.slots[0].stats.served == 2
+
+
+async def test_a_newer_warm_up_supersedes_the_previous_one(make_scheduler):
+    engine = FakeEngine(output=LONG, token_delay=DELAY)
+    scheduler = make_scheduler(engine)
+    first = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="a", yields=True)))
+    await started(engine)
+    second = await asyncio.wait_for(scheduler.run(job("", "warm", prompt="b", params=GenerationParams(max_new_tokens=1),
+                                                      yields=True)), 2.0)
+    assert (await first).cancelled and not second.cancelled
+    assert engine.prompts == ["a", "b"]
