@@ -96,8 +96,12 @@ class Suggester:
         instead of the whole window. The newest open wins; any request stops it (the prefix cache
         keeps what it computed)."""
         self._stop_warming()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop runs the server (the protocol driven by hand): nothing to warm with
         self._warming_uri = uri
-        self._warming = asyncio.ensure_future(self._warm(uri, text, settings))
+        self._warming = loop.create_task(self._warm(uri, text, settings))
 
     def _stop_warming(self) -> None:
         if self._warming is not None and not self._warming.done():
