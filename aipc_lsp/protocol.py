@@ -225,6 +225,12 @@ class AipcProtocol(LanguageServerProtocol):
 
         threading.Thread(target=read, name="lsp-reader", daemon=True).start()
         await ended
+        # Stop the generations while the loop still runs: asyncio.run's clean-up cancels only the
+        # tasks that exist when it starts, and a request task stepping meanwhile can start a job
+        # (e.g. one queued behind another), which would then run to its end for nobody.
+        end_of_input = getattr(self._server, "end_of_input", None)
+        if end_of_input is not None:
+            end_of_input()
 
     def _receive(self, body: bytes) -> None:
         try:

@@ -110,6 +110,11 @@ class AipcServer(LanguageServer):
         self.pending_problems: list[Problem] = []
         self._told: set[str] = set()  # tell_user_once's keys
 
+    def end_of_input(self) -> None:
+        """The client's stream ended (`exit`, or the editor went away): no job may start or
+        go on from here."""
+        self.runtime.close()
+
     def shutdown(self) -> None:
         # Also reached when the client goes away (end of input) without `shutdown`: stop every
         # generation so worker threads end within a decode step and the process can exit.

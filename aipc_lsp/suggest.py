@@ -115,10 +115,13 @@ class Suggester:
         try:
             scheduler = await self.runtime.scheduler()
             budget = self._prepare(scheduler, settings)
-            ctx = build_completion_context(text, _first_window_end(text, budget), budget_tokens=budget,
-                                           count_tokens=self._count)
+            end = _first_window_end(text, budget)
+            while end > 0 and (count := self._count(text[:end])) > budget:
+                # Denser code than CHARS_PER_TOKEN: back to a line end within the budget.
+                end = text.rfind("\n", 0, int(end * budget / count * 0.95)) + 1
+            ctx = build_completion_context(text, end, budget_tokens=budget, count_tokens=self._count)
             if ctx.window_start_line != 0 or not ctx.prompt:
-                return  # denser than CHARS_PER_TOKEN: no cursor's window would start there
+                return  # no cursor's window would start at the document's beginning
             prompt = ctx.prompt
             job = Job(key=("", WARM), prompt=prompt, params=GenerationParams(max_new_tokens=1), yields=True)
             cancelled = (await scheduler.run(job)).cancelled
@@ -246,10 +249,10 @@ class Suggester:
 
 
 def _first_window_end(text: str, budget_tokens: int) -> int:
-    """The end of the last line within the budget counted from the document's start (by the
-    context builder's own chars-per-token estimate, so a cursor there gets a window from line 0)."""
+    """The end of the last whole line within the budget counted from the document's start, by
+    the context builder's own chars-per-token estimate (so a cursor there gets a window from
+    line 0; the caller checks the real count)."""
     limit = int(budget_tokens * CHARS_PER_TOKEN)
     if len(text) <= limit:
         return len(text)
-    cut = text.rfind("\n", 0, limit + 1)
-    return cut if cut > 0 else limit
+    return text.rfind("\n", 0, limit) + 1
