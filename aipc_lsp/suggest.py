@@ -114,6 +114,8 @@ class Suggester:
         prompt, cancelled = "", True
         try:
             scheduler = await self.runtime.scheduler()
+            if not any(getattr(s.engine, "keeps_prompt_cache", False) for s in scheduler.slots if s.ready):
+                return  # e.g. OpenVINO on the NPU: every request prefills anew, a warm-up is lost work
             budget = self._prepare(scheduler, settings)
             end = _first_window_end(text, budget)
             while end > 0 and (count := self._count(text[:end])) > budget:

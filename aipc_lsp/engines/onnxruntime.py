@@ -103,6 +103,11 @@ class OnnxRuntimeGenAIEngine:
         self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
         log.info("onnxruntime: loaded %s with %s in %.2fs", path.name, provider, time.perf_counter() - started)
 
+    @property
+    def keeps_prompt_cache(self) -> bool:
+        """Whether the last prompt's KV cache outlives its request (the next one continues it)."""
+        return self.prefix_reuse
+
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
             raise EngineError("model not loaded")

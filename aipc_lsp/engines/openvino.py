@@ -69,6 +69,11 @@ class OpenVINOEngine:
         self._request_ids = itertools.count()
 
     @property
+    def keeps_prompt_cache(self) -> bool:
+        """Whether a prompt's KV cache outlives its request (so computing it ahead helps)."""
+        return self.prefix_caching
+
+    @property
     def block_tokens(self) -> int:
         return CPU_BLOCK_TOKENS if self.device.upper().startswith("CPU") else OTHER_BLOCK_TOKENS
 

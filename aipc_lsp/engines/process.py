@@ -79,6 +79,7 @@ class ProcessEngine:
         self.cwd = cwd
         self.env = dict(env or {})
         self.max_prompt_tokens: int | None = None
+        self.keeps_prompt_cache = False
         self._methods: set[str] = set()
         self._proc: subprocess.Popen | None = None
         self._wanted = False  # between load() and close(): generate() starts a worker that is gone
@@ -233,6 +234,7 @@ class ProcessEngine:
         finally:
             self._unlink_flags()  # both processes have it mapped by now: nothing left behind on a kill
         self.max_prompt_tokens = info.get("max_prompt_tokens")
+        self.keeps_prompt_cache = bool(info.get("keeps_prompt_cache"))
         self._methods = set(info.get("methods", ()))
         if info.get("released_bytes"):
             log.info("%s worker: gave back the pages of %d MB of file mappings after loading",

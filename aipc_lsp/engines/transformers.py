@@ -111,6 +111,11 @@ class TransformersEngine:
         self._cache, self._sequence = None, []
         self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
 
+    @property
+    def keeps_prompt_cache(self) -> bool:
+        """Whether the last prompt's KV cache outlives its request (the next one continues it)."""
+        return self.prefix_reuse
+
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
             raise EngineError("model not loaded")

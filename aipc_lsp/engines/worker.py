@@ -165,6 +165,7 @@ class Worker:
 
         released = release_file_pages()
         return {"max_prompt_tokens": getattr(engine, "max_prompt_tokens", None),
+                "keeps_prompt_cache": bool(getattr(engine, "keeps_prompt_cache", False)),
                 "methods": [m for m in CALLABLE if callable(getattr(engine, m, None))],
                 "released_bytes": released}
 

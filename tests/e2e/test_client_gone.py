@@ -27,6 +27,20 @@ def start(server: RawServer) -> None:
     server.notify("initialized", {})
 
 
+def ask_at_the_end(server: RawServer, uri: str) -> None:
+    lines = LONG.split("\n")
+    server.request("textDocument/inlineCompletion", {
+        "textDocument": {"uri": uri}, "position": {"line": len(lines) - 1, "character": 0},
+        "context": {"triggerKind": 1}})
+
+
+def go_away_and_expect_the_end(server: RawServer) -> None:
+    gone_at = time.monotonic()
+    server.proc.stdin.close()
+    server.proc.wait(timeout=15)
+    assert time.monotonic() - gone_at < 5, "the server kept generating after its client left"
+
+
 def test_a_client_that_goes_away_stops_the_generation_and_the_server():
     """End of input without shutdown/exit (the editor crashed): the running generation is
     stopped and the process ends promptly instead of decoding hundreds of tokens first."""
@@ -39,17 +53,11 @@ def test_a_client_that_goes_away_stops_the_generation_and_the_server():
         while not server.call("aipc/status", {})["result"]["ready"]:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        lines = LONG.split("\n")
-        server.request("textDocument/inlineCompletion", {
-            "textDocument": {"uri": uri}, "position": {"line": len(lines) - 1, "character": 0},
-            "context": {"triggerKind": 1}})
+        ask_at_the_end(server, uri)
         while not running(server, "completion"):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        gone_at = time.monotonic()
-        server.proc.stdin.close()
-        server.proc.wait(timeout=15)
-        assert time.monotonic() - gone_at < 5, "the server kept generating after its client left"
+        go_away_and_expect_the_end(server)
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
@@ -73,14 +81,8 @@ def test_a_client_that_goes_away_while_a_completion_waits_behind_a_warm_up_leave
             time.sleep(0.01)
         uri = "file:///project/gone.py"
         server.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": LONG}})
-        lines = LONG.split("\n")
-        server.request("textDocument/inlineCompletion", {
-            "textDocument": {"uri": uri}, "position": {"line": len(lines) - 1, "character": 0},
-            "context": {"triggerKind": 1}})
-        gone_at = time.monotonic()
-        server.proc.stdin.close()
-        server.proc.wait(timeout=15)
-        assert time.monotonic() - gone_at < 5, "the server kept generating after its client left"
+        ask_at_the_end(server, uri)
+        go_away_and_expect_the_end(server)
     finally:
         if server.proc.poll() is None:
             server.proc.kill()

@@ -56,6 +56,8 @@ class FakeEngine:
     load_delay: float = 0.0
     # The model's chat template ("" = none, the chat feature falls back to a built-in format).
     template: str = ""
+    # Whether a prompt's KV cache outlives its request (OpenVINO with prefix caching does).
+    keeps_prompt_cache: bool = False
     # If set, load() waits for this event (lets a test hold the slot in "loading").
     load_gate: threading.Event | None = None
     fail_on_load: BaseException | None = None

@@ -54,6 +54,11 @@ def test_streams_pieces_and_reports_the_result(loaded):
     assert e.count_tokens("a b c") == 3
 
 
+def test_what_the_engine_declares_about_itself_crosses_to_the_proxy(loaded):
+    assert loaded(keeps_prompt_cache=True).keeps_prompt_cache is True
+    assert loaded().keeps_prompt_cache is False
+
+
 def test_on_text_false_stops_the_worker_soon(loaded):
     e = loaded(token_delay=0.01)
     seen: list[str] = []

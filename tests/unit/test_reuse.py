@@ -189,3 +189,51 @@ async def test_nothing_from_a_previous_model_is_served(make):
         s.runtime._scheduler.close()
         s.runtime._scheduler.slots[0].executor.shutdown(wait=True)
         s.runtime._scheduler = old
+
+
+# --- warming an opened document -------------------------------------------------------------
+
+
+async def warm_and_wait(s: Suggester, text: str, budget: int = 1536):
+    s.warm(URI, text, CompletionSettings(context_tokens=budget))
+    for _ in range(200):
+        if s.warmups:
+            return s.warmups[-1]
+        await asyncio.sleep(0.01)
+    return None
+
+
+@pytest.mark.parametrize("keeps", [True, False])
+async def test_an_opened_document_is_warmed_only_on_an_engine_that_keeps_prompt_caches(make, keeps):
+    s, engine = make("x")
+    engine.keeps_prompt_cache = keeps
+    text = "def f(a):\n    return a\n"
+    record = await warm_and_wait(s, text)
+    if keeps:  # the prompt of a cursor at the end: every cursor's prompt in this file is a prefix of it
+        assert record["uri"] == URI and not record["cancelled"] and engine.prompts == [text]
+        assert engine.calls[0].params.max_new_tokens == 1
+    else:  # e.g. OpenVINO on the NPU: a warm-up would be lost work
+        assert record is None and engine.prompts == []
+
+
+async def test_a_long_document_warms_the_window_a_cursor_near_its_top_gets(make):
+    s, engine = make("x")
+    engine.keeps_prompt_cache = True
+    lines = [f"value_{i} = compute({i}, {i + 1})\n" for i in range(400)]
+    text = "".join(lines)
+    await warm_and_wait(s, text, budget=256)
+    (prompt,) = engine.prompts
+    assert text.startswith(prompt) and prompt.endswith("\n") and engine.count_tokens(prompt) <= 256
+    # The same prompt the completion builds for a cursor at the start of the next line.
+    from aipc_lsp.context import build_completion_context
+    assert build_completion_context(text, len(prompt), budget_tokens=256,
+                                    count_tokens=engine.count_tokens).prompt == prompt
+
+
+async def test_a_request_stops_a_pending_warm_up(make):
+    s, engine = make(script({"return": " a + b\n"}))
+    engine.keeps_prompt_cache = True
+    s.warm("file:///project/other.py", "x = 1\n" * 50, SETTINGS)
+    answer = await ask(s, "def add(a, b):\n    return ", version=1)
+    await asyncio.sleep(0.5)  # past the warm-up's delay: it was stopped, not postponed
+    assert answer.text == "a + b" and len(engine.prompts) == 1 and not s.warmups

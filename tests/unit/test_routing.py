@@ -202,6 +202,8 @@ async def test_prompt_limit_is_the_strictest_healthy_slot(make):
     assert OpenVINOEngine("m.gguf", "CPU", kv_cache_tokens=1000).max_prompt_tokens == 512  # 1024 // 2
     assert OpenVINOEngine("m.gguf", "GPU", kv_cache_tokens=8200).kv_capacity == 8208  # 16-token blocks
     assert OpenVINOEngine("m.gguf", "CPU", prefix_caching=False).max_prompt_tokens is None
+    # A prompt's KV outlives its request only with prefix caching: what makes warming a file worth it.
+    assert OpenVINOEngine("m.gguf", "CPU").keeps_prompt_cache and not npu.keeps_prompt_cache
     npu, cpu = FakeEngine(output="n"), FakeEngine(output="c")
     npu.max_prompt_tokens = 512
     scheduler = make(npu, cpu, names=["npu", "cpu"])
