@@ -73,15 +73,16 @@ def prompt_of_tokens(count_tokens, text: str, tokens: int) -> str:
     return "\n".join(lines[:lo]) + "\n"
 
 
-def _engine_api_typing(engine, tokens: int, docs: int) -> dict:
+def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int) -> dict:
     """The server's cold and typing figures without the server: our engine API (typing
-    checkpoint, prompt lookup: what the worker runs) on a document of `tokens` tokens, cold,
-    then typed on character by character. What the server's figures cannot go below in this run."""
+    checkpoint, prompt lookup: what the worker runs) on the server bench's document of `tokens`
+    tokens, cold, then typed on with the same keystrokes. What the server's figures cannot go
+    below in this run."""
     from aipc_lsp.engines.base import GenerationParams
 
     text = corpus_text()
     base = prompt_of_tokens(engine.count_tokens, text, tokens - 16)
-    following = text[len(base):len(base) + 8]
+    following = text[len(base):len(base) + keystrokes]
     cold, typed = [], []
     for _ in range(docs):
         head = f"# run {uuid.uuid4().hex}\n" + base
@@ -122,7 +123,8 @@ def run(spec: dict) -> dict:
         runs = [_timed_generate(engine, og, decode_document(run)[:-1], decode_tokens) for run in range(DECODE_RUNS)]
         out["long_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
         out["step_ms"] = statistics.median(r["step_ms"] for r in runs)
-        out.update(_engine_api_typing(engine, spec.get("context_tokens", 1536), docs=1 if quick else 2))
+        out.update(_engine_api_typing(engine, spec.get("context_tokens", 1536), docs=1 if quick else 2,
+                                      keystrokes=5 if quick else 16))
         engine.close()
         return out
     short = [_timed_generate(engine, og, SHORT, decode_tokens) for _ in range(repeats)]
