@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from aipc_lsp.bench.corpus import corpus_text
+from aipc_lsp.bench.reference import ReferenceEngine
 from aipc_lsp.bench.report import check_targets, render_table
 from aipc_lsp.config import PRECISIONS, OpenVINOSettings
 from aipc_lsp.models.compat import ACCEPTS
@@ -115,24 +116,21 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
         from aipc_lsp.bench import server
 
         first = report["engines"][0]
-
-        def bare_decode() -> dict:
-            # The server's own engine configuration (prompt lookup as it serves), bare, on the
-            # server's decode prompts; in a child process while the server idles.
-            return run_engine_config({"label": first["label"], "model": first["model"], "device": first["device"],
-                                      "decode_only": True, "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP})
-
-        def before_decode() -> None:
-            progress("engine: bare decode rate, right before the server's ...")
-            report["bare_before_server"] = bare_decode()
-
-        report["server"] = asyncio.run(server.run(
-            docs=docs, continuations=following, quick=quick, model=str(path) if model else None,
-            # Room for every document whole, so its unique first line stays in the prompt.
-            context_tokens=2 * max(contexts), before_decode=None if quick else before_decode))
-        if not quick and "error" not in report["server"]:
-            progress("engine: bare decode rate again, right after the server's ...")
-            report["bare_after_server"] = bare_decode()
+        reference = None
+        if not quick:
+            # The server's own engine configuration (prompt lookup as it serves), bare, in a child
+            # process that idles while the server runs: its decode takes turns with the server's.
+            progress("engine: the bare reference beside the server (its configuration) ...")
+            reference = ReferenceEngine({"label": first["label"], "model": first["model"], "device": first["device"],
+                                         "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP, "context_tokens": 1536})
+        try:
+            report["server"] = asyncio.run(server.run(
+                docs=docs, continuations=following, quick=quick, model=str(path) if model else None,
+                # Room for every document whole, so its unique first line stays in the prompt.
+                context_tokens=2 * max(contexts), reference=reference))
+        finally:
+            if reference is not None:
+                reference.close()
     elif not skip_server:
         report["server"] = {"error": "the engine benchmark failed, so the server was not measured"}
     if remote:

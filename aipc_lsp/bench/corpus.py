@@ -14,10 +14,14 @@ LONG_PROMPT = LONG_DOC[:-1]
 # The server's decode rate is compared with the bare engine's on the very same prompts: with
 # prompt lookup the rate depends on what the model writes, so not on a random first line.
 DECODE_RUNS = 3
+# The server's decode and the bare engine's take turns this many times: the ratio is taken per
+# round, between runs a few seconds apart, so a drift of the shared host cancels out.
+DECODE_ROUNDS = 3
 
 
-def decode_document(run: int) -> str:
-    return f"# decode run {run}\n{LONG_DOC}"
+def decode_document(run: int, round_: int = 0) -> str:
+    """A decode prompt; each round's first line is new, so no answer cached in an earlier round serves."""
+    return f"# decode run {run}{f'.{round_}' if round_ else ''}\n{LONG_DOC}"
 
 
 def corpus_text() -> str:

@@ -97,6 +97,45 @@ def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int) -> dict:
             "api_typing_first_ms": statistics.median(typed) if typed else None}
 
 
+def reference_decode(engine, og, round_: int, decode_tokens: int) -> dict:
+    """The reference for the server's decode rate: what the server decodes in that round (its
+    prompt: the document less the held-back space), by the library's own generate."""
+    runs = [_timed_generate(engine, og, decode_document(run, round_)[:-1], decode_tokens) for run in range(DECODE_RUNS)]
+    return {"long_tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+            "step_ms": statistics.median(r["step_ms"] for r in runs)}
+
+
+def serve_reference(spec: dict, requests=sys.stdin, replies=sys.stdout) -> None:
+    """The server's engine configuration, bare, loaded once and kept while the server bench runs,
+    so the server's decode and this one take turns a few seconds apart (load drifts on a shared
+    host within minutes). One JSON request per line: {"op": "decode", "round": N} or
+    {"op": "typing"}; one BENCH-RESULT line each."""
+    import openvino_genai as og
+
+    from aipc_lsp.engines.openvino import OpenVINOEngine
+
+    engine = OpenVINOEngine(spec["model"], spec["device"], threads=spec.get("threads", 0),
+                            ov_config=spec.get("ov_config") or {},
+                            prompt_lookup_tokens=spec.get("prompt_lookup_tokens", 0))
+    engine.load()
+    quick = spec.get("quick", False)
+    replies.write("BENCH-RESULT {}\n")
+    replies.flush()
+    for line in requests:
+        request = json.loads(line)
+        try:
+            if request.get("op") == "decode":
+                result = reference_decode(engine, og, int(request.get("round", 0)), 32 if quick else 128)
+            else:
+                result = _engine_api_typing(engine, spec.get("context_tokens", 1536), docs=1 if quick else 2,
+                                            keystrokes=5 if quick else 16)
+        except Exception as exc:
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        replies.write("BENCH-RESULT " + json.dumps(result) + "\n")
+        replies.flush()
+    engine.close()
+
+
 def run(spec: dict) -> dict:
     """One configuration: spec has model, device, label, ov_config, quick, context_tokens."""
     if spec.get("engine", "openvino") != "openvino":
@@ -117,16 +156,6 @@ def run(spec: dict) -> dict:
     repeats = 2 if quick else 5
     decode_tokens = 32 if quick else 128
 
-    if spec.get("decode_only"):
-        # The reference for the server's decode rate, measured right after it (load drifts).
-        # What the server decoded (its prompt: the document less the held-back space).
-        runs = [_timed_generate(engine, og, decode_document(run)[:-1], decode_tokens) for run in range(DECODE_RUNS)]
-        out["long_tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
-        out["step_ms"] = statistics.median(r["step_ms"] for r in runs)
-        out.update(_engine_api_typing(engine, spec.get("context_tokens", 1536), docs=1 if quick else 2,
-                                      keystrokes=5 if quick else 16))
-        engine.close()
-        return out
     short = [_timed_generate(engine, og, SHORT, decode_tokens) for _ in range(repeats)]
     out["short_prompt_tokens"] = engine.count_tokens(SHORT)
     out["first_ms"] = statistics.median(r["first_ms"] for r in short)
@@ -221,6 +250,9 @@ def run_engine_api(spec: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    if argv[0] == "--reference":
+        serve_reference(json.loads(argv[1]))
+        return 0
     spec = json.loads(argv[0])
     try:
         result = run(spec)

@@ -17,12 +17,11 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
 
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from aipc_lsp.bench.corpus import DECODE_RUNS, LONG_DOC, decode_document
+from aipc_lsp.bench.corpus import DECODE_ROUNDS, DECODE_RUNS, LONG_DOC, decode_document
 from aipc_lsp.lsp_client import drain, plain
 
 
@@ -129,7 +128,9 @@ def _unique(text: str) -> str:
 
 
 async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: bool, model: str | None,
-              context_tokens: int, before_decode: Callable[[], None] | None = None) -> dict:
+              context_tokens: int, reference=None) -> dict:
+    """`reference`: a bench.reference.ReferenceEngine (the bare engine in the server's configuration),
+    whose decode takes turns with the server's and which types the 1.5k document alone."""
     command = [sys.executable, "-m", "aipc_lsp", "serve"]
     client = BenchClient()
     started = time.perf_counter()
@@ -191,22 +192,32 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
                 "sources": {s: sum(1 for r in typed if r["source"] == s) for s in {r["source"] for r in typed}},
             }
 
-        if before_decode is not None:
-            # The bare engine's rate right before and right after the server's, so a drift of the
-            # shared host in between shows instead of passing for the server's overhead.
-            await asyncio.to_thread(before_decode)
-        # Decode rate through the server: a long generation on the bare engine's prompt.
+        if reference is not None:
+            # The engine alone on the same document and keystrokes, before and after the decode rounds.
+            out["reference_typing"] = [await asyncio.to_thread(reference.typing)]
+        # Decode rate through the server: a long generation on the bare engine's prompts, taking
+        # turns with the bare engine (while one runs the other idles), so a drift of the shared
+        # host shows in both sides of a round instead of passing for the server's overhead.
         client.configure({**base_completion, "max_tokens": 48 if quick else 128, "max_lines": 200})
         await asyncio.sleep(0.2)
-        rates = []
-        for run in range(1 if quick else DECODE_RUNS):
-            uri = f"file:///bench/long_{uuid.uuid4().hex[:6]}.py"
-            text = decode_document(run)
-            client.open(uri, text)
-            record = (await client.suggest(uri, text))["record"]
-            if record and record["tokens"] > 1 and record["totalMs"] > record["firstTokenMs"]:
-                rates.append((record["tokens"] - 1) * 1000 / (record["totalMs"] - record["firstTokenMs"]))
-        out["server_tokens_per_s"] = statistics.median(rates) if rates else None
+        out["decode_rounds"] = []
+        for round_ in range(DECODE_ROUNDS if reference is not None else 1):
+            bare = await asyncio.to_thread(reference.decode, round_) if reference is not None else {}
+            rates = []
+            for run in range(1 if quick else DECODE_RUNS):
+                uri = f"file:///bench/long_{uuid.uuid4().hex[:6]}.py"
+                text = decode_document(run, round_)
+                client.open(uri, text)
+                record = (await client.suggest(uri, text))["record"]
+                if record and record["tokens"] > 1 and record["totalMs"] > record["firstTokenMs"]:
+                    rates.append((record["tokens"] - 1) * 1000 / (record["totalMs"] - record["firstTokenMs"]))
+            out["decode_rounds"].append({"server_tokens_per_s": statistics.median(rates) if rates else None,
+                                         "bare_tokens_per_s": bare.get("long_tokens_per_s"),
+                                         "bare_step_ms": bare.get("step_ms"), "bare_error": bare.get("error")})
+        server_rates = [r["server_tokens_per_s"] for r in out["decode_rounds"] if r["server_tokens_per_s"]]
+        out["server_tokens_per_s"] = statistics.median(server_rates) if server_rates else None
+        if reference is not None:
+            out["reference_typing"].append(await asyncio.to_thread(reference.typing))
 
         client_side, polled, server_side = await _cancel_latencies(client, 2 if quick else 5)
         out["cancel_ms"] = summary(client_side)

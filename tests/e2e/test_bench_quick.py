@@ -38,14 +38,29 @@ def test_bench_quick_measures_everything(tmp_path):
     assert len(report["targets"]) == 6 and all(t["met"] in (True, False, None) for t in report["targets"])
 
 
-def test_the_bare_reference_beside_the_server_also_times_the_engine_alone_typing():
-    # The child process the full bench runs right before and right after the server's decode.
-    from aipc_lsp.bench import SERVER_PROMPT_LOOKUP, run_engine_config
+def test_the_bare_reference_beside_the_server_decodes_in_rounds_and_types_alone():
+    # The child process the full bench keeps while the server runs: its decode takes turns with
+    # the server's, and it types the server bench's document with our engine API alone.
+    from aipc_lsp.bench import SERVER_PROMPT_LOOKUP
+    from aipc_lsp.bench.reference import ReferenceEngine
     from aipc_lsp.models.fetch import fetch
 
-    result = run_engine_config({"label": "reference", "model": str(fetch()), "device": "CPU", "quick": True,
-                                "decode_only": True, "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP})
-    assert "error" not in result, result
-    assert result["long_tokens_per_s"] > 0 and result["step_ms"] > 0
-    # A keystroke reuses the cold prompt's KV cache: its first token comes well before a cold one.
-    assert 0 < result["api_typing_first_ms"] < result["api_cold_first_ms"] / 2
+    with ReferenceEngine({"label": "reference", "model": str(fetch()), "device": "CPU", "quick": True,
+                          "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP}) as reference:
+        assert reference.error is None
+        for round_ in (0, 1):
+            decode = reference.decode(round_)
+            assert "error" not in decode, decode
+            assert decode["long_tokens_per_s"] > 0 and decode["step_ms"] > 0
+        typing = reference.typing()
+        assert "error" not in typing, typing
+        # A keystroke reuses the cold prompt's KV cache: its first token comes well before a cold one.
+        assert 0 < typing["api_typing_first_ms"] < typing["api_cold_first_ms"] / 2
+
+
+def test_a_reference_that_cannot_load_says_why():
+    from aipc_lsp.bench.reference import ReferenceEngine
+
+    with ReferenceEngine({"label": "reference", "model": "/nonexistent/model.gguf", "device": "CPU"}) as reference:
+        assert "model not found" in reference.error
+        assert "model not found" in reference.decode(0)["error"]
