@@ -112,11 +112,7 @@ def serve_reference(spec: dict, requests=sys.stdin, replies=sys.stdout) -> None:
     {"op": "typing"}; one BENCH-RESULT line each."""
     import openvino_genai as og
 
-    from aipc_lsp.engines.openvino import OpenVINOEngine
-
-    engine = OpenVINOEngine(spec["model"], spec["device"], threads=spec.get("threads", 0),
-                            ov_config=spec.get("ov_config") or {},
-                            prompt_lookup_tokens=spec.get("prompt_lookup_tokens", 0))
+    engine = _openvino_engine(spec)
     engine.load()
     quick = spec.get("quick", False)
     replies.write("BENCH-RESULT {}\n")
@@ -136,6 +132,13 @@ def serve_reference(spec: dict, requests=sys.stdin, replies=sys.stdout) -> None:
     engine.close()
 
 
+def _openvino_engine(spec: dict):
+    from aipc_lsp.engines.openvino import OpenVINOEngine
+
+    return OpenVINOEngine(spec["model"], spec["device"], threads=spec.get("threads", 0),
+                          ov_config=spec.get("ov_config") or {}, prompt_lookup_tokens=spec.get("prompt_lookup_tokens", 0))
+
+
 def run(spec: dict) -> dict:
     """One configuration: spec has model, device, label, ov_config, quick, context_tokens."""
     if spec.get("engine", "openvino") != "openvino":
@@ -143,11 +146,8 @@ def run(spec: dict) -> dict:
     import openvino_genai as og
 
     from aipc_lsp.engines.base import GenerationParams
-    from aipc_lsp.engines.openvino import OpenVINOEngine
 
-    engine = OpenVINOEngine(spec["model"], spec["device"], threads=spec.get("threads", 0),
-                            ov_config=spec.get("ov_config") or {},
-                            prompt_lookup_tokens=spec.get("prompt_lookup_tokens", 0))
+    engine = _openvino_engine(spec)
     started = time.perf_counter()
     engine.load()
     out: dict = {"label": spec["label"], "engine": "openvino", "device": spec["device"],
