@@ -142,7 +142,10 @@ class Worker:
                 if op == "load":
                     self.send({"id": rid, "value": self._load()})
                 elif op == "generate":
-                    self.send({"id": rid, "result": self._generate(rid, request)})
+                    result = self._generate(rid, request)
+                    self.send({"id": rid, "result": result})
+                    if not result.get("cancelled"):  # a cancel: the user moved on, a request is coming
+                        self._settle_if_idle()
                 else:
                     self.send({"id": rid, "error": f"unknown op {op!r}"})
             except Exception as exc:
@@ -153,6 +156,17 @@ class Worker:
             finally:
                 self.cancels.pop(rid, None)
                 self.stops.pop(rid, None)
+
+    def _settle_if_idle(self) -> None:
+        """The answer is out and nothing waits: the engine may prepare for the next request
+        (engines/openvino.py `settle`). A request that comes meanwhile waits one short step."""
+        settle = getattr(self.engine, "settle", None)
+        if settle is None or not self.jobs.empty():
+            return
+        try:
+            settle()
+        except Exception as exc:  # the next request will meet the engine's trouble, and say it
+            sys.stderr.write(f"settle failed: {type(exc).__name__}: {exc}\n")
 
     def _load(self) -> dict:
         module = importlib.import_module(self.spec["module"])

@@ -63,3 +63,14 @@ def test_a_cancel_just_after_the_first_token_leaves_the_pipeline_clean(engines):
     assert not with_checkpoint._pipe.has_non_finished_requests()
     again = _generate(with_checkpoint, prompt + TEXT[14000])
     assert again.text.strip() and not again.cancelled
+
+
+def test_settle_after_prompt_lookup_decode_steps_runs_on_the_real_pipeline(engines):
+    with_checkpoint, _ = engines
+    head = TEXT[16000:18000]
+    first = _generate(with_checkpoint, head)
+    assert first.tokens > 1 and with_checkpoint._unsettled  # decode steps checked candidates
+    with_checkpoint.settle()
+    assert not with_checkpoint._unsettled and not with_checkpoint._pipe.has_non_finished_requests()
+    again = _generate(with_checkpoint, head)  # the same prompt: the prefix cache and the text are unharmed
+    assert again.text == first.text

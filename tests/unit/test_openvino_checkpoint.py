@@ -144,3 +144,34 @@ def test_an_empty_prompt_is_answered_empty_without_the_pipeline():
     engine, pipe = _engine()
     result = engine.generate("", GenerationParams(max_new_tokens=8), threading.Event())
     assert result.text == "" and result.tokens == 0 and pipe.requests == []
+
+
+def test_settle_runs_one_tiny_request_only_after_prompt_lookup_decode_steps():
+    from aipc_lsp.engines.openvino import SETTLE_PROMPT
+
+    engine, pipe = _engine()
+    engine.settle()
+    assert pipe.requests == []  # nothing ran yet: nothing to settle
+    engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
+    before = len(pipe.requests)
+    engine.settle()
+    settled = pipe.requests[before:]
+    assert [(r["ids"], r["max"], r["done"]) for r in settled] == [([ord(c) for c in SETTLE_PROMPT], 1, True)]
+    engine.settle()
+    assert len(pipe.requests) == before + 1  # once: its own one-token step is what the next request needs
+
+
+@pytest.mark.parametrize("case", ["answered by the first piece", "no prompt lookup", "cancelled at once"])
+def test_settle_does_nothing_when_no_decode_step_of_prompt_lookup_ran(case):
+    engine, pipe = _engine()
+    if case == "no prompt lookup":
+        engine.prompt_lookup_tokens = 0
+    cancel = threading.Event()
+    if case == "cancelled at once":
+        original = pipe.step
+        pipe.step = lambda: (original(), cancel.set())
+    on_text = (lambda piece: False) if case == "answered by the first piece" else None
+    engine.generate(LONG, GenerationParams(max_new_tokens=6), cancel, on_text)
+    before = len(pipe.requests)
+    engine.settle()
+    assert len(pipe.requests) == before

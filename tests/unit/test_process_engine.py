@@ -209,3 +209,18 @@ def test_the_shared_flags_file_is_gone_once_the_worker_has_mapped_it(loaded):
     cancel = threading.Event()
     threading.Timer(0.1, cancel.set).start()
     assert e.generate("p", GenerationParams(max_new_tokens=40), cancel).cancelled  # the mapping still works
+
+
+def test_the_worker_lets_the_engine_settle_after_an_answer_but_not_after_a_cancel(loaded):
+    e = loaded("SettlingEngine", token_delay=0.001)
+    e.generate("prompt", GenerationParams(max_new_tokens=3), threading.Event())
+    deadline = time.monotonic() + 5
+    while e.count_tokens("") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert e.count_tokens("") == 1
+    cancel = CancelFlag()
+    threading.Timer(0.05, cancel.set).start()
+    result = e.generate("prompt", GenerationParams(max_new_tokens=1000), cancel)
+    assert result.cancelled
+    time.sleep(0.2)
+    assert e.count_tokens("") == 1  # a cancel means the user moved on: the next request comes now

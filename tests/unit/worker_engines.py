@@ -68,3 +68,16 @@ class EnvEngine(FakeEngine):
     def load(self) -> None:
         self.output = os.environ.get("MALLOC_ARENA_MAX", "unset")
         super().load()
+
+
+class SettlingEngine(FakeEngine):
+    """Counts the worker's calls of `settle` (idle time after an answer); `count_tokens` says
+    how many so far, since the worker answers that call between generations."""
+
+    settled = 0
+
+    def settle(self) -> None:
+        SettlingEngine.settled += 1
+
+    def count_tokens(self, text: str) -> int:
+        return SettlingEngine.settled
