@@ -212,7 +212,7 @@ def test_the_shared_flags_file_is_gone_once_the_worker_has_mapped_it(loaded):
 
 
 def test_the_worker_lets_the_engine_settle_after_an_answer_but_not_after_a_cancel(loaded):
-    e = loaded("SettlingEngine", token_delay=0.001)
+    e = loaded("SettlingEngine", token_delay=0.01)  # 40 words: 0.4 s, cancelled at 0.05 s
     e.generate("prompt", GenerationParams(max_new_tokens=3), threading.Event())
     deadline = time.monotonic() + 5
     while e.count_tokens("") < 1 and time.monotonic() < deadline:
