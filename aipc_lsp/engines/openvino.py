@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText, RequestError
-from aipc_lsp.engines.pages import Releasing
+from aipc_lsp.engines.pages import Releasing, release
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class OpenVINOEngine:
         # The last generation ran prompt-lookup decode steps (several tokens each): see settle().
         self._unsettled = False
         self.release_weight_pages = release_weight_pages
+        self._weights: Path | None = None  # the IR's weights file whose pages are given back
         self._pipe = None
         self._tokenizer = None
         self._stepped = False
@@ -159,7 +160,8 @@ class OpenVINOEngine:
         # of its own: the IR's mapped weights file is read once, and its pages are given back
         # while and after that happens (see pages.py; -70 MB of peak RSS for SmolLM2-135M int4).
         weights = path / "openvino_model.bin" if path.is_dir() and self.release_weight_pages else None
-        with Releasing(weights if weights is not None and weights.is_file() else None):
+        self._weights = weights if weights is not None and weights.is_file() else None
+        with Releasing(self._weights):
             self._warm_up()
         # Then once through our own loop (step(), the detokenizer), as the first request will go.
         self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
@@ -277,14 +279,19 @@ class OpenVINOEngine:
         return result
 
     def settle(self) -> None:
-        """Idle time, nothing queued (the worker calls it): after a generation whose decode steps
-        checked prompt-lookup candidates (4 tokens a step), the next request's first step (1-2
-        tokens) paid 10-18 ms more at 1.5k tokens of context than after one-token steps; one tiny
-        request now, while the user reads the suggestion, takes that cost off the next keystroke
-        (measured on the engine API, 1.5k documents typed on: 50-58 ms first token -> 38-40)."""
-        if not self._unsettled or self._pipe is None or not self._stepped:
-            return
-        self._generate_stepped(SETTLE_PROMPT, GenerationParams(max_new_tokens=1), threading.Event(), None)
+        """Idle time, nothing queued (the worker calls it after an answer), while the user reads
+        the suggestion:
+        - after a generation whose decode steps checked prompt-lookup candidates (4 tokens a
+          step), the next request's first step (1-2 tokens) paid 10-18 ms more at 1.5k tokens of
+          context than after one-token steps; one tiny request now takes that cost off the next
+          keystroke (engine API, 1.5k documents typed on: 50-58 ms first token -> 38-40);
+        - the weights file's pages the generation read back (the embedding rows of its tokens)
+          are given back again, as after loading (pages.py): they would otherwise pile up across
+          answers into the peak RSS (-17 MB over a bench run's prompts; ~1-2 ms of madvise)."""
+        if self._unsettled and self._pipe is not None and self._stepped:
+            self._generate_stepped(SETTLE_PROMPT, GenerationParams(max_new_tokens=1), threading.Event(), None)
+        if self._weights is not None:
+            release(self._weights)
 
     def _fit(self, prompt_tokens: int, params: GenerationParams) -> GenerationParams:
         """The request as the KV cache can hold it. Past its end the pipeline answers nothing, or

@@ -4,6 +4,7 @@ in the step that adds it leaves the pipeline clean. (Its speed: `aipc-lsp bench`
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import pytest
@@ -74,3 +75,37 @@ def test_settle_after_prompt_lookup_decode_steps_runs_on_the_real_pipeline(engin
     assert not with_checkpoint._unsettled and not with_checkpoint._pipe.has_non_finished_requests()
     again = _generate(with_checkpoint, head)  # the same prompt: the prefix cache and the text are unharmed
     assert again.text == first.text
+
+
+def _resident_bytes(path) -> int:
+    """Resident bytes of this process's mappings of the file `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            head = line.split(maxsplit=5)
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                inside = len(head) == 6 and head[5].strip() == str(path)
+            elif inside and line.startswith("Rss:"):
+                total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps (Linux)")
+def test_settle_gives_back_the_weights_pages_an_answer_read_back():
+    from aipc_lsp.models import gguf_ir
+
+    # No prefix cache: every answer is computed the same way from the prompt, so the answer after
+    # the pages went is comparable token for token with the one before.
+    engine = OpenVINOEngine(gguf_ir.ir_for(fetch()), "CPU", prefix_caching=False)
+    engine.load()
+    try:
+        weights = engine._weights.resolve()
+        prompt = TEXT[20000:22000]
+        first = _generate(engine, prompt)
+        # The prompt's embedding rows were read from the mapped file again.
+        assert _resident_bytes(weights) > 0
+        engine.settle()
+        assert _resident_bytes(weights) == 0
+        assert _generate(engine, prompt).text == first.text  # read back unchanged
+    finally:
+        engine.close()

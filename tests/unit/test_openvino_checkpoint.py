@@ -175,3 +175,19 @@ def test_settle_does_nothing_when_no_decode_step_of_prompt_lookup_ran(case):
     before = len(pipe.requests)
     engine.settle()
     assert len(pipe.requests) == before
+
+
+def test_settle_gives_back_the_weights_pages_after_every_answer(monkeypatch, tmp_path):
+    from aipc_lsp.engines import openvino
+
+    released = []
+    monkeypatch.setattr(openvino, "release", lambda path: released.append(path) or 0)
+    engine, pipe = _engine()
+    engine.settle()
+    assert released == []  # no IR weights file (a GGUF, or release_weight_pages off): nothing to give back
+    engine._weights = tmp_path / "openvino_model.bin"
+    engine.prompt_lookup_tokens = 0  # an answer without prompt-lookup steps: no tiny request, pages still
+    engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
+    before = len(pipe.requests)
+    engine.settle()
+    assert released == [engine._weights] and len(pipe.requests) == before
