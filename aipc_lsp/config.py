@@ -56,7 +56,7 @@ class OpenVINOSettings:
     gguf_as_ir: bool = _opt(True, "load a GGUF through the OpenVINO IR OpenVINO GenAI's GGUF reader makes of it (once, "
                                   "into the model cache): the same weights in ~90 MB less memory, and a faster load")
     release_weight_pages: bool = _opt(True, "give back the IR weights file's pages once the CPU plugin has repacked "
-                                            "the weights into memory of its own (-70 MB RSS for the default model)")
+                                            "the weights into memory of its own (-70 MB RSS for the default model), and after each answer")
     config: dict = _opt({}, "extra OpenVINO properties, e.g. {CACHE_DIR = \"...\"}")
     npu_max_prompt_len: int = _opt(1024, "NPU only: longest prompt the statically shaped model is compiled for",
                                    minimum=64, maximum=131072)
