@@ -75,9 +75,9 @@ def prompt_of_tokens(count_tokens, text: str, tokens: int) -> str:
 
 def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int) -> dict:
     """The server's cold and typing figures without the server: our engine API (typing
-    checkpoint, prompt lookup, settling between answers: what the worker runs) on the server bench's document of `tokens`
-    tokens, cold, then typed on with the same keystrokes. What the server's figures cannot go
-    below in this run."""
+    checkpoint, prompt lookup, settling between answers: what the worker runs) on the server
+    bench's document of `tokens` tokens, cold, then typed on with the same keystrokes. What the
+    server's figures cannot go below in this run."""
     from aipc_lsp.engines.base import GenerationParams
 
     text = corpus_text()

@@ -284,7 +284,9 @@ class OpenVINOEngine:
         - after a generation whose decode steps checked prompt-lookup candidates (4 tokens a
           step), the next request's first step (1-2 tokens) paid 10-18 ms more at 1.5k tokens of
           context than after one-token steps; one tiny request now takes that cost off the next
-          keystroke (engine API, 1.5k documents typed on: 50-58 ms first token -> 38-40);
+          keystroke (engine API, 1.5k documents typed on: 50-58 ms first token -> 38-40). Why: the
+          CPU plugin re-prepares the whole graph for a pass whose token count differs from the
+          pass before (10-14 ms here), and most keystrokes prefill one token;
         - the weights file's pages the generation read back (the embedding rows of its tokens)
           are given back again, as after loading (pages.py): they would otherwise pile up across
           answers into the peak RSS (-17 MB over a bench run's prompts; ~1-2 ms of madvise)."""
