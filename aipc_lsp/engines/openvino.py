@@ -289,7 +289,9 @@ class OpenVINOEngine:
           pass before (10-14 ms here), and most keystrokes prefill one token;
         - the weights file's pages the generation read back (the embedding rows of its tokens)
           are given back again, as after loading (pages.py): they would otherwise pile up across
-          answers into the peak RSS (-17 MB over a bench run's prompts; ~1-2 ms of madvise)."""
+          answers into the peak RSS (the server bench's peak 399 -> 389 MB; ~1-2 ms). The file's
+          address ranges are looked up again each time rather than kept: advising a range that no
+          longer maps the file could drop another mapping's data."""
         if self._unsettled and self._pipe is not None and self._stepped:
             self._generate_stepped(SETTLE_PROMPT, GenerationParams(max_new_tokens=1), threading.Event(), None)
         if self._weights is not None:
