@@ -7,6 +7,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText, RequestError
@@ -18,9 +19,7 @@ log = logging.getLogger(__name__)
 PROMPT_LOOKUP_NGRAM = 3
 # The typing checkpoint leaves out the prompt's last token: the one the next keystroke is likely
 # to change (BPE merges the typed character into the word before it). The pipeline restores the
-# shortest cached partial block that prefixes a prompt, so one checkpoint length serves: leaving
-# out 1 makes the next keystroke's prefill 1 token for 58% of keystrokes, 2 for 35%, a block again
-# for 5% (the last 2 tokens changed, e.g. runs of spaces); leaving out 2 made it 2-3 tokens for 93%.
+# shortest cached partial block that prefixes a prompt, so one checkpoint length serves.
 CHECKPOINT_HELD_TOKENS = 1
 # Shorter prompts are cheap to prefill anyway.
 CHECKPOINT_MIN_TOKENS = 64
@@ -63,7 +62,8 @@ class OpenVINOEngine:
         # Prompt lookup rides on the paged pipeline (prefix caching); the NPU path has neither.
         self.prompt_lookup_tokens = prompt_lookup_tokens if prefix_caching else 0
         self.typing_checkpoint = typing_checkpoint and prefix_caching
-        self._checkpoint_handle = None
+        # The last answer's prompt less its last token, cached when the engine settles (see settle()).
+        self._checkpoint = None
         # The last generation ran prompt-lookup decode steps (several tokens each): see settle().
         self._unsettled = False
         self.release_weight_pages = release_weight_pages
@@ -100,12 +100,11 @@ class OpenVINOEngine:
 
     def _room(self, prompt_tokens: int) -> int | None:
         """Tokens the KV cache leaves for the answer to a prompt this long, or None without a
-        cap. Held back: the typing checkpoint's copy of the last partly filled block, and the
-        prompt-lookup candidates a step writes beyond the answer's end."""
+        cap. Held back: the prompt-lookup candidates a step writes beyond the answer's end."""
         capacity = self.kv_capacity
         if capacity is None:
             return None
-        return capacity - prompt_tokens - self.block_tokens - self.prompt_lookup_tokens - 1
+        return capacity - prompt_tokens - self.prompt_lookup_tokens - 1
 
     def _compile_properties(self) -> dict:
         props: dict = {"PERFORMANCE_HINT": "LATENCY"}
@@ -242,19 +241,17 @@ class OpenVINOEngine:
         flight (the library's streamer runs a step ahead of its callback)."""
         result = GenerationResult()
         started = time.perf_counter()
+        # An older prompt's checkpoint cached after this answer would shadow this one's (settle()).
+        self._checkpoint = None
         detok = _Detokenizer(self._tokenizer)
         input_ids = self._tokenizer.encode(prompt).input_ids
         params = self._fit(int(input_ids.data.shape[-1]), params)
         handle = self._pipe.add_request(next(self._request_ids), input_ids, self._generation_config(params))
-        checkpoint = self._checkpoint_ids(input_ids) if self.typing_checkpoint else None
-        checkpoint_handle = None
         ended = False
         decode_steps = 0
         while self._pipe.has_non_finished_requests():
             if cancel.is_set() and not ended:
                 handle.cancel()
-                if checkpoint_handle is not None:
-                    checkpoint_handle.cancel()  # its prefill would delay the cancel by a step
                 result.cancelled = ended = True
             self._pipe.step()  # after cancel/stop this only releases the request's blocks
             decode_steps += result.first_token_s is not None and not ended  # not the step that frees
@@ -268,32 +265,47 @@ class OpenVINOEngine:
                     handle.stop()  # keeps the KV blocks for the prefix cache
                     ended = True
                     break
-            if checkpoint is not None and result.first_token_s is not None and not ended:
-                # After the first token, so it never delays it: rides along the next decode step.
-                checkpoint_handle = self._add_checkpoint(checkpoint)
-                checkpoint = None
         result.text = detok.text
         result.tokens = detok.count
         result.total_s = time.perf_counter() - started
         self._unsettled = bool(self.prompt_lookup_tokens and decode_steps)
+        # One-token requests (a warm-up, settling) leave their own prompt's blocks; a cancelled
+        # answer's next request is on its way.
+        if self.typing_checkpoint and params.max_new_tokens > 1 and not result.cancelled:
+            self._checkpoint = self._checkpoint_ids(input_ids)
         return result
 
-    def settle(self) -> None:
+    def settle(self, busy: Callable[[], bool] = lambda: False) -> None:
         """Idle time, nothing queued (the worker calls it after an answer), while the user reads
-        the suggestion:
-        - after a generation whose decode steps checked prompt-lookup candidates (4 tokens a
-          step), the next request's first step (1-2 tokens) paid 10-18 ms more at 1.5k tokens of
-          context than after one-token steps; one tiny request now takes that cost off the next
-          keystroke (engine API, 1.5k documents typed on: 50-58 ms first token -> 38-40). Why: the
-          CPU plugin re-prepares the whole graph for a pass whose token count differs from the
-          pass before (10-14 ms here), and most keystrokes prefill one token;
-        - the weights file's pages the generation read back (the embedding rows of its tokens)
-          are given back again, as after loading (pages.py): they would otherwise pile up across
-          answers into the peak RSS (the server bench's peak 399 -> 389 MB; ~1-2 ms). The file's
-          address ranges are looked up again each time rather than kept: advising a range that no
-          longer maps the file could drop another mapping's data."""
-        if self._unsettled and self._pipe is not None and self._stepped:
-            self._generate_stepped(SETTLE_PROMPT, GenerationParams(max_new_tokens=1), threading.Event(), None)
+        the suggestion. `busy` says a request has come meanwhile: what is left is skipped.
+        - **The typing checkpoint**: the last answer's prompt less its last token, cached by a
+          one-token request: the next keystroke restores that partly filled KV block and prefills
+          only the tokens it changed (1 for most keystrokes), not the block's tail (up to 31).
+          Why after the answer and not beside it: a request that restores a partial block and
+          fills it in one step leaves it filed under the length it restored, and the pipeline
+          restores the shortest match. Beside the answer, the checkpoint shared the block the
+          answer had restored, so the block stayed filed under the first checkpoint's length and
+          each keystroke in it prefilled more (2-3 tokens after 16 keystrokes, a block's tail
+          later). Once the answer is done nothing else holds that block: the checkpoint computes
+          the tail afresh (one ~16-token pass, in idle time), filed under its own length. A
+          keystroke that cancels a running answer finds no checkpoint of that answer's prompt.
+        - **One-token shape**: after a pass of several tokens (a checkpoint's, or a
+          prompt-lookup decode step's 4) the next request's first pass (1-2 tokens) paid 10-18 ms
+          more at 1.5k tokens of context than after one-token passes; one tiny request takes that
+          cost off the next keystroke. Why: the CPU plugin re-prepares the whole graph for a pass
+          whose token count differs from the pass before (10-14 ms here).
+        - **Memory**: the weights file's pages the generation read back (the embedding rows of its
+          tokens) are given back again, as after loading (pages.py): they would otherwise pile up
+          across answers into the peak RSS (the server bench's peak 399 -> 389 MB; ~1-2 ms). The
+          file's address ranges are looked up again each time rather than kept: advising a range
+          that no longer maps the file could drop another mapping's data."""
+        if self._pipe is not None and self._stepped:
+            checkpoint, self._checkpoint = self._checkpoint, None
+            if checkpoint is not None and not busy():
+                self._cache_checkpoint(checkpoint)
+                self._unsettled = True  # its pass was the block's tail wide
+            if self._unsettled and not busy():
+                self._generate_stepped(SETTLE_PROMPT, GenerationParams(max_new_tokens=1), threading.Event(), None)
         if self._weights is not None:
             release(self._weights)
 
@@ -332,13 +344,14 @@ class OpenVINOEngine:
             return None
         return np.ascontiguousarray(ids[:, :cut])
 
-    def _add_checkpoint(self, ids):
+    def _cache_checkpoint(self, ids) -> None:
         import openvino as ov
 
         config = self._generation_config(GenerationParams(max_new_tokens=1))
-        # Kept until the next one: a dropped handle would drop the request before it ran.
-        self._checkpoint_handle = self._pipe.add_request(next(self._request_ids), ov.Tensor(ids), config)
-        return self._checkpoint_handle
+        handle = self._pipe.add_request(next(self._request_ids), ov.Tensor(ids), config)
+        while self._pipe.has_non_finished_requests():
+            self._pipe.step()
+        del handle  # held until it ran: a dropped handle drops its request
 
     @staticmethod
     def _wants_stop(piece, text, params, on_text, result) -> bool:

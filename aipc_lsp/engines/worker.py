@@ -159,12 +159,13 @@ class Worker:
 
     def _settle_if_idle(self) -> None:
         """The answer is out and nothing waits: the engine may prepare for the next request
-        (engines/openvino.py `settle`). A request that comes meanwhile waits one short step."""
+        (engines/openvino.py `settle`). A request that comes meanwhile waits for the step in
+        flight, and the rest is skipped."""
         settle = getattr(self.engine, "settle", None)
         if settle is None or not self.jobs.empty():
             return
         try:
-            settle()
+            settle(busy=lambda: not self.jobs.empty())
         except Exception as exc:  # the next request will meet the engine's trouble, and say it
             sys.stderr.write(f"settle failed: {type(exc).__name__}: {exc}\n")
 

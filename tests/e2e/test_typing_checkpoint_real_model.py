@@ -1,11 +1,13 @@
-"""The typing checkpoint on the real model and OpenVINO GenAI's paged pipeline: the extra
-one-token request runs, a keystroke after it still gets the model's suggestion, and a cancel
-in the step that adds it leaves the pipeline clean. (Its speed: `aipc-lsp bench`.)"""
+"""The typing checkpoint on the real model and OpenVINO GenAI's paged pipeline: cached when the
+engine settles after an answer, it makes each keystroke prefill only the tokens it changed; a
+keystroke after it still gets the model's suggestion, and a cancelled answer leaves the pipeline
+clean. (Its speed: `aipc-lsp bench`.)"""
 
 from __future__ import annotations
 
 import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,21 +40,87 @@ def _generate(engine: OpenVINOEngine, prompt: str, cancel: threading.Event | Non
 
 
 def test_a_keystroke_after_the_checkpoint_gets_the_models_suggestion(engines):
-    import openvino_genai as og
-
     with_checkpoint, without = engines
     agreed = 0
     for start in (0, 4000, 8000):
         head, typed = TEXT[start:start + 2000], TEXT[start + 2000:start + 2002]
         first = _generate(with_checkpoint, head)
         assert first.text and first.first_token_s is not None
-        assert with_checkpoint._checkpoint_handle.get_status() == og.GenerationStatus.FINISHED
+        with_checkpoint.settle()
+        assert not with_checkpoint._pipe.has_non_finished_requests()
         ours, reference = _generate(with_checkpoint, head + typed), _generate(without, head + typed)
         assert ours.text.strip(), ours
         # The restored block holds the same tokens' KV, computed in other chunks: bf16 rounding
         # may flip a near tie further on, but the suggestion starts as the model's own.
         agreed += ours.text[:3] == reference.text[:3]
     assert agreed >= 2
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_each_keystroke_prefills_only_the_tokens_it_changed(monkeypatch):
+    """Typing along a line of code, settling after each answer as the worker does. The pipeline
+    is made to compute one token per step, so the steps before the first token are the tokens
+    the keystroke prefilled. Where the last answer's checkpoint (its prompt less the last token)
+    prefixes the new prompt, those are at most the tokens after it: 1 where the typed character
+    joined the last word, 2 where it began a new one. (A checkpoint filed under an older length
+    made them grow with each token typed into the block.)"""
+    import openvino_genai as og
+
+    class OneTokenPerStep(og.SchedulerConfig):
+        def __init__(self):
+            super().__init__()
+            self.max_num_batched_tokens = 1
+
+    monkeypatch.setattr(og, "SchedulerConfig", OneTokenPerStep)
+    engine = _engine()
+    try:
+        pipe, steps, first_at = engine._pipe, [], []
+
+        def step():
+            steps.append(None)
+            pipe.step()
+
+        def on_text(piece):
+            if not first_at:
+                first_at.append(len(steps))
+
+        def ids(text):
+            return [int(i) for i in engine._tokenizer.encode(text).input_ids.data[0]]
+
+        monkeypatch.setattr(engine, "_pipe", SimpleNamespace(
+            step=step, add_request=pipe.add_request, has_non_finished_requests=pipe.has_non_finished_requests,
+            get_config=pipe.get_config))
+        start = TEXT.index("\n", 3000) + 1
+        head = TEXT[start:start + 400]
+        head = head[:head.rindex("\n") + 1]
+        line = TEXT[start + len(head):].split("\n")[0].lstrip()[:20]
+        indent = " " * 8
+        checked, previous = [], None
+        for k in range(1, len(line) + 1):
+            prompt = head + indent + line[:k]
+            prompt = prompt[:-1] if prompt.endswith(" ") else prompt  # as the server: a space waits for its word
+            steps.clear()
+            first_at.clear()
+            engine.generate(prompt, GenerationParams(max_new_tokens=4), threading.Event(), on_text)
+            engine.settle()
+            tokens = ids(prompt)
+            # (A prompt the same as the last, a space held back, is the server's to answer from
+            # the last generation; here its request may restore an older block.)
+            if previous not in (None, tokens) and _common(tokens, previous[:-1]) == len(previous) - 1:
+                checked.append((repr(line[:k]), first_at[0], len(tokens) - (len(previous) - 1)))
+            previous = tokens
+        assert len(checked) >= 10, checked
+        # Fewer where a longer partial block was cached too (a keystroke that left the prompt as it was).
+        assert all(prefilled <= expected for _, prefilled, expected in checked), checked
+        assert any(expected == 1 for _, _, expected in checked[5:]), checked  # well into the block too
+    finally:
+        engine.close()
 
 
 def test_a_cancel_just_after_the_first_token_leaves_the_pipeline_clean(engines):
@@ -67,13 +135,15 @@ def test_a_cancel_just_after_the_first_token_leaves_the_pipeline_clean(engines):
 
 
 def test_settle_after_prompt_lookup_decode_steps_runs_on_the_real_pipeline(engines):
-    with_checkpoint, _ = engines
+    # Without the checkpoint, whose block (the same tokens' KV computed in another chunk) may flip
+    # a near tie further on: the settling request alone must leave the text as it was.
+    _, engine = engines
     head = TEXT[16000:18000]
-    first = _generate(with_checkpoint, head)
-    assert first.tokens > 1 and with_checkpoint._unsettled  # decode steps checked candidates
-    with_checkpoint.settle()
-    assert not with_checkpoint._unsettled and not with_checkpoint._pipe.has_non_finished_requests()
-    again = _generate(with_checkpoint, head)  # the same prompt: the prefix cache and the text are unharmed
+    first = _generate(engine, head)
+    assert first.tokens > 1 and engine._unsettled  # decode steps checked candidates
+    engine.settle()
+    assert not engine._unsettled and not engine._pipe.has_non_finished_requests()
+    again = _generate(engine, head)  # the same prompt: the prefix cache and the text are unharmed
     assert again.text == first.text
 
 

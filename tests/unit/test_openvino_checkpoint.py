@@ -79,37 +79,58 @@ def _engine(**kwargs) -> tuple[OpenVINOEngine, _Pipe]:
 LONG = "def f(x):\n    return x\n" * 8  # 192 tokens here
 
 
-def test_after_the_first_token_the_prompt_less_its_last_tokens_is_cached_by_a_one_token_request():
+def test_settling_after_an_answer_caches_the_prompt_less_its_last_token_then_takes_the_one_token_shape():
+    from aipc_lsp.engines.openvino import SETTLE_PROMPT
+
     engine, pipe = _engine()
     result = engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
     assert result.text == "x" * 6
-    main, checkpoint = pipe.requests
+    assert len(pipe.requests) == 1  # nothing beside the answer: the checkpoint waits for the idle moment
+    engine.settle()
+    main, checkpoint, settling = pipe.requests
     assert main["ids"] == [ord(c) for c in LONG]
     assert checkpoint["ids"] == main["ids"][:-CHECKPOINT_HELD_TOKENS]
-    assert checkpoint["max"] == 1 and checkpoint["done"]
-    assert checkpoint["added_at_step"] == 1  # after the step that made the first token, never before
-    assert engine._checkpoint_handle is not None  # kept: a dropped handle drops its request
+    assert checkpoint["max"] == 1 and checkpoint["done"] and checkpoint["added_at_step"] == 6  # after the answer
+    assert settling["ids"] == [ord(c) for c in SETTLE_PROMPT] and settling["done"]
+    engine.settle()
+    assert len(pipe.requests) == 3  # once per answer
 
 
-@pytest.mark.parametrize("case", ["short prompt", "switched off", "answered by the first piece"])
+@pytest.mark.parametrize("case", ["short prompt", "switched off", "one-token request", "cancelled"])
 def test_no_checkpoint_when_it_cannot_help(case):
     engine, pipe = _engine(typing_checkpoint=case != "switched off")
     prompt = "x = 1\n" if case == "short prompt" else LONG
-    on_text = (lambda piece: False) if case == "answered by the first piece" else None
-    engine.generate(prompt, GenerationParams(max_new_tokens=6), threading.Event(), on_text)
-    assert len(pipe.requests) == 1
+    cancel = threading.Event()
+    if case == "cancelled":  # the user typed on: the next request is on its way, with its own prompt
+        original = pipe.step
+        pipe.step = lambda: (original(), cancel.set())
+    tokens = 1 if case == "one-token request" else 6  # a warm-up: its own prefill left its blocks
+    engine.generate(prompt, GenerationParams(max_new_tokens=tokens), cancel)
+    engine.settle()
+    assert not any(r["ids"] == [ord(c) for c in prompt][:-CHECKPOINT_HELD_TOKENS] for r in pipe.requests)
     assert not pipe.has_non_finished_requests()
 
 
-def test_a_cancel_right_after_the_first_token_cancels_the_checkpoint_too():
+def test_a_newer_answer_replaces_the_checkpoint_an_older_one_left():
     engine, pipe = _engine()
-    cancel = threading.Event()
-    original = pipe.step
-    pipe.step = lambda: (original(), cancel.set())  # the cancel comes during the first step
-    result = engine.generate(LONG, GenerationParams(max_new_tokens=6), cancel)
-    assert result.cancelled
-    main, checkpoint = pipe.requests
-    assert checkpoint["made"] == 0 and checkpoint["done"]  # its prefill never ran
+    engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
+    newer = LONG + "y = 2\n"
+    engine.generate(newer, GenerationParams(max_new_tokens=6), threading.Event())
+    engine.settle()
+    cached = [r["ids"] for r in pipe.requests if r["max"] == 1 and len(r["ids"]) >= CHECKPOINT_MIN_TOKENS]
+    assert cached == [[ord(c) for c in newer][:-CHECKPOINT_HELD_TOKENS]]
+
+
+def test_a_request_that_comes_while_settling_skips_what_is_left():
+    engine, pipe = _engine()
+    engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
+    before = len(pipe.requests)
+    engine.settle(busy=lambda: pipe.steps > 6)  # a request came during the checkpoint's step
+    assert len(pipe.requests) == before + 1 and not engine._checkpoint  # the checkpoint ran, no settling request
+    engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
+    before = len(pipe.requests)
+    engine.settle(busy=lambda: True)  # one came before settling began: nothing runs
+    assert len(pipe.requests) == before
 
 
 def test_no_checkpoint_without_prefix_caching():
@@ -120,11 +141,11 @@ def test_a_request_is_fitted_to_the_kv_cache_or_refused_with_what_to_change():
     from aipc_lsp.engines.base import RequestError
 
     engine, _ = _engine(kv_cache_tokens=512)
-    held = 32 + 3 + 1  # the checkpoint's copy of a partly filled block, prompt-lookup candidates
+    held = 3 + 1  # the prompt-lookup candidates a step writes past the answer's end
     asked = GenerationParams(max_new_tokens=64)
     assert engine._fit(512 - held - 64, asked) is asked  # fits as asked
     assert engine._fit(512 - held - 10, asked).max_new_tokens == 10  # cut where the cache ends
-    with pytest.raises(RequestError, match=r"the prompt is 476 tokens.*kv_cache_tokens = 512"):
+    with pytest.raises(RequestError, match=r"the prompt is 508 tokens.*kv_cache_tokens = 512"):
         engine._fit(512 - held, asked)
     assert OpenVINOEngine("m", "CPU", prefix_caching=False)._fit(10**6, asked) is asked  # no paged cache
 
@@ -137,7 +158,7 @@ def test_a_prompt_past_the_kv_cache_fails_before_the_pipeline_sees_it():
         engine.generate("x" * 600, GenerationParams(max_new_tokens=8), threading.Event())
     assert pipe.requests == []
     result = engine.generate("x" * 450, GenerationParams(max_new_tokens=64), threading.Event())
-    assert pipe.requests[0]["max"] == 512 - 450 - 36 and result.text == "x" * 26  # cut to the room
+    assert pipe.requests[0]["max"] == 512 - 450 - 4 and result.text == "x" * 58  # cut to the room
 
 
 def test_an_empty_prompt_is_answered_empty_without_the_pipeline():
@@ -152,6 +173,7 @@ def test_settle_runs_one_tiny_request_only_after_prompt_lookup_decode_steps():
     engine, pipe = _engine()
     engine.settle()
     assert pipe.requests == []  # nothing ran yet: nothing to settle
+    engine.typing_checkpoint = False  # settling alone
     engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
     before = len(pipe.requests)
     engine.settle()
@@ -163,7 +185,7 @@ def test_settle_runs_one_tiny_request_only_after_prompt_lookup_decode_steps():
 
 @pytest.mark.parametrize("case", ["answered by the first piece", "no prompt lookup", "cancelled at once"])
 def test_settle_does_nothing_when_no_decode_step_of_prompt_lookup_ran(case):
-    engine, pipe = _engine()
+    engine, pipe = _engine(typing_checkpoint=False)  # its pass would need settling itself
     if case == "no prompt lookup":
         engine.prompt_lookup_tokens = 0
     cancel = threading.Event()
@@ -186,6 +208,7 @@ def test_settle_gives_back_the_weights_pages_after_every_answer(monkeypatch, tmp
     engine.settle()
     assert released == []  # no IR weights file (a GGUF, or release_weight_pages off): nothing to give back
     engine._weights = tmp_path / "openvino_model.bin"
+    engine.typing_checkpoint = False
     engine.prompt_lookup_tokens = 0  # an answer without prompt-lookup steps: no tiny request, pages still
     engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
     before = len(pipe.requests)

@@ -76,7 +76,8 @@ class SettlingEngine(FakeEngine):
 
     settled = 0
 
-    def settle(self) -> None:
+    def settle(self, busy) -> None:
+        assert not busy()  # the worker settles only with nothing queued
         SettlingEngine.settled += 1
 
     def count_tokens(self, text: str) -> int:
