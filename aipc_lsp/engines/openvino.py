@@ -64,7 +64,7 @@ class OpenVINOEngine:
         self.typing_checkpoint = typing_checkpoint and prefix_caching
         # The last answer's prompt less its last token, cached when the engine settles (see settle()).
         self._checkpoint = None
-        # The last generation ran prompt-lookup decode steps (several tokens each): see settle().
+        # The last pass was wider than one token (settle()).
         self._unsettled = False
         self.release_weight_pages = release_weight_pages
         self._weights: Path | None = None  # the IR's weights file whose pages are given back
@@ -268,7 +268,9 @@ class OpenVINOEngine:
         result.text = detok.text
         result.tokens = detok.count
         result.total_s = time.perf_counter() - started
-        self._unsettled = bool(self.prompt_lookup_tokens and decode_steps)
+        # Wider than one token: prompt-lookup decode steps (4), or a prompt's prefill with no decode
+        # step after it (a warm-up, an answer of one piece), unless it was the settling request's.
+        self._unsettled = bool(self.prompt_lookup_tokens if decode_steps else prompt != SETTLE_PROMPT)
         # One-token requests (a warm-up, settling) leave their own prompt's blocks; a cancelled
         # answer's next request is on its way.
         if self.typing_checkpoint and params.max_new_tokens > 1 and not result.cancelled:
@@ -289,8 +291,8 @@ class OpenVINOEngine:
           later). Once the answer is done nothing else holds that block: the checkpoint computes
           the tail afresh (one ~16-token pass, in idle time), filed under its own length. A
           keystroke that cancels a running answer finds no checkpoint of that answer's prompt.
-        - **One-token shape**: after a pass of several tokens (a checkpoint's, or a
-          prompt-lookup decode step's 4) the next request's first pass (1-2 tokens) paid 10-18 ms
+        - **One-token shape**: after a pass of several tokens (a checkpoint's, a warm-up's
+          prefill, or a prompt-lookup decode step's 4) the next request's first pass (1-2 tokens) paid 10-18 ms
           more at 1.5k tokens of context than after one-token passes; one tiny request takes that
           cost off the next keystroke. Why: the CPU plugin re-prepares the whole graph for a pass
           whose token count differs from the pass before (10-14 ms here).

@@ -167,7 +167,7 @@ def test_an_empty_prompt_is_answered_empty_without_the_pipeline():
     assert result.text == "" and result.tokens == 0 and pipe.requests == []
 
 
-def test_settle_runs_one_tiny_request_only_after_prompt_lookup_decode_steps():
+def test_settle_runs_one_tiny_request_after_prompt_lookup_decode_steps_once():
     from aipc_lsp.engines.openvino import SETTLE_PROMPT
 
     engine, pipe = _engine()
@@ -183,17 +183,27 @@ def test_settle_runs_one_tiny_request_only_after_prompt_lookup_decode_steps():
     assert len(pipe.requests) == before + 1  # once: its own one-token step is what the next request needs
 
 
-@pytest.mark.parametrize("case", ["answered by the first piece", "no prompt lookup", "cancelled at once"])
-def test_settle_does_nothing_when_no_decode_step_of_prompt_lookup_ran(case):
-    engine, pipe = _engine(typing_checkpoint=False)  # its pass would need settling itself
-    if case == "no prompt lookup":
-        engine.prompt_lookup_tokens = 0
+@pytest.mark.parametrize("case", ["answered by the first piece", "a warm-up", "cancelled at once"])
+def test_settle_runs_the_one_token_request_after_a_prefill_that_no_decode_step_followed(case):
+    from aipc_lsp.engines.openvino import SETTLE_PROMPT
+
+    # The last pass was the prompt's (a chunk of it, or a keystroke's few tokens): not one token wide.
+    engine, pipe = _engine(typing_checkpoint=False)
     cancel = threading.Event()
-    if case == "cancelled at once":
+    if case == "cancelled at once":  # (the worker does not settle then: the next request is coming)
         original = pipe.step
         pipe.step = lambda: (original(), cancel.set())
     on_text = (lambda piece: False) if case == "answered by the first piece" else None
-    engine.generate(LONG, GenerationParams(max_new_tokens=6), cancel, on_text)
+    engine.generate(LONG, GenerationParams(max_new_tokens=1 if case == "a warm-up" else 6), cancel, on_text)
+    before = len(pipe.requests)
+    engine.settle()
+    assert [r["ids"] for r in pipe.requests[before:]] == [[ord(c) for c in SETTLE_PROMPT]]
+
+
+def test_settle_does_nothing_after_one_token_decode_steps():
+    engine, pipe = _engine(typing_checkpoint=False)
+    engine.prompt_lookup_tokens = 0
+    engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
     before = len(pipe.requests)
     engine.settle()
     assert len(pipe.requests) == before
