@@ -479,6 +479,24 @@ class Scheduler:
         elif not stale:
             self._account(job, slot, future.result(), params, started)
         self._dispatch()
+        if error is None and not future.cancelled() and not future.result().cancelled:
+            self._settle_if_idle(slot)
+
+    @staticmethod
+    def _settle_if_idle(slot: Slot) -> None:
+        """An answer is out and the slot has nothing to do: an engine in this process prepares
+        for the next request in the slot's thread (engines in a worker process: the worker does
+        it; engines/openvino.py `settle`). A job dispatched meanwhile queues behind the step in
+        flight, and the rest is skipped. Not after a cancel: the next request is on its way."""
+        settle = getattr(slot.engine, "settle", None)
+        if settle is None or slot.busy_with is not None or slot.closed or not slot.ready:
+            return
+
+        def settled(done) -> None:
+            if done.exception() is not None:  # the next request meets the engine's trouble, and says it
+                log.warning("slot %s could not settle: %s", slot.name, done.exception())
+
+        slot.executor.submit(settle, busy=lambda: slot.busy_with is not None).add_done_callback(settled)
 
     def _forget_attempt(self, attempt: threading.Event) -> None:
         key = self._attempts.pop(attempt, None)

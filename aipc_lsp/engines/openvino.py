@@ -292,10 +292,10 @@ class OpenVINOEngine:
           the tail afresh (one ~16-token pass, in idle time), filed under its own length. A
           keystroke that cancels a running answer finds no checkpoint of that answer's prompt.
         - **One-token shape**: after a pass of several tokens (a checkpoint's, a warm-up's
-          prefill, or a prompt-lookup decode step's 4) the next request's first pass (1-2 tokens) paid 10-18 ms
-          more at 1.5k tokens of context than after one-token passes; one tiny request takes that
-          cost off the next keystroke. Why: the CPU plugin re-prepares the whole graph for a pass
-          whose token count differs from the pass before (10-14 ms here).
+          prefill, or a prompt-lookup decode step's 4) the next request's first pass (1-2
+          tokens) paid 10-18 ms more at 1.5k tokens of context than after one-token passes; one
+          tiny request takes that cost off the next keystroke. Why: the CPU plugin re-prepares
+          the whole graph for a pass whose token count differs from the pass before (10-14 ms).
         - **Memory**: the weights file's pages the generation read back (the embedding rows of its
           tokens) are given back again, as after loading (pages.py): they would otherwise pile up
           across answers into the peak RSS (the server bench's peak 399 -> 389 MB; ~1-2 ms). The

@@ -533,3 +533,41 @@ async def test_a_newer_warm_up_supersedes_the_previous_one(make_scheduler):
                                                       yields=True)), 2.0)
     assert (await first).cancelled and not second.cancelled
     assert engine.prompts == ["a", "b"]
+
+
+# --- settling an in-process engine while its slot idles ------------------------------------
+
+
+class SettlingEngine(FakeEngine):
+    """Records each `settle` and what `busy` said then."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.settled: list[bool] = []
+
+    def settle(self, busy) -> None:
+        time.sleep(DELAY)
+        self.settled.append(busy())
+
+
+async def test_an_in_process_engine_settles_after_an_answer_but_not_after_a_cancel(make_scheduler):
+    engine = SettlingEngine(output=SHORT, token_delay=DELAY)
+    scheduler = make_scheduler(engine)
+    assert not (await scheduler.run(job(prompt="first"))).cancelled
+    await until(lambda: engine.settled == [False], what="settled, nothing waiting")
+    running = asyncio.ensure_future(scheduler.run(job(prompt="second", params=GenerationParams(max_new_tokens=100))))
+    await started(engine, 2)
+    scheduler.cancel_key(running_key := (URI_A, COMPLETION))
+    assert (await running).cancelled, running_key
+    await asyncio.sleep(DELAY * 3)
+    assert engine.settled == [False]  # the user moved on: the next request is coming
+
+
+async def test_a_job_that_comes_while_the_engine_settles_is_seen_as_busy(make_scheduler):
+    engine = SettlingEngine(output=SHORT, token_delay=DELAY)
+    scheduler = make_scheduler(engine)
+    await scheduler.run(job(prompt="first"))
+    second = await asyncio.wait_for(scheduler.run(job(prompt="second")), 2.0)  # queued behind settling
+    assert not second.cancelled
+    await until(lambda: len(engine.settled) == 2, what="both settled")
+    assert engine.settled[0] is True  # the engine was told, and could skip what was left
