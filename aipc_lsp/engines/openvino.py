@@ -269,8 +269,8 @@ class OpenVINOEngine:
         result.tokens = detok.count
         result.total_s = time.perf_counter() - started
         # Wider than one token: prompt-lookup decode steps (4), or a prompt's prefill with no decode
-        # step after it (a warm-up, an answer of one piece), unless it was the settling request's.
-        self._unsettled = bool(self.prompt_lookup_tokens if decode_steps else prompt != SETTLE_PROMPT)
+        # step after it (a warm-up, an answer of one piece).
+        self._unsettled = bool(self.prompt_lookup_tokens) if decode_steps else True
         # One-token requests (a warm-up, settling) leave their own prompt's blocks; a cancelled
         # answer's next request is on its way.
         if self.typing_checkpoint and params.max_new_tokens > 1 and not result.cancelled:
@@ -308,6 +308,7 @@ class OpenVINOEngine:
                 self._unsettled = True  # its pass was the block's tail wide
             if self._unsettled and not busy():
                 self._generate_stepped(SETTLE_PROMPT, GenerationParams(max_new_tokens=1), threading.Event(), None)
+                self._unsettled = False  # its one token was the pass
         if self._weights is not None:
             release(self._weights)
 
