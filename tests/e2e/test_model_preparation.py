@@ -3,7 +3,9 @@ failure shown with what to do, and settings from $XDG_CONFIG_HOME."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +22,10 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 EMPTY_CACHE = Path(tempfile.mkdtemp(prefix="aipc-empty-cache-"))
 OFFLINE_CACHE = Path(tempfile.mkdtemp(prefix="aipc-offline-cache-"))
 XDG = Path(tempfile.mkdtemp(prefix="aipc-xdg-"))
+# Each holds a fetched model (~190 MB): gone when the test process ends, on every xdist worker
+# that imported this module.
+for _folder in (EMPTY_CACHE, OFFLINE_CACHE, XDG):
+    atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 (XDG / "aipc-lsp").mkdir()
 (XDG / "aipc-lsp" / "settings.toml").write_text("[completion]\nmax_lines = 0\n", encoding="utf-8")
 CODE = "def area(width, height):\n    return width"
