@@ -89,6 +89,8 @@ class CompletionSettings:
     context_tokens: int = _opt(1536, "prompt budget: tokens of code before the cursor", minimum=32, maximum=131072)
     warm_on_open: bool = _opt(True, "when a document is opened and the model is idle, compute its first window's KV "
                                     "cache, so the first suggestion there skips the cold prefill")
+    warm_at_cursor: bool = _opt(True, "when the client says where the cursor rests (aipc/warm: a document brought to "
+                                      "the front, the cursor moved) and the model is idle, compute the window there")
 
 
 @dataclass

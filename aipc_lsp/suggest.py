@@ -67,6 +67,10 @@ class Suggester:
         self._warming_uri: str | None = None
         # The latest warm-ups, for aipc/status.
         self.warmups: deque[dict] = deque(maxlen=RECENT_SIZE)
+        # The prompt the engine computed last (a suggestion's or a warm-up's): a cursor warm-up of
+        # the same prompt is skipped (a client reports where typing stopped; after other prompts
+        # its blocks may have been evicted, so it is computed again).
+        self._last_computed: str | None = None
 
     # --- called by the LSP features -----------------------------------------------------
 
@@ -89,26 +93,28 @@ class Suggester:
         if self._warming_uri == uri:
             self._stop_warming()
 
-    def warm(self, uri: str, text: str, settings: CompletionSettings) -> None:
-        """A document was opened: once the model is idle, compute the KV cache of its first
-        window (the prompt for a cursor anywhere in a file that fits the budget, or in the first
-        budget's worth of a longer one), so the first suggestion there prefills a few tokens
-        instead of the whole window. The newest open wins; any request stops it (the prefix cache
-        keeps what it computed)."""
+    def warm(self, uri: str, text: str, settings: CompletionSettings, offset: int | None = None) -> None:
+        """Once the model is idle, compute the KV cache of a window, so the first suggestion there
+        prefills a few tokens instead of the whole window. A document opened (`offset` None): its
+        first window (the prompt for a cursor anywhere in a file that fits the budget, or in the
+        first budget's worth of a longer one). A cursor the client says rests at `offset` (a
+        document brought to the front, a jump within it; aipc/warm): the prompt a request there
+        would send, unless that was the last one warmed there. The newest wins; any request stops
+        it (the prefix cache keeps what it computed)."""
         self._stop_warming()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no event loop runs the server (the protocol driven by hand): nothing to warm with
         self._warming_uri = uri
-        self._warming = loop.create_task(self._warm(uri, text, settings))
+        self._warming = loop.create_task(self._warm(uri, text, settings, offset))
 
     def _stop_warming(self) -> None:
         if self._warming is not None and not self._warming.done():
             self._warming.cancel()
         self._warming = self._warming_uri = None
 
-    async def _warm(self, uri: str, text: str, settings: CompletionSettings) -> None:
+    async def _warm(self, uri: str, text: str, settings: CompletionSettings, offset: int | None) -> None:
         await asyncio.sleep(WARM_DELAY_S)
         started = time.perf_counter()
         prompt, cancelled = "", True
@@ -117,16 +123,22 @@ class Suggester:
             if not any(getattr(s.engine, "keeps_prompt_cache", False) for s in scheduler.slots if s.ready):
                 return  # e.g. OpenVINO on the NPU: every request prefills anew, a warm-up is lost work
             budget = self._prepare(scheduler, settings)
-            end = _first_window_end(text, budget)
-            while end > 0 and (count := self._count(text[:end])) > budget:
-                # Denser code than CHARS_PER_TOKEN: back to a line end within the budget.
-                end = text.rfind("\n", 0, int(end * budget / count * 0.95)) + 1
-            ctx = build_completion_context(text, end, budget_tokens=budget, count_tokens=self._count)
-            if ctx.window_start_line != 0 or not ctx.prompt:
-                return  # no cursor's window would start at the document's beginning
+            if offset is None:
+                end = _first_window_end(text, budget)
+                while end > 0 and (count := self._count(text[:end])) > budget:
+                    # Denser code than CHARS_PER_TOKEN: back to a line end within the budget.
+                    end = text.rfind("\n", 0, int(end * budget / count * 0.95)) + 1
+                ctx = build_completion_context(text, end, budget_tokens=budget, count_tokens=self._count)
+                if ctx.window_start_line != 0 or not ctx.prompt:
+                    return  # no cursor's window would start at the document's beginning
+            else:
+                ctx = build_completion_context(text, offset, budget_tokens=budget, count_tokens=self._count)
+                if not ctx.prompt or ctx.prompt == self._last_computed:
+                    return  # cached: the last suggestion's, or the client said it twice
             prompt = ctx.prompt
             job = Job(key=("", WARM), prompt=prompt, params=GenerationParams(max_new_tokens=1), yields=True)
             cancelled = (await scheduler.run(job)).cancelled
+            self._last_computed = None if cancelled else prompt
         except asyncio.CancelledError:
             raise  # a request took over (recorded below when the warm-up had begun)
         except Exception as exc:  # no model: the completion path says so when it is asked
@@ -137,6 +149,7 @@ class Suggester:
                 self._warming = self._warming_uri = None
             if prompt:
                 self.warmups.append({"uri": uri, "promptChars": len(prompt), "cancelled": cancelled,
+                                     "at": "open" if offset is None else "cursor",
                                      "ms": round((time.perf_counter() - started) * 1000, 1)})
                 log.debug("warm-up of %s: %d chars, %s", uri, len(prompt), "cancelled" if cancelled else "done")
 
@@ -212,6 +225,7 @@ class Suggester:
 
         if stale.is_set():
             return None
+        self._last_computed = ctx.prompt
         g = Generation(before=before, held_back=ctx.held_back, after=after, params=params, trim_args=trim_args)
         job = Job(key=(uri, COMPLETION), prompt=ctx.prompt, params=params, version=version, on_text=g.on_text)
         g.start(job, scheduler.run(job))

@@ -76,6 +76,7 @@ def render_table(report: dict) -> str:
             out.append(f"  error: {server['error']}")
         else:
             out.append(f"{'context tokens':>14} {'cold first':>13} {'cold full':>13} {'opened first':>13} "
+                       f"{'cursor first':>13} "
                        f"{'incr. first':>13} {'incr. full':>13} {'keystroke first':>16} {'keystroke full':>15}  answers")
             for n, c in server["contexts"].items():
                 def pp(key):
@@ -83,10 +84,12 @@ def render_table(report: dict) -> str:
                     return f"{_f(s['p50'])}/{_f(s['p95'])}"
                 sources = ", ".join(f"{k} {v}" for k, v in sorted(c["sources"].items(), key=lambda kv: str(kv[0])))
                 out.append(f"{n:>14} {pp('cold_first_ms'):>13} {pp('cold_full_ms'):>13} {pp('opened_first_ms'):>13} "
+                           f"{pp('cursor_first_ms'):>13} "
                            f"{pp('incremental_first_ms'):>13} {pp('incremental_full_ms'):>13} "
                            f"{pp('keystroke_first_ms'):>16} {pp('keystroke_full_ms'):>15}  {sources}")
             out.append("(opened first: the first suggestion in a document opened a moment before, its window "
-                       "computed while the server was idle; cold: asked at once)")
+                       "computed while the server was idle; cursor first: the same where the client said the "
+                       "cursor rests (aipc/warm); cold: asked at once)")
             rounds = [r for r in server.get("decode_rounds") or () if r.get("bare_tokens_per_s")]
             if rounds:
                 out.append("decode on the same prompts, taking turns, server / bare engine: " + ", ".join(

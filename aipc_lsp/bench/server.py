@@ -53,15 +53,22 @@ class BenchClient(LanguageClient):
     async def status(self) -> dict:
         return plain(await self.protocol.send_request_async("aipc/status", {}))
 
-    async def warmed(self, uri: str, timeout: float = 60.0) -> dict | None:
-        """The server's warm-up record of an opened document, once it is done (None: none came)."""
+    async def warmed(self, uri: str, timeout: float = 60.0, at: str = "open") -> dict | None:
+        """The server's warm-up record of a document (`at`: "open", or "cursor" for aipc/warm),
+        once it is done (None: none came)."""
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
-            found = [w for w in (await self.status()).get("warmups", []) if w["uri"] == uri]
+            found = [w for w in (await self.status()).get("warmups", []) if w["uri"] == uri and w.get("at") == at]
             if found:
                 return found[-1]
             await asyncio.sleep(0.05)
         return None
+
+    def warm_at_end(self, uri: str, text: str) -> None:
+        """aipc/warm: the cursor rests at the end of `text` (what an editor client sends)."""
+        position = self.inline_params(uri, text).position
+        self.protocol.notify("aipc/warm", {"textDocument": {"uri": uri},
+                                           "position": {"line": position.line, "character": position.character}})
 
     def open(self, uri: str, text: str) -> None:
         self.versions[uri] = 1
@@ -183,12 +190,27 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
                 client.open(uri, text)
                 if await client.warmed(uri) is not None:
                     opened.append(await client.suggest(uri, text))
+            # A document brought to the front whose window is not cached (opened before the server
+            # could warm it, or evicted since): the client says where the cursor rests
+            # (aipc/warm, completion.warm_at_cursor) and the user types a moment later.
+            client.configure({**base_completion, "warm_on_open": False})
+            await asyncio.sleep(0.2)
+            at_cursor = []
+            for i in range(1 if quick else 3):
+                uri, text = f"file:///bench/cursor{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(doc)
+                client.open(uri, text)
+                client.warm_at_end(uri, text)
+                if await client.warmed(uri, at="cursor") is not None:
+                    at_cursor.append(await client.suggest(uri, text))
+            client.configure(base_completion)
             generated = [r for r in typed if r["source"] == "generated"]
             cold = [r for r in cold if r["source"] == "generated"]
             out["contexts"][n] = {
                 "cold_first_ms": summary([r["first_ms"] for r in cold if r["first_ms"] is not None]),
                 "cold_full_ms": summary([r["full_ms"] for r in cold]),
                 "opened_first_ms": summary([r["first_ms"] for r in opened
+                                            if r["source"] == "generated" and r["first_ms"] is not None]),
+                "cursor_first_ms": summary([r["first_ms"] for r in at_cursor
                                             if r["source"] == "generated" and r["first_ms"] is not None]),
                 # New generations while typing: the prefix cache at work.
                 "incremental_first_ms": summary([r["first_ms"] for r in generated if r["first_ms"] is not None]),

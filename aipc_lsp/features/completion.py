@@ -7,13 +7,18 @@ import logging
 import re
 
 from lsprotocol import types
+from lsprotocol.converters import get_converter
 from pygls.workspace import TextDocument
 
 from aipc_lsp.engines.base import RequestError
+from aipc_lsp.lsp_client import plain
 from aipc_lsp.suggest import Suggestion
 
 log = logging.getLogger(__name__)
 _WORD_TAIL = re.compile(r"[\w$]*$")
+_converter = get_converter()
+# Notification, client -> server: where the cursor rests (docs/PROTOCOL.md).
+WARM = "aipc/warm"
 
 
 async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocument, Suggestion] | None:
@@ -124,6 +129,31 @@ def register(server) -> None:
         settings = ls.settings.completion
         if settings.enabled and settings.warm_on_open and not ls.shutting_down:
             ls.suggester.warm(params.text_document.uri, params.text_document.text, settings)
+
+    @server.feature(WARM)
+    def warm_at_cursor(ls, params) -> None:
+        """aipc/warm (notification): the client says where the cursor rests in a document the user
+        looks at (brought to the front, a jump). Malformed params are logged: a notification has
+        no answer."""
+        settings = ls.settings.completion
+        if not (settings.enabled and settings.warm_at_cursor) or ls.shutting_down:
+            return
+        raw = plain(params)
+        try:
+            uri = raw["textDocument"]["uri"]
+            position = _converter.structure(raw["position"], types.Position)
+            if not isinstance(uri, str):
+                raise TypeError("textDocument.uri must be a string")
+        except Exception as exc:
+            log.warning("%s: ignored, params must be {textDocument: {uri}, position: {line, character}} (%s)",
+                        WARM, exc)
+            return
+        if uri not in ls.workspace.text_documents:
+            return  # not opened: nothing of it is known
+        document = ls.workspace.get_text_document(uri)
+        if position.line > len(document.lines):
+            return
+        ls.suggester.warm(uri, document.source, settings, document.offset_at_position(position))
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:

@@ -199,6 +199,28 @@ def test_closing_a_chat_cancels_it(nvim: Nvim):
     assert nvim.lua(chat) is None
 
 
+def test_a_resting_cursor_is_reported_so_the_server_warms_the_window_there(nvim: Nvim):
+    status = ("(function() return vim.lsp.get_clients({ name = 'aipc_lsp' })[1]:request_sync("
+              "'aipc/status', {}, 5000).result end)()")
+
+    def cursor_warmups() -> list[dict]:
+        return [w for w in nvim.lua(status)["warmups"] if w.get("at") == "cursor"]
+
+    nvim.send("<Esc>:%d<CR>")
+    nvim.send("i" + "<CR>".join(SOURCE.rstrip().split("\n")) + "<Esc>")
+    before = len(cursor_warmups())
+    nvim.send("gg")  # the cursor rests at the top: a window of nothing before it, nothing to warm
+    nvim.send("4G$")  # and here, after "def add(a, b):"
+    deadline = time.monotonic() + 30
+    while len(found := cursor_warmups()) == before:
+        assert time.monotonic() < deadline, "no warm-up at the cursor"
+        time.sleep(0.2)
+    assert found[-1]["uri"].endswith("/files.py") and not found[-1]["cancelled"], found[-1]
+    # The prompt ends at the cursor, which in normal mode is on the ":" (the text before it, and
+    # little else).
+    assert len("import os\n\n\ndef add(a, b)") <= found[-1]["promptChars"] < len(SOURCE) + 200, found[-1]
+
+
 def test_checkhealth_reports_server_model_and_device(nvim: Nvim):
     nvim.send("<Esc>:checkhealth aipc<CR>")
     report = nvim.wait("(function() local t = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\\n');"

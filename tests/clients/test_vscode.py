@@ -44,7 +44,7 @@ def test_extension_unit_and_end_to_end_tests(npm: str):
     server = json.dumps([sys.executable, "-m", "aipc_lsp", "serve"])
     proc = _run([npm, "test"], timeout=600, env={"AIPC_SERVER_CMD": server})
     assert proc.returncode == 0, "npm test failed"
-    assert "# fail 0" in proc.stdout and "# pass 12" in proc.stdout
+    assert "# fail 0" in proc.stdout and "# pass 13" in proc.stdout
 
 
 def test_extension_packages_into_a_vsix_offline(npm: str, tmp_path: Path):

@@ -33,6 +33,8 @@ def test_bench_quick_measures_everything(tmp_path):
     assert sum(ctx["sources"].values()) == 5  # one answer per keystroke
     # A document opened before the first keystroke was warmed while the server idled.
     assert ctx["opened_first_ms"]["n"] == 1 and ctx["opened_first_ms"]["p50"] < ctx["cold_first_ms"]["p50"] / 2
+    # And one where the client said the cursor rests (aipc/warm), with warming on open off.
+    assert ctx["cursor_first_ms"]["n"] == 1 and ctx["cursor_first_ms"]["p50"] < ctx["cold_first_ms"]["p50"] / 2
     assert server["server_tokens_per_s"] > 0 and server["peak_rss_mb"] > 0
     assert server["cancel_ms"]["n"] == 2
     assert len(report["targets"]) == 6 and all(t["met"] in (True, False, None) for t in report["targets"])

@@ -99,3 +99,61 @@ async def test_a_request_during_a_warm_up_is_not_held_up_by_it(client: LanguageC
     # Had it waited for the warm-up it would have waited about a cold prefill; it waited for the
     # engine's step in flight (one prefill chunk) and its own short answer.
     assert waited < 0.6 * cold_s, (waited, cold_s)
+
+
+# Longer than one window: a cursor near its end has a window that does not start at line 0.
+# Each document another part of the corpus: no window of one is cached by another.
+_parts = iter(range(20000, 300000, 16000))
+
+
+def long_document() -> tuple[str, types.Position]:
+    start = next(_parts)
+    text = corpus_text()[start:start + 16000]
+    cursor = text.rindex("\n", 0, len(text) - 200)  # the end of a line well after the first window
+    line = text.count("\n", 0, cursor)
+    return text, types.Position(line=line, character=cursor - (text.rfind("\n", 0, cursor) + 1))
+
+
+def warm_at(client: LanguageClient, uri: str, position: types.Position) -> None:
+    client.protocol.notify("aipc/warm", {"textDocument": {"uri": uri},
+                                         "position": {"line": position.line, "character": position.character}})
+
+
+async def suggestion_first_token_ms(client: LanguageClient, uri: str, position: types.Position) -> float:
+    await inline(client, uri, position)
+    record = next(r for r in reversed((await status(client))["suggestions"]) if r["uri"] == uri)
+    assert record["source"] == "generated" and record["firstTokenMs"] is not None, record
+    return record["firstTokenMs"]
+
+
+async def test_a_cursor_the_client_reports_is_warmed_and_its_first_suggestion_skips_the_cold_prefill(
+        client: LanguageClient):
+    await configure(client, {"completion": {"max_tokens": 8, "warm_on_open": False}})
+    cold_text, cold_at = long_document()
+    open_document(client, "file:///project/cold_cursor.py", cold_text)
+    cold = await suggestion_first_token_ms(client, "file:///project/cold_cursor.py", cold_at)
+
+    text, at = long_document()
+    open_document(client, "file:///project/cursor.py", text)
+    warm_at(client, "file:///project/cursor.py", at)
+    record = await warmed(client, "file:///project/cursor.py")
+    assert record["at"] == "cursor" and not record["cancelled"], record
+    warm = await suggestion_first_token_ms(client, "file:///project/cursor.py", at)
+    # The window at the cursor is cached: one forward pass, not a prefill of the whole window.
+    assert warm < cold / 3, (warm, cold)
+
+
+async def test_cursor_warm_ups_are_off_with_their_setting_and_bad_params_are_ignored(client: LanguageClient):
+    await configure(client, {"completion": {"max_tokens": 8, "warm_on_open": False, "warm_at_cursor": False}})
+    text, at = long_document()
+    open_document(client, "file:///project/off.py", text)
+    warm_at(client, "file:///project/off.py", at)
+    await configure(client, {"completion": {"max_tokens": 8, "warm_on_open": False}})
+    for bad in ({"textDocument": {"uri": 5}, "position": {"line": 0, "character": 0}},
+                {"textDocument": {"uri": "file:///project/off.py"}, "position": {"line": "x"}},
+                [1, 2], None):
+        client.protocol.notify("aipc/warm", bad)
+    warm_at(client, "file:///project/never-opened.py", at)
+    await asyncio.sleep(1.0)  # past the warm-up delay
+    assert not [w for w in (await status(client))["warmups"] if w["uri"].endswith(("/off.py", "/never-opened.py"))]
+    await suggestion_first_token_ms(client, "file:///project/off.py", at)  # and the server serves on

@@ -9,6 +9,7 @@ import { ChatPreview, ChatResult, runChat } from './chat';
 import { InlineProvider } from './inline';
 import { serverCommand, serverSettings } from './settings';
 import { formatStatus, ServerStatus } from './status';
+import { CursorReporter } from './warm';
 
 const SECTION = 'aipc';
 let client: LanguageClient | undefined;
@@ -134,7 +135,14 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     (ms) => { lastLatencyMs = ms; void refreshStatus(); },
   );
   const timer = setInterval(() => void refreshStatus(), 5000);
+  const warm = new CursorReporter(
+    (method, params) => { if (client?.isRunning()) { void client.sendNotification(method, params); } },
+    () => config().get<boolean>('inlineCompletion.enabled', true),
+  );
   context.subscriptions.push(
+    warm,
+    vscode.window.onDidChangeActiveTextEditor((editor) => warm.schedule(editor)),
+    vscode.window.onDidChangeTextEditorSelection((event) => warm.schedule(event.textEditor)),
     output, statusItem, { dispose: () => clearInterval(timer) },
     vscode.languages.registerInlineCompletionItemProvider({ pattern: '**' }, inline),
     vscode.workspace.registerTextDocumentContentProvider(ChatPreview.scheme, preview),

@@ -8,6 +8,12 @@ M.defaults = {
     debounce_ms = 150,
     hl_group = 'Comment',
   },
+  -- Tell the server where the cursor rests (after this long without moving), so the window there
+  -- is computed before the first keystroke.
+  warm = {
+    enabled = true,
+    delay_ms = 400,
+  },
   -- Insert-mode keys; false disables one. `accept` asks for a suggestion when none is shown.
   keys = {
     accept = '<C-l>',

@@ -16,6 +16,7 @@ end
 
 local function on_attach(bufnr)
   local keys = config.options.keys
+  require('aipc.warm').attach(bufnr)
   if vim.lsp.inline_completion then
     -- Neovim 0.12+: the built-in ghost text.
     vim.lsp.inline_completion.enable(config.options.ghost.enabled, { bufnr = bufnr })

@@ -8,6 +8,7 @@ import { ChatPreview, runChat } from '../chat';
 import { InlineProvider } from '../inline';
 import { serverCommand, serverSettings } from '../settings';
 import { formatStatus, ServerStatus } from '../status';
+import { CursorReporter } from '../warm';
 
 const config = (values: Record<string, unknown>) => ({ get: <T>(key: string) => values[key] as T | undefined });
 
@@ -110,4 +111,34 @@ test('chat preview serves and announces updated content', () => {
   assert.equal(preview.provideTextDocumentContent(uri),
     '> add a docstring\n\n```py\nx\n```\n\n---\nfirst token 5 ms\n');
   assert.deepEqual(fired, ['aipc-chat:///answer.md']);
+});
+
+test('a resting cursor is reported once as aipc/warm; a moving one, other schemes and disabled are not', async () => {
+  const sent: [string, any][] = [];
+  let enabled = true;
+  const reporter = new CursorReporter((method, params) => sent.push([method, params]), () => enabled, 20);
+  const editor = (uri: string, line: number, character: number, version = 1) => ({
+    document: { uri: Uri.parse(uri), version }, selection: { active: { line, character } },
+  });
+  const settle = () => new Promise((resolve) => setTimeout(resolve, 60));
+  reporter.schedule(editor('file:///p/a.py', 1, 2));
+  reporter.schedule(editor('file:///p/a.py', 3, 4)); // moved on before resting: only the last counts
+  await settle();
+  assert.deepEqual(sent, [['aipc/warm', { textDocument: { uri: 'file:///p/a.py' }, position: { line: 3, character: 4 } }]]);
+  reporter.schedule(editor('file:///p/a.py', 3, 4)); // the same place again: nothing new to warm
+  reporter.schedule(editor('output:///log', 0, 0)); // not a document the server has
+  await settle();
+  assert.equal(sent.length, 1);
+  reporter.schedule(editor('file:///p/a.py', 3, 4, 2)); // the same place in an edited document
+  await settle();
+  assert.equal(sent.length, 2);
+  enabled = false;
+  reporter.schedule(editor('file:///p/b.py', 0, 0));
+  await settle();
+  assert.equal(sent.length, 2);
+  enabled = true;
+  reporter.schedule(editor('file:///p/b.py', 0, 0));
+  reporter.dispose(); // the extension deactivated before it fired
+  await settle();
+  assert.equal(sent.length, 2);
 });
