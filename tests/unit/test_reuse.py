@@ -237,3 +237,34 @@ async def test_a_request_stops_a_pending_warm_up(make):
     answer = await ask(s, "def add(a, b):\n    return ", version=1)
     await asyncio.sleep(0.5)  # past the warm-up's delay: it was stopped, not postponed
     assert answer.text == "a + b" and len(engine.prompts) == 1 and not s.warmups
+
+
+async def test_a_cursor_warm_up_computes_the_prompt_a_request_there_sends_unless_it_ran_last(make):
+    s, engine = make(script({"return": " a + b\n"}))
+    engine.keeps_prompt_cache = True
+    lines = [f"value_{i} = compute({i}, {i + 1})\n" for i in range(400)]
+    text = "".join(lines)
+    cursor = len("".join(lines[:300]))  # far beyond the first window of a 256-token budget
+    settings = CompletionSettings(context_tokens=256)
+    s.warm(URI, text, settings, cursor)
+    for _ in range(200):
+        if s.warmups:
+            break
+        await asyncio.sleep(0.01)
+    assert s.warmups[-1]["at"] == "cursor" and not s.warmups[-1]["cancelled"]
+    (warmed,) = engine.prompts
+    assert warmed.endswith(text[:cursor][-40:]) and engine.calls[0].params.max_new_tokens == 1
+    # The request at that cursor sends the very prompt the warm-up computed.
+    await s.suggest(text=text, offset=cursor, settings=settings, uri=URI, version=1)
+    assert engine.prompts[1] == warmed
+    # The client reports the cursor where the user stopped typing: the last prompt computed is
+    # not computed again; another place is.
+    s.warm(URI, text, settings, cursor)
+    await asyncio.sleep(0.5)
+    assert len(engine.prompts) == 2 and len(s.warmups) == 1
+    s.warm(URI, text, settings, cursor - len(lines[299]))
+    for _ in range(200):
+        if len(s.warmups) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(engine.prompts) == 3 and s.warmups[-1]["at"] == "cursor"
