@@ -46,6 +46,7 @@ class BenchClient(LanguageClient):
     def __init__(self):
         super().__init__("aipc-lsp-bench", "1")
         self.versions: dict[str, int] = {}
+        self.texts: dict[str, str] = {}
         for method in (types.WINDOW_LOG_MESSAGE, types.WINDOW_SHOW_MESSAGE, types.PROGRESS):
             self.feature(method)(lambda params: None)
         self.feature(types.WINDOW_WORK_DONE_PROGRESS_CREATE)(lambda params: None)
@@ -72,14 +73,24 @@ class BenchClient(LanguageClient):
 
     def open(self, uri: str, text: str) -> None:
         self.versions[uri] = 1
+        self.texts[uri] = text
         self.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
             uri=uri, language_id="python", version=1, text=text)))
 
     def change(self, uri: str, text: str) -> None:
+        """As editors send it (incremental sync): text typed at the end is an insertion there;
+        anything else replaces the whole document."""
         self.versions[uri] += 1
+        old = self.texts.get(uri, "")
+        self.texts[uri] = text
+        if text.startswith(old) and old:
+            end = self.inline_params(uri, old).position
+            change = types.TextDocumentContentChangePartial(range=types.Range(start=end, end=end), text=text[len(old):])
+        else:
+            change = types.TextDocumentContentChangeWholeDocument(text=text)
         self.text_document_did_change(types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
-            content_changes=[types.TextDocumentContentChangeWholeDocument(text=text)]))
+            content_changes=[change]))
 
     def configure(self, completion: dict) -> None:
         self.workspace_did_change_configuration(types.DidChangeConfigurationParams(
