@@ -99,8 +99,8 @@ class Suggester:
         first window (the prompt for a cursor anywhere in a file that fits the budget, or in the
         first budget's worth of a longer one). A cursor the client says rests at `offset` (a
         document brought to the front, a jump within it; aipc/warm): the prompt a request there
-        would send, unless that was the last one warmed there. The newest wins; any request stops
-        it (the prefix cache keeps what it computed)."""
+        would send, unless it is the prompt the engine computed last. The newest wins; any request
+        stops it (the prefix cache keeps what it computed)."""
         self._stop_warming()
         try:
             loop = asyncio.get_running_loop()
