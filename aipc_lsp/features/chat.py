@@ -12,12 +12,11 @@ import logging
 from typing import Any
 
 from lsprotocol import types
-from lsprotocol.converters import get_converter
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
 from aipc_lsp.chat import ROLES, ChatAnswer, ChatRequest, ChatSuperseded, ChatTooLong, fit_code
 from aipc_lsp.engines.base import RequestError
-from aipc_lsp.lsp_client import plain
+from aipc_lsp.lsp_client import converter, plain
 from aipc_lsp.runtime import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,6 @@ CHAT_COMMAND = "aipc.chat"
 REQUEST_FAILED = int(types.LSPErrorCodes.RequestFailed)
 # Lines before an empty selection shown to the model as "where the cursor is".
 SURROUNDING_LINES = 30
-_converter = get_converter()
 
 
 def _invalid(message: str) -> JsonRpcInvalidParams:
@@ -53,7 +51,7 @@ def parse_params(raw: Any) -> dict:
     if not isinstance(document, dict) or not isinstance(document.get("uri"), str):
         raise _invalid("textDocument.uri must be a string")
     try:
-        selection = _converter.structure(raw.get("range"), types.Range)
+        selection = converter().structure(raw.get("range"), types.Range)
     except Exception:
         raise _invalid("range must be {start: {line, character}, end: {line, character}}") from None
     instruction = raw.get("instruction")
@@ -173,7 +171,7 @@ async def run_chat(ls, raw: Any, msg_id: Any) -> tuple[dict, types.WorkspaceEdit
     result = {
         "text": answer.text,
         "mode": answer.mode,
-        "edit": _converter.unstructure(edit) if edit is not None else None,
+        "edit": converter().unstructure(edit) if edit is not None else None,
         "firstTokenMs": answer.first_token_ms,
         "totalMs": answer.total_ms,
         "promptTokens": answer.prompt_tokens,

@@ -7,29 +7,35 @@ import logging
 import re
 
 from lsprotocol import types
-from lsprotocol.converters import get_converter
 from pygls.workspace import TextDocument
 
 from aipc_lsp.engines.base import RequestError
-from aipc_lsp.lsp_client import plain
+from aipc_lsp.lsp_client import converter, plain
 from aipc_lsp.suggest import Suggestion
 
 log = logging.getLogger(__name__)
 _WORD_TAIL = re.compile(r"[\w$]*$")
-_converter = get_converter()
 # Notification, client -> server: where the cursor rests (docs/PROTOCOL.md).
 WARM = "aipc/warm"
+
+
+def _open_at(ls, uri: str, position: types.Position) -> tuple[TextDocument, int] | None:
+    """The open document and the offset of `position` in it (None: never opened, or past its end)."""
+    if uri not in ls.workspace.text_documents:
+        return None
+    document = ls.workspace.get_text_document(uri)
+    if position.line > len(document.lines):
+        return None
+    return document, document.offset_at_position(position)
 
 
 async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocument, Suggestion] | None:
     if ls.shutting_down or not ls.settings.completion.enabled:
         return None
-    if uri not in ls.workspace.text_documents:
-        return None  # never opened: nothing to complete
-    document = ls.workspace.get_text_document(uri)
-    if position.line > len(document.lines):
-        return None
-    offset = document.offset_at_position(position)
+    found = _open_at(ls, uri, position)
+    if found is None:
+        return None  # nothing to complete
+    document, offset = found
     version = document.version
     try:
         suggestion = await ls.suggester.suggest(
@@ -141,19 +147,17 @@ def register(server) -> None:
         raw = plain(params)
         try:
             uri = raw["textDocument"]["uri"]
-            position = _converter.structure(raw["position"], types.Position)
+            position = converter().structure(raw["position"], types.Position)
             if not isinstance(uri, str):
                 raise TypeError("textDocument.uri must be a string")
         except Exception as exc:
             log.warning("%s: ignored, params must be {textDocument: {uri}, position: {line, character}} (%s)",
                         WARM, exc)
             return
-        if uri not in ls.workspace.text_documents:
-            return  # not opened: nothing of it is known
-        document = ls.workspace.get_text_document(uri)
-        if position.line > len(document.lines):
-            return
-        ls.suggester.warm(uri, document.source, settings, document.offset_at_position(position))
+        found = _open_at(ls, uri, position)
+        if found is not None:
+            document, offset = found
+            ls.suggester.warm(uri, document.source, settings, offset)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:

@@ -113,6 +113,8 @@ def nvim():
 
 
 GHOST = "require('aipc.ghost').current()"
+STATUS = ("(function() return vim.lsp.get_clients({ name = 'aipc_lsp' })[1]:request_sync("
+          "'aipc/status', {}, 5000).result end)()")
 EXTMARKS = "#vim.api.nvim_buf_get_extmarks(0, require('aipc.ghost').ns, 0, -1, {})"
 
 
@@ -189,10 +191,8 @@ def test_closing_a_chat_cancels_it(nvim: Nvim):
     chat = "require('aipc.chat').current"
     nvim.wait(f"{chat} and {chat}.chunks", 60, "the first streamed piece")
     nvim.send(":AipcChatDiscard<CR>")
-    status = ("(function() return vim.lsp.get_clients({ name = 'aipc_lsp' })[1]:request_sync("
-              "'aipc/status', {}, 5000).result end)()")
     deadline = time.monotonic() + 3
-    while (state := nvim.lua(status))["slots"][0]["busy"]:
+    while (state := nvim.lua(STATUS))["slots"][0]["busy"]:
         assert time.monotonic() < deadline, "the generation kept running after the chat was closed"
         time.sleep(0.1)
     assert state["liveJobs"] == [] and state["slots"][0]["cancelled"] >= 1
@@ -200,11 +200,9 @@ def test_closing_a_chat_cancels_it(nvim: Nvim):
 
 
 def test_a_resting_cursor_is_reported_so_the_server_warms_the_window_there(nvim: Nvim):
-    status = ("(function() return vim.lsp.get_clients({ name = 'aipc_lsp' })[1]:request_sync("
-              "'aipc/status', {}, 5000).result end)()")
 
     def cursor_warmups() -> list[dict]:
-        return [w for w in nvim.lua(status)["warmups"] if w.get("at") == "cursor"]
+        return [w for w in nvim.lua(STATUS)["warmups"] if w.get("at") == "cursor"]
 
     nvim.send("<Esc>:%d<CR>")
     nvim.send("i" + "<CR>".join(SOURCE.rstrip().split("\n")) + "<Esc>")

@@ -50,8 +50,9 @@ async def warmed(client: LanguageClient, uri: str, timeout: float = 60) -> dict:
         await asyncio.sleep(0.05)
 
 
-async def first_token_ms(client: LanguageClient, uri: str, text: str) -> float:
-    await inline(client, uri, end_position(text))
+async def first_token_ms(client: LanguageClient, uri: str, at: str | types.Position) -> float:
+    """The first token's time of a new generation at `at` (a position, or the end of this text)."""
+    await inline(client, uri, end_position(at) if isinstance(at, str) else at)
     record = next(r for r in reversed((await status(client))["suggestions"]) if r["uri"] == uri)
     assert record["source"] == "generated" and record["firstTokenMs"] is not None, record
     return record["firstTokenMs"]
@@ -119,26 +120,19 @@ def warm_at(client: LanguageClient, uri: str, position: types.Position) -> None:
                                          "position": {"line": position.line, "character": position.character}})
 
 
-async def suggestion_first_token_ms(client: LanguageClient, uri: str, position: types.Position) -> float:
-    await inline(client, uri, position)
-    record = next(r for r in reversed((await status(client))["suggestions"]) if r["uri"] == uri)
-    assert record["source"] == "generated" and record["firstTokenMs"] is not None, record
-    return record["firstTokenMs"]
-
-
 async def test_a_cursor_the_client_reports_is_warmed_and_its_first_suggestion_skips_the_cold_prefill(
         client: LanguageClient):
     await configure(client, {"completion": {"max_tokens": 8, "warm_on_open": False}})
     cold_text, cold_at = long_document()
     open_document(client, "file:///project/cold_cursor.py", cold_text)
-    cold = await suggestion_first_token_ms(client, "file:///project/cold_cursor.py", cold_at)
+    cold = await first_token_ms(client, "file:///project/cold_cursor.py", cold_at)
 
     text, at = long_document()
     open_document(client, "file:///project/cursor.py", text)
     warm_at(client, "file:///project/cursor.py", at)
     record = await warmed(client, "file:///project/cursor.py")
     assert record["at"] == "cursor" and not record["cancelled"], record
-    warm = await suggestion_first_token_ms(client, "file:///project/cursor.py", at)
+    warm = await first_token_ms(client, "file:///project/cursor.py", at)
     # The window at the cursor is cached: one forward pass, not a prefill of the whole window.
     assert warm < cold / 3, (warm, cold)
 
@@ -156,4 +150,4 @@ async def test_cursor_warm_ups_are_off_with_their_setting_and_bad_params_are_ign
     warm_at(client, "file:///project/never-opened.py", at)
     await asyncio.sleep(1.0)  # past the warm-up delay
     assert not [w for w in (await status(client))["warmups"] if w["uri"].endswith(("/off.py", "/never-opened.py"))]
-    await suggestion_first_token_ms(client, "file:///project/off.py", at)  # and the server serves on
+    await first_token_ms(client, "file:///project/off.py", at)  # and the server serves on
