@@ -27,6 +27,13 @@ CHECKPOINT_MIN_TOKENS = 64
 SETTLE_PROMPT = "\n"
 # Tokens per KV-cache block of the paged-attention pipeline: 32 on the CPU plugin, 16 on the GPU.
 CPU_BLOCK_TOKENS, OTHER_BLOCK_TOKENS = 32, 16
+# OpenVINO's tokenizer keeps only the last `max_length` tokens of a longer text, without a word
+# (8192 for the default model's, made from its GGUF). A text that encodes to this many tokens or
+# more is checked for that cut (its first tokens against those of its first characters alone); a
+# cut one is counted in pieces too short to reach the cap (a character is 4 tokens at most).
+LONG_TEXT_TOKENS = 4096
+PIECE_CHARS = 1024
+HEAD_CHECK_TOKENS, HEAD_CHECK_CHARS = 16, 256
 # Of the KV cache, what prompts may fill at most: the rest is the answer's room (a chat answer is
 # 384 tokens by default). Prompt builders keep within it (Scheduler.prompt_limit).
 ANSWER_ROOM_TOKENS = 512
@@ -178,7 +185,24 @@ class OpenVINOEngine:
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
             raise EngineError("model not loaded")
-        return int(self._tokenizer.encode(text).input_ids.shape[1])
+        input_ids = self._tokenizer.encode(text).input_ids
+        if not self._cut(text, input_ids):
+            return int(input_ids.shape[1])
+        # High by a token now and then where BPE would have merged across a piece's edge.
+        return sum(int(self._tokenizer.encode(piece).input_ids.shape[1]) for piece in _pieces(text))
+
+    def _cut(self, text: str, input_ids) -> bool:
+        """Whether the tokenizer kept only the end of `text` (LONG_TEXT_TOKENS): then its tokens
+        do not begin as the text's beginning alone encodes (bar the last few, which may merge
+        with what follows)."""
+        import numpy as np
+
+        if int(input_ids.shape[1]) < LONG_TEXT_TOKENS:
+            return False
+        first = np.asarray(input_ids.data)[0, :HEAD_CHECK_TOKENS]
+        head = np.asarray(self._tokenizer.encode(text[:HEAD_CHECK_CHARS]).input_ids.data)[0]
+        n = min(len(head) - 2, HEAD_CHECK_TOKENS)
+        return n > 0 and not np.array_equal(first[:n], head[:n])
 
     def chat_template(self) -> str:
         return self._tokenizer.chat_template if self._tokenizer is not None else ""
@@ -245,6 +269,12 @@ class OpenVINOEngine:
         self._checkpoint = None
         detok = _Detokenizer(self._tokenizer)
         input_ids = self._tokenizer.encode(prompt).input_ids
+        if self._cut(prompt, input_ids):
+            # Its beginning (a chat's system prompt and question) would be lost without a word.
+            raise RequestError(
+                f"the prompt is about {self.count_tokens(prompt)} tokens, more than this model's tokenizer "
+                f"takes ({int(input_ids.shape[1])}): lower the prompt budget (completion.context_tokens / "
+                f"chat.context_tokens)")
         params = self._fit(int(input_ids.data.shape[-1]), params)
         handle = self._pipe.add_request(next(self._request_ids), input_ids, self._generation_config(params))
         ended = False
@@ -399,6 +429,19 @@ class OpenVINOEngine:
     def close(self) -> None:
         self._pipe = None
         self._tokenizer = None
+
+
+def _pieces(text: str, size: int = PIECE_CHARS):
+    """`text` in consecutive pieces of at most `size` characters, cut after a newline where one
+    is near the end (BPE seldom merges across a line break)."""
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            newline = text.rfind("\n", start + size // 2, end)
+            end = newline + 1 if newline >= 0 else end
+        yield text[start:end]
+        start = end
 
 
 class _Detokenizer:

@@ -4,6 +4,7 @@ whose GGUF carries a ChatML template), streamed pieces, edits, cancellation, bad
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -142,6 +143,23 @@ async def test_cancel_answers_32800_and_frees_the_slot(client: LanguageClient):
     await asyncio.sleep(0.3)
     assert len(CHUNKS) == count
     await configure(client, {})
+
+
+async def test_a_selection_past_the_tokenizers_cap_is_refused_with_its_real_size(client: LanguageClient):
+    # OpenVINO's tokenizer keeps only the last 8192 tokens of a longer text, without a word: the
+    # count in the error (and the prompt budget) must be the whole selection's, not that cap.
+    uri = "file:///project/big.py"
+    big = "".join(f"def f{i}(x):\n    return x * {i} + {i * 7}\n\n\n" for i in range(1200))
+    open_document(client, uri, big)
+    with pytest.raises(Exception) as error:
+        await chat(client, {"textDocument": {"uri": uri}, "range": _selection(0, big.count("\n")),
+                            "instruction": "Explain this code", "mode": "ask"})
+    assert getattr(error.value, "code", None) == int(types.LSPErrorCodes.RequestFailed), error.value
+    found = re.search(r"are (\d+) tokens", str(error.value))
+    assert found, error.value
+    # Over 45,000 characters of code: a token is 4 characters at the very most here.
+    assert int(found.group(1)) > len(big) // 4 > 8192, error.value
+    assert (await status(client))["ready"]  # still serving
 
 
 @pytest.mark.parametrize("params, message", [

@@ -182,3 +182,16 @@ def test_npu_library_built_offline_is_found_in_its_own_environment():
     if not found.npu:
         # It loads anyway, on OpenVINO's CPU device (tests/e2e/test_npu_library_engine.py), and says so.
         assert "sees no NPU" in missing_message(found) and "CPU" in missing_message(found)
+
+
+def test_long_texts_are_counted_in_pieces_that_join_back_into_the_text():
+    from aipc_lsp.engines.openvino import _pieces
+
+    code = "".join(f"line {i}: {'x' * (i % 90)}\n" for i in range(400)) + "y" * 5000
+    pieces = list(_pieces(code, 1024))
+    assert "".join(pieces) == code
+    assert all(0 < len(p) <= 1024 for p in pieces)
+    # Cut after a line break where there is one in the piece's second half; the 5000-character
+    # line at the end is cut where it must be.
+    assert all(p.endswith("\n") for p in pieces if "y" not in p)
+    assert list(_pieces("", 1024)) == []
