@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText, RequestError
+from aipc_lsp.engines.detokenize import ByteDetokenizer, WindowDetokenizer, byte_table
 from aipc_lsp.engines.pages import Releasing, release
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ class OpenVINOEngine:
         self._weights: Path | None = None  # the IR's weights file whose pages are given back
         self._pipe = None
         self._tokenizer = None
+        # Token bytes for decoding without the detokenizer model (detokenize.py), when they agree.
+        self.byte_detokenizer = True
+        self._byte_table: list[bytes] | None = None
         self._stepped = False
         self._request_ids = itertools.count()
 
@@ -161,6 +165,7 @@ class OpenVINOEngine:
         except Exception as exc:
             raise EngineError(f"OpenVINO could not load {path} on {self.device}: {exc}") from exc
         self._tokenizer = self._pipe.get_tokenizer()
+        self._byte_table = byte_table(self._tokenizer) if self.byte_detokenizer else None
         # The first generate compiles kernels for the shapes it meets; pay that now, not on
         # the user's first keystroke. It is also when the CPU plugin repacks the weights into memory
         # of its own: the IR's mapped weights file is read once, and its pages are given back
@@ -197,9 +202,10 @@ class OpenVINOEngine:
         with what follows)."""
         import numpy as np
 
-        if int(input_ids.shape[1]) < LONG_TEXT_TOKENS:
+        ids = np.asarray(input_ids.data)[0]
+        if len(ids) < LONG_TEXT_TOKENS:
             return False
-        first = np.asarray(input_ids.data)[0, :HEAD_CHECK_TOKENS]
+        first = ids[:HEAD_CHECK_TOKENS]
         head = np.asarray(self._tokenizer.encode(text[:HEAD_CHECK_CHARS]).input_ids.data)[0]
         n = min(len(head) - 2, HEAD_CHECK_TOKENS)
         return n > 0 and not np.array_equal(first[:n], head[:n])
@@ -259,6 +265,9 @@ class OpenVINOEngine:
         except Exception as exc:
             raise EngineError(f"OpenVINO generation failed: {exc}") from exc
 
+    def _detokenizer(self):
+        return ByteDetokenizer(self._byte_table) if self._byte_table is not None else WindowDetokenizer(self._tokenizer)
+
     def _generate_stepped(self, prompt, params, cancel, on_text) -> GenerationResult:
         """Our own decode loop over the pipeline's step(): no streamer thread, and the cancel
         flag is checked between steps, so a cancelled generation costs at most the step in
@@ -267,7 +276,7 @@ class OpenVINOEngine:
         started = time.perf_counter()
         # An older prompt's checkpoint cached after this answer would shadow this one's (settle()).
         self._checkpoint = None
-        detok = _Detokenizer(self._tokenizer)
+        detok = self._detokenizer()
         input_ids = self._tokenizer.encode(prompt).input_ids
         if self._cut(prompt, input_ids):
             # Its beginning (a chat's system prompt and question) would be lost without a word.
@@ -400,7 +409,7 @@ class OpenVINOEngine:
 
         result = GenerationResult()
         started = time.perf_counter()
-        detok = _Detokenizer(self._tokenizer)
+        detok = self._detokenizer()
         wants_stop = self._wants_stop
 
         class _Streamer(og.StreamerBase):
@@ -429,6 +438,7 @@ class OpenVINOEngine:
     def close(self) -> None:
         self._pipe = None
         self._tokenizer = None
+        self._byte_table = None
 
 
 def _pieces(text: str, size: int = PIECE_CHARS):
@@ -442,32 +452,3 @@ def _pieces(text: str, size: int = PIECE_CHARS):
             end = newline + 1 if newline >= 0 else end
         yield text[start:end]
         start = end
-
-
-class _Detokenizer:
-    """Incremental detokenization: decodes only the tokens since the last printed piece (plus
-    the ones before it, so a tokenizer that treats a leading space specially decodes both
-    windows alike). Decoding all tokens every step is O(n^2)."""
-
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
-        self._tokens: list[int] = []
-        self._prefix_at = self._read_at = 0
-        self._prefix_text = ""
-        self.text = ""
-
-    @property
-    def count(self) -> int:
-        return len(self._tokens)
-
-    def push(self, ids) -> str:
-        """Add token ids; returns the newly printable text ("" while a character is incomplete)."""
-        self._tokens.extend(int(i) for i in ids)
-        window = self._tokenizer.decode(self._tokens[self._prefix_at:])
-        if window.endswith("\ufffd") or len(window) <= len(self._prefix_text):
-            return ""
-        piece = window[len(self._prefix_text):]
-        self.text += piece
-        self._prefix_at, self._read_at = self._read_at, len(self._tokens)
-        self._prefix_text = self._tokenizer.decode(self._tokens[self._prefix_at:self._read_at])
-        return piece

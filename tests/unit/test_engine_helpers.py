@@ -195,3 +195,43 @@ def test_long_texts_are_counted_in_pieces_that_join_back_into_the_text():
     # line at the end is cut where it must be.
     assert all(p.endswith("\n") for p in pieces if "y" not in p)
     assert list(_pieces("", 1024)) == []
+
+
+class _Tokenizer:
+    """A tokenizer as OpenVINO GenAI's answers: get_vocab() gives each token's bytes."""
+
+    def __init__(self, vocab: dict[bytes, int], shown: dict[int, str]):
+        self._vocab, self._shown = vocab, shown
+
+    def get_vocab(self):
+        return self._vocab
+
+    def decode(self, ids):
+        if ids and isinstance(ids[0], list):
+            return [self.decode(one) for one in ids]
+        return "".join(self._shown[i] for i in ids)
+
+    def encode(self, text):
+        class Ids:  # what the sample check reads: input_ids.data[0]
+            data = [[0, 1]]
+        return type("Encoded", (), {"input_ids": Ids})()
+
+
+def test_byte_table_is_used_only_where_the_detokenizer_agrees():
+    from aipc_lsp.engines.detokenize import ByteDetokenizer, byte_table
+
+    euro = "€".encode()
+    byte_level = _Tokenizer({b"def": 0, b" f": 1, b"<|im_end|>": 2, euro[:2]: 3, euro[2:]: 4},
+                            {0: "def", 1: " f", 2: "", 3: "", 4: ""})
+    table = byte_table(byte_level)
+    assert table == [b"def", b" f", b"", euro[:2], euro[2:]]  # the special token shows as nothing
+    detok = ByteDetokenizer(table)
+    assert [detok.push([0, 1]), detok.push([2]), detok.push([3]), detok.push([4])] == ["def f", "", "", "€"]
+    assert detok.text == "def f€" and detok.count == 5
+    # SentencePiece shows "▁the" as " the": not byte-level, the detokenizer model decodes.
+    assert byte_table(_Tokenizer({"▁the".encode(): 0, b"x": 1}, {0: " the", 1: "x"})) is None
+    # A tokenizer that cleans up text between tokens disagrees on the sample.
+    cleaning = _Tokenizer({b"def": 0, b" f": 1}, {0: "def", 1: " f"})
+    cleaning.decode = lambda ids: ["def", " f"] if ids and isinstance(ids[0], list) else "deff"
+    assert byte_table(cleaning) is None
+    assert byte_table(object()) is None  # no get_vocab (an older openvino-genai)
