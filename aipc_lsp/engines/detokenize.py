@@ -55,18 +55,19 @@ def byte_table(tokenizer) -> list[bytes] | None:
             log.info("openvino: the detokenizer decodes pieces (%r shows as %r)", piece, text)
             return None  # e.g. SentencePiece's "▁" for a space
     ids = [int(i) for i in tokenizer.encode(SAMPLE).input_ids.data[0]]
-    if b"".join(table[i] for i in ids).decode("utf-8", "replace") != tokenizer.decode(ids):
+    if b"".join(table[i] for i in ids).decode("utf-8", "ignore") != tokenizer.decode(ids):
         return None  # a tokenizer that cleans up text between tokens
     return table
 
 
 class ByteDetokenizer:
     """Token ids to text through `byte_table`: a character split across tokens is held back
-    until its last byte comes."""
+    until its last byte comes; bytes that can begin no character are dropped, as the
+    detokenizer drops them (a small model does generate such runs now and then)."""
 
     def __init__(self, table: list[bytes]):
         self._table = table
-        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
         self.count = 0
         self.text = ""
 
