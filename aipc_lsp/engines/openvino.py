@@ -79,7 +79,6 @@ class OpenVINOEngine:
         self._pipe = None
         self._tokenizer = None
         # Token bytes for decoding without the detokenizer model (detokenize.py), when they agree.
-        self.byte_detokenizer = True
         self._byte_table: list[bytes] | None = None
         self._stepped = False
         self._request_ids = itertools.count()
@@ -165,7 +164,7 @@ class OpenVINOEngine:
         except Exception as exc:
             raise EngineError(f"OpenVINO could not load {path} on {self.device}: {exc}") from exc
         self._tokenizer = self._pipe.get_tokenizer()
-        self._byte_table = byte_table(self._tokenizer) if self.byte_detokenizer else None
+        self._byte_table = byte_table(self._tokenizer)
         # The first generate compiles kernels for the shapes it meets; pay that now, not on
         # the user's first keystroke. It is also when the CPU plugin repacks the weights into memory
         # of its own: the IR's mapped weights file is read once, and its pages are given back
