@@ -190,8 +190,9 @@ class OpenVINOEngine:
         if self._tokenizer is None:
             raise EngineError("model not loaded")
         input_ids = self._tokenizer.encode(text).input_ids
-        if not self._cut(text, input_ids):
-            return int(input_ids.shape[1])
+        return self._count_in_pieces(text) if self._cut(text, input_ids) else int(input_ids.shape[1])
+
+    def _count_in_pieces(self, text: str) -> int:
         # High by a token now and then where BPE would have merged across a piece's edge.
         return sum(int(self._tokenizer.encode(piece).input_ids.shape[1]) for piece in _pieces(text))
 
@@ -280,7 +281,7 @@ class OpenVINOEngine:
         if self._cut(prompt, input_ids):
             # Its beginning (a chat's system prompt and question) would be lost without a word.
             raise RequestError(
-                f"the prompt is about {self.count_tokens(prompt)} tokens, more than this model's tokenizer "
+                f"the prompt is about {self._count_in_pieces(prompt)} tokens, more than this model's tokenizer "
                 f"takes ({int(input_ids.shape[1])}): lower the prompt budget (completion.context_tokens / "
                 f"chat.context_tokens)")
         params = self._fit(int(input_ids.data.shape[-1]), params)
