@@ -146,6 +146,44 @@ def test_the_engine_alone_beside_the_server_shows_why_a_latency_target_is_missed
     assert "(engine alone, same run: 42.0 ms)" in table and "(engine alone, same run: 1200.0 ms)" in table
 
 
+REMOTE = {"url": "http://127.0.0.1:8089", "first_ms": 16.0, "other_ms_per_token": 16.6, "tokens_per_s": 60.2,
+          "cold_first_ms": 7286.0, "incremental_first_ms": 31.0}
+
+
+def test_the_remote_peer_is_shown_beside_the_targets_it_measured():
+    data = report()
+    assert all(r["remote"] is None for r in check_targets(data))  # no --remote: nothing shown
+    data["remote"] = dict(REMOTE)
+    rows = {r["target"].split(":")[0]: r for r in check_targets(data)}
+    assert rows["incremental typing ~1.5k ctx"]["remote"] == 31.0
+    assert rows["cold 1.5k prompt"]["remote"] == 7286.0
+    assert rows["decode through the server"]["remote"] == 60.2
+    assert rows["server peak RSS"]["remote"] is None  # another process: not measured
+    table = render_table({**data, "targets": list(rows.values())})
+    assert "(remote, same run: 7286.0 ms)" in table and "(remote, same run: 60.2 tok/s)" in table
+    # A remote that failed is an error line, not figures beside the targets.
+    data["remote"] = {"url": REMOTE["url"], "error": "URLError: refused"}
+    assert all(r["remote"] is None for r in check_targets(data))
+    assert "error: URLError: refused" in render_table({**data, "targets": check_targets(data)})
+
+
+def test_the_chart_draws_the_server_the_engines_and_the_remote(tmp_path):
+    pytest.importorskip("matplotlib")  # the [plot] extra; the dev extra installs it
+    from aipc_lsp.bench.report import figure, plot
+
+    data = report()
+    data["remote"] = dict(REMOTE)
+    fig = figure(data)
+    latency, decode = fig.axes
+    assert [t.get_text() for t in decode.get_yticklabels()] == ["openvino gguf CPU", "remote http://127.0.0.1:8089"]
+    assert [bar.get_width() for bar in decode.patches] == [62.5, 60.2]
+    marks = [line for line in latency.get_lines() if line.get_marker() == "x"]
+    assert sorted(y for line in marks for y in line.get_ydata()) == [31.0, 7286.0]
+    out = tmp_path / "bench.png"
+    plot(data, out)
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
 def test_one_decode_step_of_the_servers_configuration_sizes_the_cancel_target():
     # With prompt lookup a step yields several tokens: 1000 / rate would be a fraction of a step.
     data = report()
