@@ -136,7 +136,11 @@ def render_table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    figure(report).savefig(path, dpi=110)
+    fig = figure(report)
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
 
 
 def figure(report: dict):
