@@ -14,10 +14,11 @@ pytestmark = pytest.mark.model
 
 
 def test_bench_quick_measures_everything(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, "-m", "aipc_lsp", "bench", "--quick", "--json", str(out)],
+    out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = subprocess.run([sys.executable, "-m", "aipc_lsp", "bench", "--quick", "--json", str(out), "--plot", str(chart)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert chart.read_bytes().startswith(b"\x89PNG")  # the chart of this real run
     assert "Targets (issue 6):" in proc.stdout and "Server over stdio" in proc.stdout
     report = json.loads(out.read_text())
     engine = report["engines"][0]
