@@ -136,26 +136,21 @@ def render_table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    fig = figure(report)
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    figure(report).savefig(path, dpi=110)
 
 
 def figure(report: dict):
     """The chart --plot writes: latencies through the server by context size, and decode rates
     (every bare engine, the server, and the --remote peer where it was measured)."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A Figure of its own, not pyplot's: no global state to select a backend for or to close.
+        from matplotlib.figure import Figure
     except ImportError:
         raise SystemExit("--plot needs matplotlib: pip install 'aipc-lsp[plot]'") from None
     server = report.get("server") or {}
     contexts = server.get("contexts") or {}
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.5))
+    axes = fig.subplots(1, 2)
     keys = [("cold_first_ms", "cold first token"), ("incremental_first_ms", "incremental first token"),
             ("keystroke_full_ms", "keystroke -> full suggestion")]
     labels = [str(n) for n in contexts]
@@ -167,10 +162,10 @@ def figure(report: dict):
     if str(TARGET_CONTEXT) in labels:
         # The peer's figures are for the engine table's ~1.5k-token prompt: marked at that context.
         at = labels.index(str(TARGET_CONTEXT))
-        for i, key in enumerate(("cold_first_ms", "incremental_first_ms")):
-            if remote.get(key):
-                axes[0].plot([at + i * width], [remote[key]], "kx", markersize=9,
-                             label="--remote (1.5k prompt)" if i == 0 or not remote.get("cold_first_ms") else None)
+        marks = [(at + i * width, remote[key])
+                 for i, key in enumerate(("cold_first_ms", "incremental_first_ms")) if remote.get(key)]
+        if marks:
+            axes[0].plot(*zip(*marks), "kx", markersize=9, label="--remote (1.5k prompt)")
     axes[0].set_xticks([x + width for x in range(len(labels))], labels)
     axes[0].set_xlabel("context tokens")
     axes[0].set_ylabel("ms (p50)")
