@@ -26,6 +26,8 @@ import platformdirs
 ENGINE_NAMES = ("openvino", "onnxruntime", "transformers", "npu_library")
 PRECISIONS = ("", "int4", "int8", "fp16", "bf16", "fp32")
 LOG_LEVELS = ("error", "warning", "info", "debug")
+# completion.fim: "auto", "off", or one template by name (aipc_lsp/fim.py).
+FIM_CHOICES = ("auto", "off", "qwen", "starcoder", "deepseek", "codellama", "codegemma", "codestral")
 
 
 # Settings that were renamed, and what to write instead.
@@ -91,6 +93,15 @@ class CompletionSettings:
                                     "cache, so the first suggestion there skips the cold prefill")
     warm_at_cursor: bool = _opt(True, "when the client says where the cursor rests (aipc/warm: a document brought to "
                                       "the front, the cursor moved) and the model is idle, compute the window there")
+    fim: str = _opt("auto", "fill-in-the-middle prompt: auto = the model's own FIM tokens when its tokenizer has them "
+                            "(else the code before the cursor only); off; or force a template",
+                    choices=FIM_CHOICES)
+    suffix_tokens: int = _opt(256, "FIM: most tokens of code after the cursor in the prompt (taken from "
+                                   "context_tokens)", minimum=0, maximum=131072)
+    other_files: bool = _opt(True, "add snippets of the user's other open and recently edited or visited files to "
+                                   "the prompt (the model's repo-level format, or comments)")
+    other_files_tokens: int = _opt(512, "most tokens of snippets from other files (taken from context_tokens)",
+                                   minimum=0, maximum=131072)
 
 
 @dataclass

@@ -1,16 +1,21 @@
 """Builds the model prompt for a completion at a cursor.
 
-Chat-tuned small models (SmolLM2, Phi-3, Llama-3) have no fill-in-the-middle tokens, so the
-prompt is the code before the cursor as raw text, with no chat template and no header
-(a file-name comment made SmolLM2 drift into prose more often): the model simply
-continues the file. The code after the cursor is kept for post-processing (where the
-suggestion must stop), not sent to the model.
+With a fill-in-the-middle template (fim.py; detected from the model's tokenizer) the prompt is
+[other files] + the template's markers around the code before the cursor (prefix) and after it
+(suffix). Without one (chat-tuned small models such as SmolLM2, Phi-3, Llama-3) it is the code
+before the cursor as raw text, with no chat template: the model simply continues the file; the
+code after the cursor is then only used by post-processing (where the suggestion must stop).
+
+The budget (completion.context_tokens) is shared: the suffix takes up to `suffix_tokens`, the
+other files' header what it measures, the prefix the rest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+from aipc_lsp.fim import FimTemplate
 
 # Coarse window steps keep the prompt's beginning identical across keystrokes, so an
 # engine's prefix cache can reuse the KV of everything but the last few tokens.
@@ -34,6 +39,10 @@ class CompletionContext:
     # to start with it and post-processing removes it.
     held_back: str
     window_start_line: int
+    # The code before the cursor that the prompt holds (the whole prompt without FIM or header).
+    window: str = ""
+    # The code after the cursor that the prompt holds (FIM only).
+    suffix_window: str = ""
 
 
 def build_completion_context(
@@ -42,16 +51,28 @@ def build_completion_context(
     *,
     budget_tokens: int = 1536,
     count_tokens: Callable[[str], int] | None = None,
+    fim: FimTemplate | None = None,
+    suffix_tokens: int = 256,
+    header: str = "",
 ) -> CompletionContext:
-    """`offset` is the cursor as an index into `text` (Python str, code points)."""
+    """`offset` is the cursor as an index into `text` (Python str, code points). `header` goes
+    first (other files, already in the model's format); `fim` puts the suffix in the prompt."""
     offset = max(0, min(offset, len(text)))
     before, after = text[:offset], text[offset:]
+    suffix_window = ""
+    if fim is not None:
+        suffix_window = _suffix_window(after, suffix_tokens, count_tokens)
+        budget_tokens -= FIM_MARKER_TOKENS + _count(suffix_window, count_tokens)
+    if header:
+        budget_tokens -= _count(header, count_tokens)
+    budget_tokens = max(budget_tokens, 1)
     line_start = before.rfind("\n") + 1
     line_end_rel = after.find("\n")
     line_prefix = before[line_start:]
     line_suffix = after if line_end_rel < 0 else after[:line_end_rel]
 
-    held_back = " " if line_prefix.endswith(" ") else ""
+    # Not on an indentation-only line: the indentation is what tells a FIM model the block.
+    held_back = " " if line_prefix.endswith(" ") and (fim is None or line_prefix.strip()) else ""
     body = before[: len(before) - len(held_back)]
 
     lines = body.split("\n")
@@ -85,14 +106,54 @@ def build_completion_context(
             keep = min(len(prompt) - 1, int(len(prompt) * budget_tokens / count * 0.95))
             prompt = prompt[-keep:] if keep > 0 else ""
             count = count_tokens(prompt)
+    window_text = prompt
+    if fim is not None:
+        prompt = fim.body(prompt, suffix_window)
     return CompletionContext(
-        prompt=prompt,
+        prompt=header + prompt,
         suffix=after,
         line_prefix=line_prefix,
         line_suffix=line_suffix,
         held_back=held_back,
         window_start_line=start_line,
+        window=window_text,
+        suffix_window=suffix_window,
     )
+
+
+# The FIM markers (and a repo-level format's path line) in tokens, roughly.
+FIM_MARKER_TOKENS = 4
+
+
+def _count(text: str, count_tokens: Callable[[str], int] | None) -> int:
+    if not text:
+        return 0
+    return count_tokens(text) if count_tokens is not None else int(len(text) / CHARS_PER_TOKEN) + 1
+
+
+def _suffix_window(after: str, budget_tokens: int, count_tokens: Callable[[str], int] | None) -> str:
+    """The code after the cursor that fits `budget_tokens`, cut at a line end (the rest of the
+    cursor's line always: the model must see what the line ends with). Its trailing blank lines
+    are dropped: they tell the model nothing and change as the user adds lines at the end."""
+    if budget_tokens <= 0:
+        return ""
+    line_end = after.find("\n")
+    if line_end < 0:
+        return after
+    limit = int(budget_tokens * CHARS_PER_TOKEN)
+    cut = after.rfind("\n", 0, max(limit, line_end) + 1)
+    window = after[: max(cut, line_end)]
+    if count_tokens is not None:
+        while "\n" in window[line_end + 1:] and count_tokens(window) > budget_tokens:
+            window = window[: window.rfind("\n")]
+    return _rstrip_lines(window)
+
+
+def _rstrip_lines(text: str) -> str:
+    """Drop trailing blank lines but keep the cursor line's own text."""
+    first, sep, rest = text.partition("\n")
+    rest = rest.rstrip()
+    return first + (sep + rest if rest else "")
 
 
 def _round_up(value: int, step: int) -> int:

@@ -24,7 +24,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 from aipc_lsp.config import CompletionSettings
-from aipc_lsp.context import CHARS_PER_TOKEN, LineCountCache, build_completion_context
+from aipc_lsp import fim
+from aipc_lsp.context import CHARS_PER_TOKEN, CompletionContext, LineCountCache, build_completion_context
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
 from aipc_lsp.runtime import ModelRuntime
@@ -62,6 +63,9 @@ class Suggester:
         # Timings of the latest answers, for aipc/status (and so for `aipc-lsp bench`).
         self.recent: deque[dict] = deque(maxlen=RECENT_SIZE)
         self._count: LineCountCache | None = None
+        self._count_exactly = None
+        # completion.fim setting -> the template it means for the current model (detected once).
+        self._fim: dict[str, fim.FimTemplate | None] = {}
         self._scheduler_ref: weakref.ref | None = None
         self._warming: asyncio.Task | None = None
         self._warming_uri: str | None = None
@@ -93,7 +97,8 @@ class Suggester:
         if self._warming_uri == uri:
             self._stop_warming()
 
-    def warm(self, uri: str, text: str, settings: CompletionSettings, offset: int | None = None) -> None:
+    def warm(self, uri: str, text: str, settings: CompletionSettings, offset: int | None = None,
+             snippets=None, language_id: str = "") -> None:
         """Once the model is idle, compute the KV cache of a window, so the first suggestion there
         prefills a few tokens instead of the whole window. A document opened (`offset` None): its
         first window (the prompt for a cursor anywhere in a file that fits the budget, or in the
@@ -107,14 +112,15 @@ class Suggester:
         except RuntimeError:
             return  # no event loop runs the server (the protocol driven by hand): nothing to warm with
         self._warming_uri = uri
-        self._warming = loop.create_task(self._warm(uri, text, settings, offset))
+        self._warming = loop.create_task(self._warm(uri, text, settings, offset, snippets, language_id))
 
     def _stop_warming(self) -> None:
         if self._warming is not None and not self._warming.done():
             self._warming.cancel()
         self._warming = self._warming_uri = None
 
-    async def _warm(self, uri: str, text: str, settings: CompletionSettings, offset: int | None) -> None:
+    async def _warm(self, uri: str, text: str, settings: CompletionSettings, offset: int | None,
+                    snippets=None, language_id: str = "") -> None:
         await asyncio.sleep(WARM_DELAY_S)
         started = time.perf_counter()
         prompt, cancelled = "", True
@@ -123,16 +129,17 @@ class Suggester:
             if not any(getattr(s.engine, "keeps_prompt_cache", False) for s in scheduler.slots if s.ready):
                 return  # e.g. OpenVINO on the NPU: every request prefills anew, a warm-up is lost work
             budget = self._prepare(scheduler, settings)
+            template = await self._template(scheduler, settings)
             if offset is None:
                 end = _first_window_end(text, budget)
                 while end > 0 and (count := self._count(text[:end])) > budget:
                     # Denser code than CHARS_PER_TOKEN: back to a line end within the budget.
                     end = text.rfind("\n", 0, int(end * budget / count * 0.95)) + 1
-                ctx = build_completion_context(text, end, budget_tokens=budget, count_tokens=self._count)
+                ctx = self._context(text, end, budget, settings, template, uri, snippets, language_id)
                 if ctx.window_start_line != 0 or not ctx.prompt:
                     return  # no cursor's window would start at the document's beginning
             else:
-                ctx = build_completion_context(text, offset, budget_tokens=budget, count_tokens=self._count)
+                ctx = self._context(text, offset, budget, settings, template, uri, snippets, language_id)
                 if not ctx.prompt or ctx.prompt == self._last_computed:
                     return  # cached: the last suggestion's, or the client said it twice
             prompt = ctx.prompt
@@ -162,8 +169,10 @@ class Suggester:
         uri: str = "",
         language_id: str = "",
         version: int | None = None,
+        snippets=None,
     ) -> Suggestion | None:
-        """None when the request was superseded or no model can serve."""
+        """None when the request was superseded or no model can serve. `snippets`: the other
+        files' source (snippets.SnippetRing), None for none."""
         self._stop_warming()  # the model is not idle any more; the request does that work itself
         key = (uri, version, offset, text if version is None else None)
         shared = self._inflight.get(key)
@@ -177,7 +186,7 @@ class Suggester:
         stale = asyncio.Event()
         self._pending.setdefault(uri, set()).add(stale)
         try:
-            result = await self._suggest(text, offset, settings, uri, version, stale)
+            result = await self._suggest(text, offset, settings, uri, version, stale, snippets, language_id)
         except BaseException as exc:
             if not future.done():
                 future.set_result(None)
@@ -196,13 +205,16 @@ class Suggester:
 
     # --- the pipeline ---------------------------------------------------------------------
 
-    async def _suggest(self, text, offset, settings, uri, version, stale: asyncio.Event) -> Suggestion | None:
+    async def _suggest(self, text, offset, settings, uri, version, stale: asyncio.Event, snippets=None,
+                       language_id: str = "") -> Suggestion | None:
         started = time.perf_counter()
         scheduler = await self.runtime.scheduler()
         budget = self._prepare(scheduler, settings)
-        ctx = build_completion_context(text, offset, budget_tokens=budget, count_tokens=self._count)
+        template = await self._template(scheduler, settings)
+        ctx = self._context(text, offset, budget, settings, template, uri, snippets, language_id)
         before, after = text[:offset], text[offset:]
-        params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature)
+        params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature,
+                                  stop=template.stop if template is not None else ())
         trim_args = dict(
             line_prefix=ctx.line_prefix, line_suffix=ctx.line_suffix, suffix=ctx.suffix,
             held_back=ctx.held_back, max_lines=settings.max_lines,
@@ -244,9 +256,37 @@ class Suggester:
             # Another model (settings changed): nothing it did not generate may be served.
             self._scheduler_ref = weakref.ref(scheduler)
             self._count = LineCountCache(engine.count_tokens)
+            self._count_exactly = engine.count_tokens
             self._latest.clear()
             self._results.clear()
+            self._fim.clear()
         return min(settings.context_tokens, scheduler.prompt_limit() or settings.context_tokens)
+
+    async def _template(self, scheduler, settings: CompletionSettings) -> fim.FimTemplate | None:
+        """The FIM template `completion.fim` means for this model; detection asks the tokenizer
+        (a round trip to the engine's worker), so it runs off the event loop, once per model."""
+        if settings.fim not in self._fim:
+            # Exact counts: the line cache bounds a short last line by its bytes instead of counting it.
+            self._fim[settings.fim] = await asyncio.to_thread(fim.choose, settings.fim, self._count_exactly)
+            log.info("completion prompt: %s", f"fill-in-the-middle ({self._fim[settings.fim].name})"
+                     if self._fim[settings.fim] else "the code before the cursor")
+        return self._fim[settings.fim]
+
+    def _context(self, text: str, offset: int, budget: int, settings: CompletionSettings,
+                 template: fim.FimTemplate | None, uri: str, snippets, language_id: str) -> CompletionContext:
+        """The prompt at `offset`: other files first (when enabled), then the FIM body or the code
+        before the cursor."""
+        header = ""
+        if snippets is not None and settings.other_files and settings.other_files_tokens:
+            near = int(budget * CHARS_PER_TOKEN)
+            local = text[max(0, offset - near): offset + int(settings.suffix_tokens * CHARS_PER_TOKEN)]
+            chosen = snippets.pick(uri, local, int(settings.other_files_tokens * CHARS_PER_TOKEN))
+            if chosen:
+                path = snippets.path_of(uri) if hasattr(snippets, "path_of") else uri.rsplit("/", 1)[-1]
+                header = (template.header(chosen, path) if template is not None
+                          else fim.comment_header(chosen, fim.comment_prefix(language_id)))
+        return build_completion_context(text, offset, budget_tokens=budget, count_tokens=self._count, fim=template,
+                                        suffix_tokens=settings.suffix_tokens, header=header)
 
     def _remember(self, key: tuple, text: str) -> None:
         self._results[key] = text

@@ -80,6 +80,7 @@ class OpenVINOEngine:
         self._tokenizer = None
         # Token bytes for decoding without the detokenizer model (detokenize.py), when they agree.
         self._byte_table: list[bytes] | None = None
+        self._special_ids: dict[str, int | None] = {}  # stop marker -> its special token's id
         self._stepped = False
         self._request_ids = itertools.count()
 
@@ -237,11 +238,27 @@ class OpenVINOEngine:
         else:
             config.do_sample = False
         config.repetition_penalty = params.repetition_penalty
+        stop_ids = self._stop_token_ids(params.stop)
+        if stop_ids:
+            # Special tokens never reach the text (the detokenizer skips them): stop on their ids.
+            config.stop_token_ids = set(config.stop_token_ids) | stop_ids
         if self.prompt_lookup_tokens:
             # A prompt-lookup pipeline takes only prompt-lookup requests.
             config.num_assistant_tokens = self.prompt_lookup_tokens
             config.max_ngram_size = PROMPT_LOOKUP_NGRAM
         return config
+
+    def _stop_token_ids(self, stop: tuple[str, ...]) -> set[int]:
+        """The ids of the stop strings that are single special tokens (a FIM template's end markers)."""
+        ids = set()
+        for marker in stop:
+            if marker not in self._special_ids:
+                encoded = [int(t) for t in self._tokenizer.encode(marker).input_ids.data[0]]
+                special = len(encoded) == 1 and (self._byte_table is None or self._byte_table[encoded[0]] == b"")
+                self._special_ids[marker] = encoded[0] if special else None
+            if self._special_ids[marker] is not None:
+                ids.add(self._special_ids[marker])
+        return ids
 
     def generate(
         self,

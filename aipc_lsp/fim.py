@@ -1,0 +1,157 @@
+"""Fill-in-the-middle prompt formats, and which one a model speaks.
+
+Code models are trained to fill a hole: given the code before the cursor (prefix) and after it
+(suffix) in their own marker tokens, they generate the middle. Each family has its own markers,
+and some a repo-level format that puts other files first (`<|repo_name|>`, `<|file_sep|>`).
+
+Which format a model speaks is read from its tokenizer: a template applies when every marker it
+needs is ONE token of the vocabulary (a special token), not a string the tokenizer splits up.
+Templates are tried most specific first (Qwen and CodeGemma share `<|fim_prefix|>`; they differ in
+the file separator).
+
+Order: prefix-suffix-middle (PSM) is what the models were trained on most, but every keystroke
+changes the prefix's end, which in PSM sits before the whole suffix, so the suffix's tokens are
+prefilled again on every keystroke. Suffix-prefix-middle (SPM) keeps the prompt's start stable
+(the suffix does not change while the user types before it). docs/QUALITY.md has the measurements
+behind the order each template uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+
+@dataclass(frozen=True)
+class FileSnippet:
+    """Code from another file, as the prompt shows it."""
+
+    path: str
+    text: str
+
+
+@dataclass(frozen=True)
+class FimTemplate:
+    name: str
+    prefix: str
+    suffix: str
+    middle: str
+    # True: the suffix comes first (SPM). Codestral has only this order.
+    suffix_first: bool = False
+    # Repo-level format: `{repo_name}{repo}\n` then `{file_sep}{path}\n{text}\n` per file, the
+    # current file last (its path, then the FIM body). None: other files go in as comments.
+    repo_name: str | None = None
+    file_sep: str | None = None
+    # Markers that end the middle when the model writes them as text.
+    stop: tuple[str, ...] = ()
+    # Literal separators some formats need around the parts (CodeLlama: "<PRE> {p} <SUF>{s} <MID>").
+    after_prefix_marker: str = ""
+    before_suffix_marker: str = ""
+    before_middle_marker: str = ""
+    # Markers that must be single tokens for the template to be detected.
+    detect: tuple[str, ...] = field(default=())
+
+    def markers(self) -> tuple[str, ...]:
+        return self.detect or tuple(m for m in (self.prefix, self.suffix, self.middle) if m)
+
+    def body(self, prefix: str, suffix: str) -> str:
+        """The FIM part: markers around the prefix and the suffix."""
+        p = f"{self.prefix}{self.after_prefix_marker}{prefix}{self.before_suffix_marker}"
+        s = f"{self.suffix}{suffix}"
+        if self.suffix_first:
+            return f"{s}{p}{self.before_middle_marker}{self.middle}"
+        return f"{p}{s}{self.before_middle_marker}{self.middle}"
+
+    def header(self, snippets: Sequence[FileSnippet], path: str, comment: str = "#") -> str:
+        """What goes before the FIM body: other files, in the repo-level format when the model has
+        one (and the current file's path after them), else as comment blocks."""
+        if not snippets:
+            return ""
+        if self.file_sep:
+            parts = [f"{self.repo_name}{_repo_of(path)}\n" if self.repo_name else ""]
+            parts += [f"{self.file_sep}{s.path}\n{s.text}\n" for s in snippets]
+            parts.append(f"{self.file_sep}{path}\n")
+            return "".join(parts)
+        return comment_header(snippets, comment)
+
+
+def comment_header(snippets: Sequence[FileSnippet], comment: str = "#") -> str:
+    """Other files as comment blocks, for models without a repo-level format (as Tabby does)."""
+    blocks = []
+    for s in snippets:
+        lines = [f"{comment} Path: {s.path}"] + [f"{comment} {line}".rstrip() for line in s.text.split("\n")]
+        blocks.append("\n".join(lines) + "\n")
+    return "".join(blocks)
+
+
+_LINE_COMMENTS = {"python": "#", "sh": "#", "shellscript": "#", "bash": "#", "ruby": "#", "perl": "#", "r": "#",
+                  "yaml": "#", "toml": "#", "lua": "--", "sql": "--", "haskell": "--", "vim": '"'}
+
+
+def comment_prefix(language_id: str) -> str:
+    """The line comment of a language (LSP languageId); `//` for the C family and the unknown."""
+    return _LINE_COMMENTS.get(language_id.lower(), "//")
+
+
+def _repo_of(path: str) -> str:
+    # The repo name is not known to the server; a constant keeps the prompt's start stable.
+    return "project"
+
+
+QWEN = FimTemplate(
+    "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
+    repo_name="<|repo_name|>", file_sep="<|file_sep|>",
+    stop=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|fim_prefix|>", "<|fim_suffix|>",
+          "<|fim_middle|>", "<|im_end|>"),
+    detect=("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_sep|>"),
+)
+CODEGEMMA = FimTemplate(
+    "codegemma", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", file_sep="<|file_separator|>",
+    stop=("<|file_separator|>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<eos>", "<end_of_turn>"),
+    detect=("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_separator|>"),
+)
+STARCODER = FimTemplate(
+    "starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", repo_name="<repo_name>", file_sep="<file_sep>",
+    stop=("<|endoftext|>", "<fim_pad>", "<file_sep>", "<repo_name>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+    detect=("<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
+)
+DEEPSEEK = FimTemplate(
+    "deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>",
+    stop=("<｜end▁of▁sentence｜>", "<|EOT|>", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
+)
+CODELLAMA = FimTemplate(
+    "codellama", "<PRE>", "<SUF>", "<MID>", after_prefix_marker=" ", before_suffix_marker=" ",
+    before_middle_marker=" ", stop=("<EOT>", "</s>", "<PRE>", "<SUF>", "<MID>"),
+)
+CODESTRAL = FimTemplate(
+    "codestral", "[PREFIX]", "[SUFFIX]", "", suffix_first=True, stop=("</s>", "[PREFIX]", "[SUFFIX]"),
+)
+
+# Most specific first: a vocabulary with `<|file_separator|>` is CodeGemma's, with `<|file_sep|>` Qwen's.
+TEMPLATES: dict[str, FimTemplate] = {t.name: t for t in (QWEN, CODEGEMMA, STARCODER, DEEPSEEK, CODELLAMA, CODESTRAL)}
+
+
+def detect(count_tokens: Callable[[str], int]) -> FimTemplate | None:
+    """The template whose markers are all single tokens of the model's vocabulary, or None.
+    `count_tokens` is the engine's (it may add a BOS token: counted against a baseline)."""
+    base = count_tokens("\n")
+    known: dict[str, bool] = {}
+
+    def single(marker: str) -> bool:
+        if marker not in known:
+            known[marker] = count_tokens("\n" + marker) - base == 1
+        return known[marker]
+
+    for template in TEMPLATES.values():
+        if all(single(m) for m in template.markers()):
+            return template
+    return None
+
+
+def choose(setting: str, count_tokens: Callable[[str], int]) -> FimTemplate | None:
+    """`completion.fim`: "off" → None, "auto" → detected, else the named template."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return detect(count_tokens)
+    return TEMPLATES[setting]

@@ -1,0 +1,132 @@
+"""Fill-in-the-middle templates: detection from a tokenizer's vocabulary, prompt layout, budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from aipc_lsp import fim
+from aipc_lsp.context import build_completion_context
+from aipc_lsp.fim import FileSnippet
+
+
+def vocabulary_counter(specials: set[str], bos: bool = False):
+    """count_tokens of a tokenizer whose special tokens are `specials`: each is one token, any
+    other character one token each (and a BOS token first when `bos`)."""
+
+    def count(text: str) -> int:
+        n = int(bos)
+        i = 0
+        while i < len(text):
+            match = next((s for s in specials if text.startswith(s, i)), None)
+            i += len(match) if match else 1
+            n += 1
+        return n
+
+    return count
+
+
+QWEN_VOCAB = {"<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+              "<|endoftext|>", "<|im_start|>", "<|im_end|>"}
+STARCODER_VOCAB = {"<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<file_sep>", "<repo_name>",
+                   "<|endoftext|>"}
+CODEGEMMA_VOCAB = {"<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|file_separator|>", "<eos>"}
+DEEPSEEK_VOCAB = {"<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", "<｜end▁of▁sentence｜>"}
+CODELLAMA_VOCAB = {"<PRE>", "<SUF>", "<MID>", "<EOT>", "</s>"}
+CODESTRAL_VOCAB = {"[PREFIX]", "[SUFFIX]", "</s>"}
+CHAT_VOCAB = {"<|im_start|>", "<|im_end|>", "<|endoftext|>"}
+
+
+@pytest.mark.parametrize("vocab, expected", [
+    (QWEN_VOCAB, "qwen"), (STARCODER_VOCAB, "starcoder"), (CODEGEMMA_VOCAB, "codegemma"),
+    (DEEPSEEK_VOCAB, "deepseek"), (CODELLAMA_VOCAB, "codellama"), (CODESTRAL_VOCAB, "codestral"),
+])
+@pytest.mark.parametrize("bos", [False, True])
+def test_the_template_is_read_from_the_vocabulary(vocab, expected, bos):
+    assert fim.detect(vocabulary_counter(vocab, bos)).name == expected
+
+
+def test_a_chat_model_without_fim_tokens_keeps_the_prefix_prompt():
+    assert fim.detect(vocabulary_counter(CHAT_VOCAB)) is None
+    assert fim.choose("auto", vocabulary_counter(CHAT_VOCAB)) is None
+
+
+def test_the_setting_forces_a_template_or_turns_fim_off():
+    qwen = vocabulary_counter(QWEN_VOCAB)
+    assert fim.choose("off", qwen) is None
+    assert fim.choose("starcoder", qwen) is fim.STARCODER  # forced, whatever the vocabulary says
+    assert fim.choose("auto", qwen) is fim.QWEN
+
+
+def test_layouts():
+    assert fim.QWEN.body("a = ", "\nb") == "<|fim_prefix|>a = <|fim_suffix|>\nb<|fim_middle|>"
+    assert fim.CODELLAMA.body("a =", "\nb") == "<PRE> a = <SUF>\nb <MID>"
+    assert fim.CODESTRAL.body("a = ", "\nb") == "[SUFFIX]\nb[PREFIX]a = "
+    assert fim.DEEPSEEK.body("x", "y") == "<｜fim▁begin｜>x<｜fim▁hole｜>y<｜fim▁end｜>"
+
+
+def test_other_files_in_the_repo_level_format_or_as_comments():
+    snippets = [FileSnippet("pkg/util.py", "def helper():\n    return 1"), FileSnippet("b.py", "X = 2")]
+    header = fim.QWEN.header(snippets, "pkg/main.py")
+    assert header == ("<|repo_name|>project\n<|file_sep|>pkg/util.py\ndef helper():\n    return 1\n"
+                      "<|file_sep|>b.py\nX = 2\n<|file_sep|>pkg/main.py\n")
+    assert fim.DEEPSEEK.header(snippets, "pkg/main.py") == (
+        "# Path: pkg/util.py\n# def helper():\n#     return 1\n# Path: b.py\n# X = 2\n")
+    assert fim.comment_header(snippets[1:], fim.comment_prefix("typescript")) == "// Path: b.py\n// X = 2\n"
+    assert fim.QWEN.header([], "a.py") == ""
+
+
+def count_chars(text: str) -> int:
+    return len(text)
+
+
+def test_the_fim_prompt_holds_the_suffix_within_its_budget():
+    before = "def f(x):\n    y = "
+    after = "\n" + "".join(f"    line{i} = {i}\n" for i in range(200))
+    text = before + after
+    ctx = build_completion_context(text, len(before), budget_tokens=400, count_tokens=count_chars, fim=fim.QWEN,
+                                   suffix_tokens=100)
+    assert ctx.prompt.startswith("<|fim_prefix|>def f(x):\n    y =<|fim_suffix|>\n    line0 = 0\n")
+    assert ctx.prompt.endswith("<|fim_middle|>")
+    assert len(ctx.suffix_window) <= 100 and ctx.suffix_window.endswith("\n" + ctx.suffix_window.split("\n")[-1])
+    assert after.startswith(ctx.suffix_window)
+    assert ctx.held_back == " "  # token healing as without FIM
+    assert ctx.suffix == after  # post-processing still sees all of it
+
+
+def test_prefix_and_suffix_share_the_budget():
+    before = "".join(f"a{i} = {i}\n" for i in range(300))
+    after = "\n" + "".join(f"b{i} = {i}\n" for i in range(300))
+    header = "<|file_sep|>other.py\nZ = 1\n"
+    ctx = build_completion_context(before + after, len(before), budget_tokens=1000, count_tokens=count_chars,
+                                   fim=fim.QWEN, suffix_tokens=200, header=header)
+    assert ctx.prompt.startswith(header)
+    assert len(ctx.window) + len(ctx.suffix_window) + len(header) <= 1000
+    assert len(ctx.suffix_window) <= 200 and len(ctx.window) > 400  # whole 32-line steps
+
+
+def test_the_rest_of_the_cursor_line_is_always_in_the_suffix():
+    text = "print(|" + "x" * 50 + ")\nnext_line()\n"
+    offset = text.index("|")
+    text = text.replace("|", "")
+    ctx = build_completion_context(text, offset, budget_tokens=1000, count_tokens=count_chars, fim=fim.QWEN,
+                                   suffix_tokens=10)
+    assert ctx.suffix_window == "x" * 50 + ")"
+
+
+def test_indentation_is_not_held_back_on_an_empty_line_with_fim():
+    text = "def f():\n    "
+    assert build_completion_context(text, len(text), fim=fim.QWEN).held_back == ""
+    assert build_completion_context(text, len(text)).held_back == " "  # the prefix-only prompt as before
+
+
+def test_typing_changes_only_the_prompt_where_the_cursor_is():
+    """PSM: the header and the prefix's beginning stay, so the prefix cache keeps them."""
+    doc = "import os\n\ndef f():\n    return os.pa|\n\nprint(f())\n"
+    offset = doc.index("|")
+    doc = doc.replace("|", "")
+    header = "<|file_sep|>b.py\nX = 2\n"
+    one = build_completion_context(doc, offset, fim=fim.QWEN, header=header).prompt
+    typed = doc[:offset] + "t" + doc[offset:]
+    two = build_completion_context(typed, offset + 1, fim=fim.QWEN, header=header).prompt
+    common = len(next((a for a in [one[:i] for i in range(len(one), 0, -1)] if two.startswith(a)), ""))
+    assert one[:common].endswith("return os.pa")
