@@ -139,7 +139,10 @@ def detect(count_tokens: Callable[[str], int]) -> FimTemplate | None:
 
     def single(marker: str) -> bool:
         if marker not in known:
-            known[marker] = count_tokens("\n" + marker) - base == 1
+            # The reversed string is the control: a tokenizer that keeps any such run of characters
+            # as one piece has no special token for it.
+            known[marker] = (count_tokens("\n" + marker) - base == 1
+                             and count_tokens("\n" + marker[::-1]) - base > 1)
         return known[marker]
 
     for template in TEMPLATES.values():

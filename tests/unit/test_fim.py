@@ -45,6 +45,10 @@ def test_the_template_is_read_from_the_vocabulary(vocab, expected, bos):
     assert fim.detect(vocabulary_counter(vocab, bos)).name == expected
 
 
+def test_a_tokenizer_that_keeps_any_word_whole_is_not_taken_for_fim_tokens():
+    assert fim.detect(lambda text: len(text.split())) is None
+
+
 def test_a_chat_model_without_fim_tokens_keeps_the_prefix_prompt():
     assert fim.detect(vocabulary_counter(CHAT_VOCAB)) is None
     assert fim.choose("auto", vocabulary_counter(CHAT_VOCAB)) is None
