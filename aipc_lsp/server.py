@@ -18,6 +18,7 @@ from aipc_lsp import __version__
 from aipc_lsp.chat import ChatService
 from aipc_lsp.config import Problem, Settings, SettingsLayers, load_file, validate
 from aipc_lsp.runtime import ModelRuntime
+from aipc_lsp.snippets import SnippetRing
 from aipc_lsp.suggest import Suggester
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class AipcServer(LanguageServer):
         self.settings = Settings()
         self.runtime = ModelRuntime(LspReporter(self))
         self.suggester = Suggester(self.runtime)
+        # Snippets of the user's other files for completion prompts, fed by the document events.
+        self.snippets = SnippetRing()
         self.chat = ChatService(self.runtime)
         self.shutting_down = False
         # Settings problems found before the client can be shown messages (initialize).
@@ -154,6 +157,8 @@ class AipcServer(LanguageServer):
     def apply_settings(self) -> None:
         self.settings = self.layers.settings()
         logging.getLogger("aipc_lsp").setLevel(self.settings.log_level.upper())
+        if not (self.settings.completion.enabled and self.settings.completion.other_files):
+            self.snippets.clear()  # nothing of the user's files kept that no prompt will use
         self.runtime.configure(self.settings)
 
     async def pull_workspace_settings(self) -> list[Problem]:
@@ -181,6 +186,9 @@ def create_server(config_path: Path | None = None, status_port: int | None = Non
         problems = ls.load_file_settings()
         ls.layers.init_options, more = validate(params.initialization_options or {}, "initializationOptions")
         ls.pending_problems = problems + more
+        # Snippets show paths relative to the workspace folder holding the file.
+        folders = [folder.uri for folder in params.workspace_folders or []]
+        ls.snippets.set_roots(folders or [root for root in (params.root_uri, params.root_path) if root][:1])
 
     @server.feature(types.INITIALIZED)
     async def on_initialized(ls: AipcServer, params: types.InitializedParams) -> None:

@@ -29,6 +29,13 @@ def _open_at(ls, uri: str, position: types.Position) -> tuple[TextDocument, int]
     return document, document.offset_at_position(position)
 
 
+def _ring(ls):
+    """The other files' snippets (snippets.SnippetRing) when completion.other_files is on; None:
+    nothing is fed to it, nothing picked from it."""
+    settings = ls.settings.completion
+    return ls.snippets if settings.enabled and settings.other_files else None
+
+
 async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocument, Suggestion] | None:
     if ls.shutting_down or not ls.settings.completion.enabled:
         return None
@@ -40,7 +47,7 @@ async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocum
     try:
         suggestion = await ls.suggester.suggest(
             text=document.source, offset=offset, settings=ls.settings.completion,
-            uri=uri, language_id=document.language_id or "", version=version,
+            uri=uri, language_id=document.language_id or "", version=version, snippets=_ring(ls),
         )
     except RequestError as exc:  # e.g. a prompt budget larger than the KV cache: say what to change
         ls.tell_user_once("completion cannot run", f"aipc-lsp: no suggestion: {exc}")
@@ -133,8 +140,12 @@ def register(server) -> None:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls, params: types.DidOpenTextDocumentParams) -> None:
         settings = ls.settings.completion
+        document = params.text_document
+        if ring := _ring(ls):
+            ring.opened(document.uri, document.text)
         if settings.enabled and settings.warm_on_open and not ls.shutting_down:
-            ls.suggester.warm(params.text_document.uri, params.text_document.text, settings)
+            ls.suggester.warm(document.uri, document.text, settings, snippets=ring,
+                              language_id=document.language_id or "")
 
     @server.feature(WARM)
     def warm_at_cursor(ls, params) -> None:
@@ -142,7 +153,9 @@ def register(server) -> None:
         looks at (brought to the front, a jump). Malformed params are logged: a notification has
         no answer."""
         settings = ls.settings.completion
-        if not (settings.enabled and settings.warm_at_cursor) or ls.shutting_down:
+        ring = _ring(ls)
+        warm = settings.enabled and settings.warm_at_cursor and not ls.shutting_down
+        if not (warm or ring):
             return
         raw = plain(params)
         try:
@@ -155,9 +168,14 @@ def register(server) -> None:
                         WARM, exc)
             return
         found = _open_at(ls, uri, position)
-        if found is not None:
-            document, offset = found
-            ls.suggester.warm(uri, document.source, settings, offset)
+        if found is None:
+            return
+        document, offset = found
+        if ring:
+            ring.visited(uri, document.source, position.line)
+        if warm:
+            ls.suggester.warm(uri, document.source, settings, offset, snippets=ring,
+                              language_id=document.language_id or "")
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls, params: types.DidChangeTextDocumentParams) -> None:
@@ -166,9 +184,25 @@ def register(server) -> None:
         uri = params.text_document.uri
         text = ls.workspace.get_text_document(uri).source if uri in ls.workspace.text_documents else None
         ls.suggester.document_changed(uri, text)
+        ring = _ring(ls)
+        if ring and text is not None and params.content_changes:
+            # Where the (first) change begins; a whole-document change: the ring compares texts.
+            first = params.content_changes[0]
+            ring.edited(uri, text, first.range.start.line
+                        if isinstance(first, types.TextDocumentContentChangePartial) else None)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_SAVE)
+    def did_save(ls, params: types.DidSaveTextDocumentParams) -> None:
+        # Registering it makes the server ask for didSave (without the text: pygls has it).
+        uri = params.text_document.uri
+        ring = _ring(ls)
+        if ring and uri in ls.workspace.text_documents:
+            ring.saved(uri, ls.workspace.get_text_document(uri).source)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls, params: types.DidCloseTextDocumentParams) -> None:
+        if ring := _ring(ls):
+            ring.closed(params.text_document.uri)
         ls.chat.forget(params.text_document.uri)
         ls.suggester.document_closed(params.text_document.uri)
         scheduler = ls.runtime.current()

@@ -36,6 +36,8 @@ def collect(ls) -> dict:
         "suggestions": list(ls.suggester.recent),
         # Documents whose first window was computed ahead of a request (completion.warm_on_open).
         "warmups": list(ls.suggester.warmups),
+        # The other files' snippets a completion prompt may take from (completion.other_files).
+        "otherFiles": ls.snippets.summary(),
     }
 
 

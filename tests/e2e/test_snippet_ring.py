@@ -1,0 +1,66 @@
+"""The other files' snippets on the real server over stdio: the document events feed the ring
+(aipc/status lists it), typing in a document leaves it alone, and completion.other_files = false
+empties it. No model is loaded (the model setting names a file that does not exist)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import LanguageClient, client_capabilities
+
+from conftest import configure, open_document, server_config, status
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+ROOT = "file:///home/me/proj"
+A, B = f"{ROOT}/app/main.py", f"{ROOT}/lib/shapes.py"
+SHAPES = "\n".join(f"def area_{i}(width, height):\n    return width * height * {i}\n" for i in range(60))
+MAIN = "from lib.shapes import area_1\n\nprint(area_1(2, 3))\n" + "\n".join(f"x{i} = {i}" for i in range(100))
+
+
+@pytest_lsp.fixture(config=server_config(), scope="module")
+async def client(lsp_client: LanguageClient):
+    lsp_client.set_configuration({"aipc": {"model": "/nonexistent/model.gguf"}})
+    result = await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"), root_uri=ROOT,
+        workspace_folders=[types.WorkspaceFolder(uri=ROOT, name="proj")],
+        initialization_options={"model": "/nonexistent/model.gguf"}))
+    assert result.capabilities.text_document_sync.save, "the server asks for didSave"
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def ring(client: LanguageClient) -> list[tuple[str, str]]:
+    await asyncio.sleep(0.1)  # notifications have no answer: let the server read them
+    return [(c["path"], c["kind"]) for c in (await status(client))["otherFiles"]]
+
+
+def type_at(client: LanguageClient, uri: str, version: int, line: int, text: str) -> None:
+    at = types.Position(line=line, character=0)
+    client.text_document_did_change(types.DidChangeTextDocumentParams(
+        text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=version),
+        content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=text)]))
+
+
+async def test_document_events_feed_the_ring_and_typing_leaves_it_alone(client: LanguageClient):
+    open_document(client, B, SHAPES)
+    open_document(client, A, MAIN)  # another document: B's outline enters the ring
+    assert await ring(client) == [("lib/shapes.py", "outline")]
+    for version in range(2, 12):  # typing in A, its cursor resting, A saved: A's own events wait
+        type_at(client, A, version, 50, "y")
+        client.protocol.notify("aipc/warm", {"textDocument": {"uri": A}, "position": {"line": 50, "character": 1}})
+    client.text_document_did_save(types.DidSaveTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=A)))
+    assert await ring(client) == [("lib/shapes.py", "outline")]
+    # The user goes to B: A's outline and the window where it was edited enter the ring.
+    client.protocol.notify("aipc/warm", {"textDocument": {"uri": B}, "position": {"line": 30, "character": 0}})
+    assert await ring(client) == [("lib/shapes.py", "outline"), ("app/main.py", "outline"), ("app/main.py", "window")]
+    # Closed, B's place enters too, and its chunks stay.
+    client.text_document_did_close(types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri=B)))
+    assert (await ring(client))[-1] == ("lib/shapes.py", "window")
+    await configure(client, {"model": "/nonexistent/model.gguf", "completion": {"other_files": False}})
+    assert await ring(client) == []
+    open_document(client, B, SHAPES, version=20)
+    client.protocol.notify("aipc/warm", {"textDocument": {"uri": A}, "position": {"line": 3, "character": 0}})
+    assert await ring(client) == []  # off: nothing fed
