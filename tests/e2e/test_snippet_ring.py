@@ -11,7 +11,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from conftest import configure, open_document, server_config, status
+from conftest import configure, end_position, inline, open_document, server_config, status, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 ROOT = "file:///home/me/proj"
@@ -64,3 +64,40 @@ async def test_document_events_feed_the_ring_and_typing_leaves_it_alone(client: 
     open_document(client, B, SHAPES, version=20)
     client.protocol.notify("aipc/warm", {"textDocument": {"uri": A}, "position": {"line": 3, "character": 0}})
     assert await ring(client) == []  # off: nothing fed
+
+
+GEOMETRY = '''"""Geometry helpers for the floor planner."""
+import math
+
+ROOM_MARGIN_MM = 40
+
+
+def polygon_floor_area_mm2(corners_mm: list[tuple[float, float]], *, subtract_margin: bool = True) -> float:
+    """Floor area of a room given its corners in millimetres."""
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(corners_mm, corners_mm[1:] + corners_mm[:1]):
+        area += x0 * y1 - x1 * y0
+    return abs(area) / 2 - (ROOM_MARGIN_MM if subtract_margin else 0)
+''' + "".join(f"\n\ndef helper_{i}(value):\n    return value * {i}\n" for i in range(30))
+PLAN = "import geometry\n\n\ndef total_area(rooms):\n    total = 0.0\n    for room in rooms:\n        total += geometry."
+
+
+@pytest_lsp.fixture(config=server_config(), scope="module")
+async def model_client(lsp_client: LanguageClient):
+    lsp_client.set_configuration({"aipc": {}})
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("visual-studio-code"), root_uri=ROOT,
+        initialization_options={"completion": {"max_tokens": 16}}))
+    assert (await wait_ready(lsp_client))["ready"]
+    yield
+    await lsp_client.shutdown_session()
+
+
+@pytest.mark.model
+async def test_the_default_model_calls_what_another_open_file_defines(model_client: LanguageClient):
+    # Only geometry.py's outline tells the model which function the module has (without it, the
+    # default model wrote `geometry.area(room)` here).
+    open_document(model_client, f"{ROOT}/geometry.py", GEOMETRY)
+    open_document(model_client, f"{ROOT}/plan.py", PLAN)
+    (suggestion,) = await inline(model_client, f"{ROOT}/plan.py", end_position(PLAN, "utf-8"))
+    assert suggestion.startswith("polygon_floor_area_mm2("), suggestion
