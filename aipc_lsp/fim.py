@@ -21,13 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-
-@dataclass(frozen=True)
-class FileSnippet:
-    """Code from another file, as the prompt shows it."""
-
-    path: str
-    text: str
+from aipc_lsp.snippets import Snippet
 
 
 @dataclass(frozen=True)
@@ -62,7 +56,7 @@ class FimTemplate:
             return f"{s}{p}{self.before_middle_marker}{self.middle}"
         return f"{p}{s}{self.before_middle_marker}{self.middle}"
 
-    def header(self, snippets: Sequence[FileSnippet], path: str, comment: str = "#") -> str:
+    def header(self, snippets: Sequence[Snippet], path: str, comment: str = "#") -> str:
         """What goes before the FIM body: other files, in the repo-level format when the model has
         one (and the current file's path after them), else as comment blocks."""
         if not snippets:
@@ -75,7 +69,7 @@ class FimTemplate:
         return comment_header(snippets, comment)
 
 
-def comment_header(snippets: Sequence[FileSnippet], comment: str = "#") -> str:
+def comment_header(snippets: Sequence[Snippet], comment: str = "#") -> str:
     """Other files as comment blocks, for models without a repo-level format (as Tabby does)."""
     blocks = []
     for s in snippets:

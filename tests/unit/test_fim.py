@@ -6,7 +6,7 @@ import pytest
 
 from aipc_lsp import fim
 from aipc_lsp.context import build_completion_context
-from aipc_lsp.fim import FileSnippet
+from aipc_lsp.snippets import Snippet
 
 
 def vocabulary_counter(specials: set[str], bos: bool = False):
@@ -69,7 +69,7 @@ def test_layouts():
 
 
 def test_other_files_in_the_repo_level_format_or_as_comments():
-    snippets = [FileSnippet("pkg/util.py", "def helper():\n    return 1"), FileSnippet("b.py", "X = 2")]
+    snippets = [Snippet("pkg/util.py", "def helper():\n    return 1"), Snippet("b.py", "X = 2")]
     header = fim.QWEN.header(snippets, "pkg/main.py")
     assert header == ("<|repo_name|>project\n<|file_sep|>pkg/util.py\ndef helper():\n    return 1\n"
                       "<|file_sep|>b.py\nX = 2\n<|file_sep|>pkg/main.py\n")
