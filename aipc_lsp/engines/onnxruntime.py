@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
 from aipc_lsp.engines.templates import chat_template_from_folder
-from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
+from aipc_lsp.engines.textstream import TextAccumulator, common_prefix, special_stop_ids
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,8 @@ class OnnxRuntimeGenAIEngine:
             raise EngineError(f"onnxruntime: the prompt ({len(ids)} tokens) does not fit the model's "
                               f"max_length {self.max_length}; lower completion.context_tokens")
         # Whole-sequence decoding keeps spacing and multi-byte text right (see textstream.py).
-        pieces = TextAccumulator(lambda toks: self._tokenizer.decode(toks), params, result, on_text)
+        pieces = TextAccumulator(lambda toks: self._tokenizer.decode(toks), params, result, on_text,
+                                 special_stop_ids(self._tokenizer.encode, params.stop))
         try:
             generator, reused = self._prepare_generator(ids, params)
             result.extra["reused_tokens"] = reused

@@ -12,11 +12,23 @@ from typing import Callable
 from aipc_lsp.engines.base import GenerationParams, GenerationResult, OnText
 
 
+def special_stop_ids(encode: Callable[[str], list[int]], stop: tuple[str, ...]) -> set[int]:
+    """The ids of the stop strings that are single tokens (a FIM template's end markers): special
+    tokens never reach the decoded text, so they are stopped on by id."""
+    ids = set()
+    for marker in stop:
+        encoded = [int(t) for t in encode(marker)]
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return ids
+
+
 class TextAccumulator:
     def __init__(self, decode: Callable[[list[int]], str], params: GenerationParams,
-                 result: GenerationResult, on_text: OnText | None):
+                 result: GenerationResult, on_text: OnText | None, stop_ids: set[int] = frozenset()):
         self._decode = decode
         self._params = params
+        self._stop_ids = stop_ids
         self._result = result
         self._on_text = on_text
         self.tokens: list[int] = []
@@ -24,6 +36,9 @@ class TextAccumulator:
 
     def push(self, token: int) -> bool:
         """Add one token; False when the caller's stop rules say generation should end."""
+        if int(token) in self._stop_ids:
+            self._result.stopped_by_caller = True
+            return False
         self.tokens.append(int(token))
         decoded = self._decode(self.tokens)
         if decoded.endswith("\ufffd"):

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
-from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
+from aipc_lsp.engines.textstream import TextAccumulator, common_prefix, special_stop_ids
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,9 @@ class TransformersEngine:
             return result
         ids = self._tokenizer.encode(prompt, add_special_tokens=False) or [self._tokenizer.bos_token_id or 0]
         result.prompt_tokens = len(ids)
+        stop_ids = special_stop_ids(lambda text: self._tokenizer.encode(text, add_special_tokens=False), params.stop)
         pieces = TextAccumulator(lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True),
-                                 params, result, on_text)
+                                 params, result, on_text, stop_ids)
         processors = self._processors(params)
         try:
             with torch.inference_mode():

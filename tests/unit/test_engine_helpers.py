@@ -14,6 +14,7 @@ from aipc_lsp.engines.npu_library import NpuLibraryEngine, missing_message, prob
 from aipc_lsp.engines.templates import chat_template_from_folder
 from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
 from aipc_lsp.models import compat
+from aipc_lsp.models.catalogue import QWEN_CODER_15B, SMOLLM2_135M
 from aipc_lsp.models.registry import DEFAULT_MODEL, detect_kind, list_models
 
 VOCAB = {1: "def", 2: " f", 3: "():", 4: "\n", 5: "\xe2", 6: "\x82\xac"}
@@ -59,21 +60,23 @@ def test_chat_template_is_read_from_the_model_folder(tmp_path):
     assert chat_template_from_folder(tmp_path / "model.onnx") == "<|user|>{{ m }}"
 
 
-def test_engines_get_a_model_they_can_load(tmp_path, monkeypatch):
+@pytest.mark.parametrize("spec", [DEFAULT_MODEL, QWEN_CODER_15B, SMOLLM2_135M], ids=lambda spec: spec.name)
+def test_engines_get_a_model_they_can_load(tmp_path, monkeypatch, spec):
     monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path))
     models = tmp_path / "models"
     models.mkdir()
-    gguf = models / DEFAULT_MODEL.filename
+    gguf = models / spec.filename
     gguf.write_bytes(b"GGUF")
     assert compat.model_for_engine(gguf, "openvino") == gguf
     assert compat.model_for_engine(gguf, "transformers") == gguf  # read directly, dequantised at load
-    with pytest.raises(EngineError, match="aipc-lsp prepare default --engine onnxruntime --precision int4"):
+    with pytest.raises(EngineError, match=f"aipc-lsp prepare {spec.name} --engine onnxruntime --precision int4"):
         compat.model_for_engine(gguf, "onnxruntime")
-    ort = models / f"{DEFAULT_MODEL.name}-onnxruntime-int4"
+    ort = models / f"{spec.name}-onnxruntime-int4"
     ort.mkdir()
     (ort / "genai_config.json").write_text("{}")
     assert compat.model_for_engine(gguf, "onnxruntime") == ort
-    hf = models / f"{DEFAULT_MODEL.name}-transformers-fp32"
+    # Folders made under a model's old name still count.
+    hf = models / f"{(spec.aliases or (spec.name,))[0]}-transformers-fp32"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
     (hf / "model.safetensors").write_bytes(b"")
@@ -82,6 +85,31 @@ def test_engines_get_a_model_they_can_load(tmp_path, monkeypatch):
     assert {m.kind for m in list_models()} >= {"gguf", "onnxruntime-genai", "transformers"}
     with pytest.raises(EngineError, match="prepare .*other.gguf --engine onnxruntime"):
         compat.model_for_engine(models / "other.gguf", "onnxruntime")
+    # The same file outside the model cache is not the verified catalogue model: named by its path.
+    elsewhere = tmp_path / spec.filename
+    elsewhere.write_bytes(b"GGUF")
+    with pytest.raises(EngineError, match=f"prepare {elsewhere} --engine onnxruntime"):
+        compat.model_for_engine(elsewhere, "onnxruntime")
+
+
+def test_models_fetch_makes_what_the_configured_engines_load(tmp_path, monkeypatch):
+    from aipc_lsp.config import Settings, SlotSettings
+    from aipc_lsp.models import gguf_ir
+
+    monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    gguf = tmp_path / "models" / DEFAULT_MODEL.filename
+    gguf.write_bytes(b"GGUF")
+    made = []
+    monkeypatch.setattr(gguf_ir, "ir_for", lambda path, progress=None: made.append(path) or tmp_path / "ir")
+    settings = Settings(slots=[SlotSettings(engine="openvino"), SlotSettings(engine="onnxruntime"),
+                               SlotSettings(engine="openvino", device="GPU")])
+    lines = compat.ready_for_engines(gguf, settings)
+    assert made == [gguf]  # once, for both openvino slots
+    assert lines[0] == f"openvino loads {tmp_path / 'ir'}"
+    assert lines[1].startswith("onnxruntime: ") and f"prepare {DEFAULT_MODEL.name} --engine onnxruntime" in lines[1]
+    settings.openvino.gguf_as_ir = False
+    assert compat.ready_for_engines(gguf, settings)[0] == f"openvino loads {gguf}" and len(made) == 1
 
 
 def test_npu_library_probe_reports_what_is_missing(tmp_path):
@@ -235,3 +263,18 @@ def test_byte_table_is_used_only_where_the_detokenizer_agrees():
     cleaning.decode = lambda ids: ["def", " f"] if ids and isinstance(ids[0], list) else "deff"
     assert byte_table(cleaning) is None
     assert byte_table(object()) is None  # no get_vocab (an older openvino-genai)
+
+
+def test_a_special_stop_token_ends_the_text_by_its_id():
+    """FIM end markers are special tokens that decoders skip: the stop is found by id."""
+    from aipc_lsp.engines.base import GenerationParams, GenerationResult
+    from aipc_lsp.engines.textstream import TextAccumulator, special_stop_ids
+
+    vocab = {"<|endoftext|>": [7], "<|fim_pad|>": [8], "```": [9, 9, 9]}
+    ids = special_stop_ids(lambda text: vocab[text], ("<|endoftext|>", "<|fim_pad|>", "```"))
+    assert ids == {7, 8}
+    result = GenerationResult()
+    words = {1: "a", 2: " b", 7: ""}
+    acc = TextAccumulator(lambda toks: "".join(words[t] for t in toks), GenerationParams(), result, None, ids)
+    assert acc.push(1) and acc.push(2)
+    assert acc.push(7) is False and result.stopped_by_caller and acc.text == "a b"
