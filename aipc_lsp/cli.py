@@ -76,26 +76,53 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from aipc_lsp.models.fetch import FetchError, fetch
     from aipc_lsp.models.registry import list_models
 
     if args.action == "fetch":
-        try:
-            path = fetch(force=args.force, progress=lambda msg, pct: print(f"[{pct if pct is not None else '..':>3}%] {msg}", file=sys.stderr))
-        except FetchError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        print(path)
-        return 0
+        return _models_fetch(args)
+    if args.name:
+        print("error: `models list` takes no model name", file=sys.stderr)
+        return 2
     models = list_models()
     if args.json:
         print(json.dumps([{**m.__dict__, "path": str(m.path) if m.path else None} for m in models], indent=2))
         return 0
     for m in models:
         mark = "*" if m.default else " "
-        state = "present" if m.present else "not fetched"
+        state = ("present" if m.present else
+                 f"{m.parts_present}/{m.parts} parts" if m.parts_present else "not fetched")
         size = f"{m.size_bytes / 1e6:.0f} MB" if m.size_bytes else ""
         print(f"{mark} {m.name:32} {m.kind:18} {state:12} {size:>8}  {m.path or ''}")
+    return 0
+
+
+def _models_fetch(args: argparse.Namespace) -> int:
+    """Fetch a catalogue model, then make what the configured engines load (OpenVINO: the IR)."""
+    from aipc_lsp.config import SettingsLayers, load_file
+    from aipc_lsp.models.compat import ready_for_engines
+    from aipc_lsp.models.convert import PrepareError
+    from aipc_lsp.models.fetch import FetchError, fetch
+    from aipc_lsp.models.progress import TerminalProgress
+    from aipc_lsp.models.registry import KNOWN_MODELS, lookup
+
+    spec = lookup(args.name)
+    if spec is None:
+        print(f"error: no model named {args.name!r}; `aipc-lsp models list` shows them: {', '.join(KNOWN_MODELS)}",
+              file=sys.stderr)
+        return 2
+    try:
+        with TerminalProgress() as bar:
+            path = fetch(spec, force=args.force, progress=bar)
+        if not args.gguf_only:
+            layers = SettingsLayers()
+            layers.file, _ = load_file(_config_path(args.config))
+            with TerminalProgress() as bar:
+                for line in ready_for_engines(path, layers.settings(), bar):
+                    print(line, file=sys.stderr)
+    except (FetchError, PrepareError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 
@@ -173,17 +200,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from aipc_lsp.models.convert import PrepareError, PrepareOptions, prepare
+    from aipc_lsp.models.progress import TerminalProgress
 
     options = PrepareOptions(engine=args.engine, precision=args.precision, provider=args.provider,
                              group_size=args.group_size, ratio=args.ratio, sym=args.sym)
-
-    def progress(message: str, percent: int | None) -> None:
-        bar = "#" * ((percent or 0) // 5)
-        print(f"[{bar:20}] {percent if percent is not None else '..':>3}% {message}", file=sys.stderr, flush=True)
-
     try:
         # Converters (optimum-intel, NNCF, OpenVINO) print to stdout; stdout is for the path alone.
-        with _stdout_to_stderr():
+        with _stdout_to_stderr(), TerminalProgress() as progress:
             path = prepare(args.source, options, args.output, force=args.force, progress=progress)
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -244,13 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", parents=[common], help="fetch or list models")
     models.add_argument("action", choices=["fetch", "list"])
+    models.add_argument("name", nargs="?",
+                        help="fetch: a model `models list` shows (default: the default model)")
     models.add_argument("--force", action="store_true", help="fetch again even if present")
+    models.add_argument("--gguf-only", action="store_true",
+                        help="fetch: only the GGUF, not what the configured engine loads (OpenVINO: its IR)")
     models.add_argument("--json", action="store_true")
     models.set_defaults(func=cmd_models)
 
     prep = sub.add_parser("prepare", parents=[common],
-                          help="convert a checkpoint (HF folder, hub id, GGUF file or \"default\") for an engine")
-    prep.add_argument("source", help="Hugging Face folder, hub id (owner/name), .gguf file, or \"default\"")
+                          help="convert a checkpoint (HF folder, hub id, GGUF file or a model name) for an engine")
+    prep.add_argument("source", help="Hugging Face folder, hub id (owner/name), .gguf file, or a model `models list` "
+                                     "shows (\"default\": the default model)")
     prep.add_argument("--engine", required=True, choices=["openvino", "onnxruntime", "transformers"])
     prep.add_argument("--precision", required=True, choices=["int4", "int8", "fp16", "bf16", "fp32"])
     prep.add_argument("--output", help="output folder (default: the model cache, listed by `models list`)")

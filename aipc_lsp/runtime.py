@@ -55,9 +55,9 @@ class ModelUnavailable(RuntimeError):
 
 
 def openvino_ir_of_gguf(path: Path, progress, warn) -> Path:
-    """The IR OpenVINO GenAI's GGUF reader makes of `path` (once, into the model cache): loaded
-    instead of the GGUF, the engine holds ~90 MB less (see models/gguf_ir.py). The GGUF itself when
-    the IR cannot be made."""
+    """The IR OpenVINO GenAI's GGUF reader makes of `path` (once, into the model cache; tensor types the
+    reader lacks re-encoded first): loaded instead of the GGUF, the engine holds ~90 MB less (see
+    models/gguf_ir.py). The GGUF itself when the IR cannot be made."""
     from aipc_lsp.models import gguf_ir
     from aipc_lsp.models.convert import PrepareError
 
@@ -100,18 +100,20 @@ class ModelRuntime:
         reporter.begin("aipc-lsp: preparing the model")
         loop = asyncio.get_running_loop()
 
-        def progress(message: str, percent: int | None) -> None:
-            # Fetching is the first 80% of preparing; loading the rest.
-            scaled = None if percent is None else percent * 8 // 10
-            loop.call_soon_threadsafe(reporter.report, message, scaled)
+        def between(low: int, high: int):
+            """A step's own 0-100% as its share of preparing: fetching 0-50%, the IR 50-88%, loading the rest."""
+            def progress(message: str, percent: int | None) -> None:
+                scaled = None if percent is None else low + percent * (high - low) // 100
+                loop.call_soon_threadsafe(reporter.report, message, scaled)
+            return progress
 
         try:
             slots = []
             for slot_settings in settings.slot_list():
-                path = await asyncio.to_thread(resolve_model, slot_settings.model, progress=progress)
+                path = await asyncio.to_thread(resolve_model, slot_settings.model, progress=between(0, 50))
                 path = model_for_engine(path, slot_settings.engine)
                 if slot_settings.engine == "openvino" and settings.openvino.gguf_as_ir and detect_kind(path) == KIND_GGUF:
-                    path = await asyncio.to_thread(openvino_ir_of_gguf, path, progress,
+                    path = await asyncio.to_thread(openvino_ir_of_gguf, path, between(50, 88),
                                                    lambda msg: loop.call_soon_threadsafe(reporter.warn, msg))
                 reporter.report(f"loading {path.name} with {slot_settings.engine} on {slot_settings.device}", 90)
                 engine = create_engine(slot_settings, str(path), settings)

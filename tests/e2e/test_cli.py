@@ -1,4 +1,5 @@
-"""The command line around the server: `models fetch|list` and `serve --tcp`."""
+"""The command line around the server: `serve --tcp` (`models fetch|list` with the real default model:
+test_default_model.py)."""
 
 from __future__ import annotations
 
@@ -8,30 +9,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from aipc_lsp.models.registry import DEFAULT_MODEL
-
 CLI = [sys.executable, "-m", "aipc_lsp"]
-
-
-@pytest.mark.model
-def test_models_fetch_is_idempotent_and_list_shows_the_default_model():
-    first = subprocess.run([*CLI, "models", "fetch"], capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    path = first.stdout.strip()
-    assert path.endswith(DEFAULT_MODEL.filename)
-    started = time.monotonic()
-    again = subprocess.run([*CLI, "models", "fetch"], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.strip() == path
-    assert "downloading" not in again.stderr  # already there and verified: no network
-    assert time.monotonic() - started < 30
-    listed = json.loads(subprocess.run([*CLI, "models", "list", "--json"], capture_output=True, text=True,
-                                       timeout=60).stdout)
-    default = next(m for m in listed if m["default"])
-    assert default["present"] and default["path"] == path and default["kind"] == "gguf"
-    table = subprocess.run([*CLI, "models", "list"], capture_output=True, text=True, timeout=60).stdout
-    assert DEFAULT_MODEL.name in table and "present" in table
 
 
 def _frame(message: dict) -> bytes:

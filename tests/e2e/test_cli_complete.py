@@ -14,14 +14,16 @@ pytestmark = pytest.mark.model
 
 @pytest.fixture(scope="module")
 def ir_folder(tmp_path_factory) -> Path:
-    """An OpenVINO IR folder made from the default GGUF by OpenVINO GenAI itself."""
+    """An OpenVINO IR folder made from SmolLM2's GGUF by OpenVINO GenAI itself."""
     import openvino_genai as og
+
+    from aipc_lsp.models.catalogue import SMOLLM2_135M
 
     from aipc_lsp.models.fetch import fetch
 
     folder = tmp_path_factory.mktemp("ir")
     gguf = folder / "model.gguf"
-    shutil.copyfile(fetch(), gguf)
+    shutil.copyfile(fetch(SMOLLM2_135M), gguf)
     og.LLMPipeline(str(gguf), "CPU", enable_save_ov_model=True)
     gguf.unlink()
     assert (folder / "openvino_model.xml").is_file()

@@ -1,5 +1,5 @@
-"""Completion end to end: the real server over stdio, the real default model (SmolLM2-135M
-through OpenVINO GenAI), a client with Neovim 0.11's recorded capabilities."""
+"""Completion end to end: the real server over stdio, a real model (SmolLM2-135M, the test session's
+model from tests/conftest.py, through OpenVINO GenAI), a client with Neovim 0.11's recorded capabilities."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ CONFIG_READER = (
 )
 # A list the model keeps extending line after line.
 LONG = "PRIMES = [\n    2,\n    3,\n    5,\n    7,\n    11,\n"
-# The default model often closes the list above after a few tokens (so a cancel or a newer
+# SmolLM2 often closes the list above after a few tokens (so a cancel or a newer
 # request may come too late); this table it extends for 200+ tokens.
 ENDLESS = 'COLORS = {\n    "red": "#ff0000",\n    "green": "#00ff00",\n    "blue": "#0000ff",\n    '
 

@@ -1,4 +1,5 @@
-"""Completion end to end through every engine that installs here, with the real default model:
+"""Completion end to end through every engine that installs here, with a real model (SmolLM2-135M,
+the test session's small model, by its catalogue name):
 OpenVINO GenAI on an IR that `aipc-lsp prepare` made, ONNX Runtime GenAI on a folder that
 `aipc-lsp prepare` made through its model builder, and transformers on the Hugging Face folder
 `aipc-lsp prepare` dequantised from the GGUF.
@@ -20,7 +21,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from aipc_lsp.models.registry import DEFAULT_MODEL
+from aipc_lsp.models.catalogue import SMOLLM2_135M
 from conftest import two_real_suggestions, cancel_and_expect_slot_free, configure, end_position, open_document, server_config, status, wait_ready
 
 # The first test also pays for the session's `prepare` runs (a few minutes on a fresh machine).
@@ -32,12 +33,12 @@ LONG = "CODES = {\n" + "".join(f'    "k{i}": {i},\n' for i in range(1, 16)) + " 
 
 def _prepare(engine: str, precision: str) -> Path:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "aipc_lsp", "prepare", "default", "--engine", engine,
+    done = subprocess.run([sys.executable, "-m", "aipc_lsp", "prepare", SMOLLM2_135M.name, "--engine", engine,
                            "--precision", precision], capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "%" in done.stderr  # progress was shown
     path = Path(done.stdout.strip().splitlines()[-1])
-    print(f"\nprepare default --engine {engine} --precision {precision}: {path} in {time.monotonic() - started:.0f}s")
+    print(f"\nprepare {SMOLLM2_135M.name} --engine {engine} --precision {precision}: {path} in {time.monotonic() - started:.0f}s")
     return path
 
 
@@ -57,7 +58,7 @@ async def test_prepared_models_are_in_the_cache_and_listed(prepared):
     for engine, path in prepared.items():
         manifest = json.loads((path / "aipc-prepare.json").read_text())
         assert manifest["options"]["engine"] == engine
-        assert manifest["source_checksum"] == DEFAULT_MODEL.sha256
+        assert manifest["source_checksum"] == SMOLLM2_135M.sha256
     # Preparing again is a no-op thanks to the manifest.
     started = time.monotonic()
     assert _prepare("onnxruntime", "int4") == prepared["onnxruntime"]
@@ -67,12 +68,13 @@ async def test_prepared_models_are_in_the_cache_and_listed(prepared):
 ENGINES = {
     # OpenVINO on the IR that prepare saved (int4, the GGUF's own 4-bit weights).
     "openvino-ir": lambda prepared: {"engine": "openvino", "model": str(prepared["openvino"])},
-    # "default" with onnxruntime finds the folder `prepare default --engine onnxruntime` made.
-    "onnxruntime": lambda prepared: {"engine": "onnxruntime", "model": "default"},
-    # "default" with transformers finds the folder `prepare default --engine transformers` made.
+    # A catalogue name with onnxruntime finds the folder `prepare NAME --engine onnxruntime` made.
+    "onnxruntime": lambda prepared: {"engine": "onnxruntime", "model": SMOLLM2_135M.name},
+    # A catalogue name with transformers finds the folder `prepare NAME --engine transformers` made.
     # One torch thread: with the test client and other servers sharing 2 cores, two OpenMP
     # threads spin against each other and a decode step can take over a second.
-    "transformers": lambda prepared: {"engine": "transformers", "model": "default", "precision": "fp32", "threads": 1},
+    "transformers": lambda prepared: {"engine": "transformers", "model": SMOLLM2_135M.name, "precision": "fp32",
+                                      "threads": 1},
 }
 
 
@@ -96,7 +98,7 @@ async def test_the_slot_runs_the_chosen_engine(client: LanguageClient, request):
     assert slot["engine"] == engine, slot
     if engine in ("onnxruntime", "transformers"):
         assert Path(slot["model"]).parent.name == "models", slot  # the prepared folder in the cache
-        assert Path(slot["model"]).name.startswith(f"{DEFAULT_MODEL.name}-{engine}-"), slot
+        assert Path(slot["model"]).name.startswith(f"{SMOLLM2_135M.name}-{engine}-"), slot
 
 
 async def test_inline_completion_is_real_and_depends_on_the_code(client: LanguageClient):

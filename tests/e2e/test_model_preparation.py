@@ -14,6 +14,7 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
+from aipc_lsp.models.catalogue import SMOLLM2_135M
 from conftest import end_position, inline, open_document, plain, server_config, status, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -27,7 +28,9 @@ XDG = Path(tempfile.mkdtemp(prefix="aipc-xdg-"))
 for _folder in (EMPTY_CACHE, OFFLINE_CACHE, XDG):
     atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 (XDG / "aipc-lsp").mkdir()
-(XDG / "aipc-lsp" / "settings.toml").write_text("[completion]\nmax_lines = 0\n", encoding="utf-8")
+# This file replaces the test session's settings (tests/conftest.py): it names the small model too.
+(XDG / "aipc-lsp" / "settings.toml").write_text(f'model = "{SMOLLM2_135M.name}"\n[completion]\nmax_lines = 0\n',
+                                                encoding="utf-8")
 CODE = "def area(width, height):\n    return width"
 
 
@@ -46,7 +49,7 @@ async def fresh(lsp_client: LanguageClient):
 async def test_first_use_fetches_the_model_with_progress(fresh: LanguageClient):
     state = await wait_ready(fresh)
     assert state["ready"], state
-    assert (EMPTY_CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").is_file()
+    assert (EMPTY_CACHE / "models" / SMOLLM2_135M.filename).is_file()
     reports = [plain(r) for token in fresh.progress_reports.values() for r in token]
     kinds = [getattr(r, "kind", None) for r in reports]
     assert kinds[0] == "begin" and kinds[-1] == "end", kinds
@@ -54,7 +57,7 @@ async def test_first_use_fetches_the_model_with_progress(fresh: LanguageClient):
     assert "downloading" in messages and "ready" in messages, messages
     # The settings file under $XDG_CONFIG_HOME was read (and its bad value named).
     shown = "\n".join(m.message for m in fresh.messages)
-    assert f"{XDG / 'aipc-lsp' / 'settings.toml'}:2: completion.max_lines" in shown, shown
+    assert f"{XDG / 'aipc-lsp' / 'settings.toml'}:3: completion.max_lines" in shown, shown
     open_document(fresh, "file:///project/area.py", CODE)
     assert await inline(fresh, "file:///project/area.py", end_position(CODE, "utf-8"))
 
@@ -73,7 +76,7 @@ async def test_fetch_failure_is_shown_with_what_to_do(offline: LanguageClient):
     assert len(errors) == 1, offline.messages
     assert "aipc-lsp models fetch" in errors[0] and "model" in errors[0], errors[0]
     # Nothing half-written is left in the cache.
-    assert not (OFFLINE_CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
+    assert not (OFFLINE_CACHE / "models" / SMOLLM2_135M.filename).exists()
     open_document(offline, "file:///project/area.py", CODE)
     assert await inline(offline, "file:///project/area.py", end_position(CODE, "utf-8")) == []
     assert (await status(offline))["version"]  # still answering

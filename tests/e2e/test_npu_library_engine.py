@@ -1,6 +1,6 @@
 """Completion and cancel end to end through the npu_library engine: the real
 intel-npu-acceleration-library in its own environment, run by the real worker process, with the
-real default model (the Hugging Face folder dequantised from the GGUF).
+small catalogue model, SmolLM2-135M (the Hugging Face folder dequantised from its GGUF).
 
 The environment is built once by scripts/build-npu-library.sh into the user cache (a few
 minutes the first time; later sessions reuse it while the script is unchanged). With no NPU,
@@ -25,7 +25,8 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from aipc_lsp.models.registry import DEFAULT_MODEL, cache_dir
+from aipc_lsp.models.catalogue import SMOLLM2_135M
+from aipc_lsp.models.registry import cache_dir
 from conftest import cancel_and_expect_slot_free, configure, end_position, inline, open_document, server_config, status, wait_ready
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(1800)]
@@ -89,8 +90,8 @@ async def test_devices_reports_the_library_and_the_missing_npu(npu_python, tmp_p
 
 @pytest.fixture(scope="module")
 def options(npu_python) -> dict:
-    # "default" finds the folder `prepare default --engine transformers` made, or makes it.
-    return {"engine": "npu_library", "device": "NPU", "model": "default", "precision": "",
+    # A catalogue name finds the folder `prepare NAME --engine transformers` made, or makes it.
+    return {"engine": "npu_library", "device": "NPU", "model": SMOLLM2_135M.name, "precision": "",
             "npu_library": {"python": npu_python}, "completion": {"max_tokens": 16}}
 
 
@@ -110,7 +111,7 @@ async def client(lsp_client: LanguageClient, options):
 async def test_the_slot_runs_the_library_and_says_where(client: LanguageClient):
     slot = (await status(client))["slots"][0]
     assert slot["engine"] == "npu_library" and slot["state"] == "ready", slot
-    assert Path(slot["model"]).name.startswith(f"{DEFAULT_MODEL.name}-transformers-"), slot
+    assert Path(slot["model"]).name.startswith(f"{SMOLLM2_135M.name}-transformers-"), slot
     if slot["device"] == "CPU":  # no NPU here: it runs on the library's CPU fallback, and says so
         shown = [m.message for m in client.messages if m.type == types.MessageType.Warning]
         assert any("sees no NPU" in m and "CPU" in m for m in shown), client.messages

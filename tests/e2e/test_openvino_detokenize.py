@@ -1,5 +1,5 @@
-"""Decoding generated tokens without the detokenizer model (engines/detokenize.py) on the real
-default model's tokenizer: the same text and the same pieces as OpenVINO GenAI's detokenizer."""
+"""Decoding generated tokens without the detokenizer model (engines/detokenize.py) on a real
+model's tokenizer (SmolLM2's): the same text and the same pieces as OpenVINO GenAI's detokenizer."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from aipc_lsp.bench.corpus import corpus_text
 from aipc_lsp.engines.detokenize import ByteDetokenizer, WindowDetokenizer, byte_table
+from aipc_lsp.models.catalogue import SMOLLM2_135M
 from aipc_lsp.models.fetch import fetch
 
 pytestmark = pytest.mark.model
@@ -20,7 +21,7 @@ def tokenizer():
 
     from aipc_lsp.models.gguf_ir import ir_for
 
-    return og.Tokenizer(str(ir_for(fetch())))
+    return og.Tokenizer(str(ir_for(fetch(SMOLLM2_135M))))
 
 
 def test_byte_table_decodes_as_the_detokenizer_does(tokenizer):

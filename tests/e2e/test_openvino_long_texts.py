@@ -1,5 +1,5 @@
 """Texts longer than OpenVINO's tokenizer takes: it keeps only the last `max_length` tokens
-(8192 for the default model's, made from its GGUF) without a word. Counts must be the whole
+(8192 for SmolLM2's, made from its GGUF) without a word. Counts must be the whole
 text's, and a prompt cut that way must be refused, not answered from its tail."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import pytest
 from aipc_lsp.bench.corpus import corpus_text
 from aipc_lsp.engines.base import GenerationParams, RequestError
 from aipc_lsp.engines.openvino import OpenVINOEngine
+from aipc_lsp.models.catalogue import SMOLLM2_135M
 from aipc_lsp.models.fetch import fetch
 
 pytestmark = pytest.mark.model
@@ -21,7 +22,7 @@ TEXT = corpus_text()
 @pytest.fixture(scope="module")
 def engine():
     # A KV cache large enough for any of these prompts: what refuses one is the tokenizer's cut.
-    engine = OpenVINOEngine(fetch(), "CPU", kv_cache_tokens=32768)
+    engine = OpenVINOEngine(fetch(SMOLLM2_135M), "CPU", kv_cache_tokens=32768)
     engine.load()
     yield engine
     engine.close()

@@ -1,5 +1,5 @@
-"""`aipc-lsp prepare --engine openvino` at a chosen precision, for real: optimum-intel exports the
-default model (dequantised from its GGUF), NNCF compresses it to int8 and to int4 with the group
+"""`aipc-lsp prepare --engine openvino` at a chosen precision, for real: optimum-intel exports
+SmolLM2-135M (the small catalogue model, dequantised from its GGUF), NNCF compresses it to int8 and to int4 with the group
 size chosen for it (64: SmolLM2's hidden size 576 is no multiple of 128), openvino-tokenizers
 converts its tokenizer, and the server then completes code from those IRs.
 
@@ -27,7 +27,8 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from aipc_lsp.models.registry import DEFAULT_MODEL, cache_dir
+from aipc_lsp.models.catalogue import SMOLLM2_135M
+from aipc_lsp.models.registry import cache_dir
 from conftest import two_real_suggestions, server_config, status, wait_ready
 
 try:
@@ -95,13 +96,13 @@ def _in_converter(python: Path, *args: str, timeout: float = 1500) -> subprocess
 
 def _prepare(python: Path, precision: str) -> Path:
     started = time.monotonic()
-    done = _in_converter(python, "prepare", "default", "--engine", "openvino", "--precision", precision)
+    done = _in_converter(python, "prepare", SMOLLM2_135M.name, "--engine", "openvino", "--precision", precision)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "%" in done.stderr  # progress was shown
     assert len(done.stdout.strip().splitlines()) == 1, done.stdout  # stdout holds the path alone
     path = Path(done.stdout.strip())
     size = sum(f.stat().st_size for f in path.iterdir())
-    print(f"\nprepare default --engine openvino --precision {precision}: {path.name}, "
+    print(f"\nprepare {SMOLLM2_135M.name} --engine openvino --precision {precision}: {path.name}, "
           f"{size / 1e6:.0f} MB, {time.monotonic() - started:.0f}s")
     return path
 
@@ -113,13 +114,13 @@ def converted(converter_python) -> dict[str, Path]:
 
 def test_int8_and_int4_irs_are_made_listed_and_described(converted):
     int8, int4 = converted["int8"], converted["int4"]
-    assert int8.name == f"{DEFAULT_MODEL.name}-openvino-int8"
-    assert int4.name == f"{DEFAULT_MODEL.name}-openvino-int4-g64"  # the group size chosen for 576 channels
+    assert int8.name == f"{SMOLLM2_135M.name}-openvino-int8"
+    assert int4.name == f"{SMOLLM2_135M.name}-openvino-int4-g64"  # the group size chosen for 576 channels
     for path, bits, mode, group in ((int8, 8, "int8_asym", "-1"), (int4, 4, "int4_asym", "64")):
         for name in ("openvino_model.xml", "openvino_model.bin", "openvino_tokenizer.xml", "openvino_detokenizer.xml"):
             assert (path / name).is_file(), f"{path} lacks {name}"
         manifest = json.loads((path / "aipc-prepare.json").read_text())
-        assert manifest["route"] == "optimum-intel" and manifest["source_checksum"] == DEFAULT_MODEL.sha256
+        assert manifest["route"] == "optimum-intel" and manifest["source_checksum"] == SMOLLM2_135M.sha256
         quantization = json.loads((path / "openvino_config.json").read_text())["quantization_config"]
         assert quantization["bits"] == bits and ".tmp-" not in json.dumps(quantization), quantization
         # What NNCF itself recorded in the IR.
@@ -149,7 +150,7 @@ def test_refusals_are_clear_and_leave_nothing_behind(converter_python, tmp_path)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "cannot export the 'WhisperForConditionalGeneration' architecture" in done.stderr, done.stderr[-2000:]
 
-    done = _in_converter(converter_python, "prepare", "default", "--engine", "openvino", "--precision", "int4",
+    done = _in_converter(converter_python, "prepare", SMOLLM2_135M.name, "--engine", "openvino", "--precision", "int4",
                          "--group-size", "128", "--output", str(models / "g128"), timeout=600)
     assert done.returncode == 1
     assert "--group-size 128 does not divide the model's channel count(s) 576" in done.stderr, done.stderr[-2000:]

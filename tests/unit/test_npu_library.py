@@ -231,18 +231,20 @@ def test_prefill_chunks_are_powers_of_two():
 
 def test_a_gguf_becomes_the_hugging_face_folder_prepare_makes(tmp_path, monkeypatch):
     from aipc_lsp.models import convert
-    from aipc_lsp.models.registry import DEFAULT_MODEL
+    from aipc_lsp.models.catalogue import SMOLLM2_135M
 
     with pytest.raises(EngineError, match="no config.json"):
         hf_folder_for(tmp_path)
     with pytest.raises(EngineError, match="does not exist"):
         hf_folder_for(tmp_path / "nothing")
     calls = []
-    gguf = tmp_path / DEFAULT_MODEL.filename
+    monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "models").mkdir(parents=True)
+    gguf = tmp_path / "cache" / "models" / SMOLLM2_135M.filename  # a catalogue model: prepared by its name
     gguf.write_bytes(b"GGUF" + b"\0" * 32)
     monkeypatch.setattr(convert, "prepare", lambda source, options, **kw: calls.append((source, options)) or tmp_path)
     assert hf_folder_for(gguf) == tmp_path
-    assert calls[0][0] == "default" and (calls[0][1].engine, calls[0][1].precision) == ("transformers", "fp32")
+    assert calls[0][0] == "smollm2-135m" and (calls[0][1].engine, calls[0][1].precision) == ("transformers", "fp32")
 
     def refuse(source, options, **kw):
         raise convert.PrepareError("dequantising a GGUF needs torch")
@@ -256,7 +258,7 @@ def test_a_gguf_becomes_the_hugging_face_folder_prepare_makes(tmp_path, monkeypa
 
 def test_the_default_model_uses_the_transformers_folder(tmp_path, monkeypatch):
     from aipc_lsp.models import compat
-    from aipc_lsp.models.registry import DEFAULT_MODEL
+    from aipc_lsp.models.catalogue import DEFAULT_MODEL
 
     monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path))
     models = tmp_path / "models"
