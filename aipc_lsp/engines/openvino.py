@@ -330,7 +330,7 @@ class OpenVINOEngine:
         # One-token requests (a warm-up, settling) leave their own prompt's blocks; a cancelled
         # answer's next request is on its way.
         if self.typing_checkpoint and params.max_new_tokens > 1 and not result.cancelled:
-            self._checkpoint = self._checkpoint_ids(input_ids)
+            self._checkpoint = self._checkpoint_ids(input_ids, self._stop_token_ids(params.stop))
         return result
 
     def settle(self, busy: Callable[[], bool] = lambda: False) -> None:
@@ -385,8 +385,11 @@ class OpenVINOEngine:
         return dataclasses.replace(params, max_new_tokens=room)
 
     @staticmethod
-    def _checkpoint_ids(input_ids):
-        """The prompt less its last tokens, or None for a short prompt.
+    def _checkpoint_ids(input_ids, markers: set[int] = frozenset()):
+        """The prompt less its last tokens, or None for a short prompt. A fill-in-the-middle prompt
+        (`markers`: its template's marker ids) is cut before its last marker but the final one (the
+        suffix's, in prefix-suffix-middle order): the keystroke changes the prompt at the cursor,
+        so what comes after it is prefilled anew anyway.
 
         Why: prefix caching restores whole KV blocks (32 tokens on the CPU), and the block
         holding the prompt's end is filled with generated tokens by the time the user types
@@ -398,7 +401,11 @@ class OpenVINOEngine:
         import numpy as np
 
         ids = np.asarray(input_ids.data)
-        cut = ids.shape[1] - CHECKPOINT_HELD_TOKENS
+        end = ids.shape[1]
+        if markers:
+            found = np.flatnonzero(np.isin(ids[0, :-1], list(markers)))
+            end = int(found[-1]) if len(found) else end
+        cut = end - CHECKPOINT_HELD_TOKENS
         if cut < CHECKPOINT_MIN_TOKENS:
             return None
         return np.ascontiguousarray(ids[:, :cut])

@@ -49,7 +49,7 @@ class _Pipe:
         self.steps = 0
 
     def get_config(self):
-        return SimpleNamespace()
+        return SimpleNamespace(stop_token_ids=set())
 
     def add_request(self, rid, ids, config):
         request = {"ids": np.asarray(ids.data)[0].tolist(), "max": config.max_new_tokens, "made": 0,
@@ -94,6 +94,19 @@ def test_settling_after_an_answer_caches_the_prompt_less_its_last_token_then_tak
     assert settling["ids"] == [ord(c) for c in SETTLE_PROMPT] and settling["done"]
     engine.settle()
     assert len(pipe.requests) == 3  # once per answer
+
+
+def test_a_fill_in_the_middle_prompt_is_checkpointed_up_to_the_cursor():
+    """Prefix-suffix-middle: a keystroke changes the prompt where the suffix marker begins, so the
+    checkpoint ends there (less a token), not before the final marker."""
+    prefix, suffix, middle = "\x01", "\x02", "\x03"  # single tokens here, as a FIM template's markers are
+    engine, pipe = _engine()
+    prompt = f"{prefix}{LONG}{suffix}\n    return y\n{middle}"
+    engine.generate(prompt, GenerationParams(max_new_tokens=6, stop=(prefix, suffix, middle)), threading.Event())
+    engine.settle()
+    checkpoint = pipe.requests[1]
+    assert checkpoint["max"] == 1
+    assert checkpoint["ids"] == [ord(c) for c in prefix + LONG][:-CHECKPOINT_HELD_TOKENS]
 
 
 @pytest.mark.parametrize("case", ["short prompt", "switched off", "one-token request", "cancelled"])
