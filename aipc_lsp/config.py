@@ -142,7 +142,8 @@ class SlotSettings:
 
 @dataclass
 class Settings:
-    model: str = _opt("default", "\"default\" (SmolLM2-135M-Instruct) or a path to a .gguf file / OpenVINO IR folder")
+    model: str = _opt("default", "\"default\" (Qwen2.5-Coder-0.5B-Instruct), a name `aipc-lsp models list` shows, "
+                                 "or a path to a .gguf file / model folder")
     engine: str = _opt("openvino", "inference engine", choices=ENGINE_NAMES)
     device: str = _opt("CPU", "device for the engine: CPU, GPU, GPU.0, NPU, AUTO (openvino); CPU, GPU, CUDA, DML (onnxruntime); CPU, XPU, CUDA (transformers); NPU (npu_library)", upper=True)
     precision: str = _opt("", "weights precision where the engine chooses at load (transformers fp32/bf16/fp16, npu_library int4/int8/fp16); \"\" = the engine's default", choices=PRECISIONS)
