@@ -96,13 +96,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(args: argparse.Namespace):
+    """A progress bar on stderr. On a terminal it stands in for the INFO log lines of the same steps,
+    which would break it up (-v or --log-file keeps them)."""
+    from aipc_lsp.models.progress import TerminalProgress
+
+    bar = TerminalProgress()
+    if bar.tty and not args.verbose and not args.log_file:
+        logging.getLogger().setLevel(logging.WARNING)
+    return bar
+
+
 def _models_fetch(args: argparse.Namespace) -> int:
     """Fetch a catalogue model, then make what the configured engines load (OpenVINO: the IR)."""
     from aipc_lsp.config import SettingsLayers, load_file
     from aipc_lsp.models.compat import ready_for_engines
     from aipc_lsp.models.convert import PrepareError
     from aipc_lsp.models.fetch import FetchError, fetch
-    from aipc_lsp.models.progress import TerminalProgress
     from aipc_lsp.models.registry import KNOWN_MODELS, lookup
 
     spec = lookup(args.name)
@@ -111,12 +121,12 @@ def _models_fetch(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        with TerminalProgress() as bar:
+        with _progress_bar(args) as bar:
             path = fetch(spec, force=args.force, progress=bar)
         if not args.gguf_only:
             layers = SettingsLayers()
             layers.file, _ = load_file(_config_path(args.config))
-            with TerminalProgress() as bar:
+            with _progress_bar(args) as bar:
                 for line in ready_for_engines(path, layers.settings(), bar):
                     print(line, file=sys.stderr)
     except (FetchError, PrepareError) as exc:
@@ -200,13 +210,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from aipc_lsp.models.convert import PrepareError, PrepareOptions, prepare
-    from aipc_lsp.models.progress import TerminalProgress
 
     options = PrepareOptions(engine=args.engine, precision=args.precision, provider=args.provider,
                              group_size=args.group_size, ratio=args.ratio, sym=args.sym)
     try:
         # Converters (optimum-intel, NNCF, OpenVINO) print to stdout; stdout is for the path alone.
-        with _stdout_to_stderr(), TerminalProgress() as progress:
+        with _stdout_to_stderr(), _progress_bar(args) as progress:
             path = prepare(args.source, options, args.output, force=args.force, progress=progress)
     except PrepareError as exc:
         print(f"error: {exc}", file=sys.stderr)
