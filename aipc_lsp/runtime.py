@@ -15,9 +15,8 @@ from typing import Protocol
 from aipc_lsp.config import Settings
 from aipc_lsp.engines import create_engine
 from aipc_lsp.engines.base import EngineError
-from aipc_lsp.models.compat import model_for_engine
+from aipc_lsp.models.compat import model_for_engine, openvino_loads_ir_of
 from aipc_lsp.models.fetch import FetchError, resolve_model
-from aipc_lsp.models.registry import KIND_GGUF, detect_kind
 from aipc_lsp.scheduler import Scheduler, Slot
 
 log = logging.getLogger(__name__)
@@ -112,7 +111,7 @@ class ModelRuntime:
             for slot_settings in settings.slot_list():
                 path = await asyncio.to_thread(resolve_model, slot_settings.model, progress=between(0, 50))
                 path = model_for_engine(path, slot_settings.engine)
-                if slot_settings.engine == "openvino" and settings.openvino.gguf_as_ir and detect_kind(path) == KIND_GGUF:
+                if slot_settings.engine == "openvino" and openvino_loads_ir_of(path, settings):
                     path = await asyncio.to_thread(openvino_ir_of_gguf, path, between(50, 88),
                                                    lambda msg: loop.call_soon_threadsafe(reporter.warn, msg))
                 reporter.report(f"loading {path.name} with {slot_settings.engine} on {slot_settings.device}", 90)

@@ -32,6 +32,8 @@ class ModelSpec:
     description: str
     parts: tuple[ModelPart, ...]
     aliases: tuple[str, ...] = ()
+    # Whether OpenVINO GenAI's GGUF reader reads the GGUF as it is (else only its IR loads: gguf_requant.py).
+    openvino_reads_gguf: bool = True
 
     def __post_init__(self) -> None:
         if sum(part.size for part in self.parts) != self.size:
@@ -59,6 +61,7 @@ QWEN_CODER_05B = ModelSpec(
         "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a",
         "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da",
     )),
+    openvino_reads_gguf=False,  # Q5_0
 )
 
 QWEN_CODER_15B = ModelSpec(

@@ -41,6 +41,20 @@ def prepared_for(spec: ModelSpec, engine: str) -> Path | None:
     return None
 
 
+def openvino_reads_gguf(path: Path) -> bool:
+    """Whether OpenVINO GenAI's GGUF reader reads the GGUF at `path` as it is, or only its IR loads (made
+    with the tensors the reader lacks re-encoded). Known for a catalogue model; another GGUF is taken to
+    be readable (its tensor types take seconds to read; the IR path finds out and re-encodes)."""
+    spec = catalogue_model_of(path)
+    return spec is None or spec.openvino_reads_gguf
+
+
+def openvino_loads_ir_of(path: Path, settings) -> bool:
+    """Whether the openvino engine loads the IR made of the GGUF at `path` instead of the GGUF: with
+    `openvino.gguf_as_ir` (less memory), and whenever the GGUF reader cannot read it as it is."""
+    return detect_kind(path) == KIND_GGUF and (settings.openvino.gguf_as_ir or not openvino_reads_gguf(path))
+
+
 def model_for_engine(path: Path, engine: str) -> Path:
     """The model `engine` should load for the resolved `path`; raises EngineError when it cannot."""
     spec = catalogue_model_of(path)
@@ -74,7 +88,7 @@ def ready_for_engines(path: Path, settings, progress=None) -> list[str]:
         except EngineError as exc:
             lines.append(f"{engine}: {exc}")
             continue
-        if engine == "openvino" and settings.openvino.gguf_as_ir and detect_kind(target) == KIND_GGUF:
+        if engine == "openvino" and openvino_loads_ir_of(target, settings):
             try:
                 target = gguf_ir.ir_for(target, progress)
             except OSError as exc:

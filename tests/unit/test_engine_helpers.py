@@ -108,8 +108,14 @@ def test_models_fetch_makes_what_the_configured_engines_load(tmp_path, monkeypat
     assert made == [gguf]  # once, for both openvino slots
     assert lines[0] == f"openvino loads {tmp_path / 'ir'}"
     assert lines[1].startswith("onnxruntime: ") and f"prepare {DEFAULT_MODEL.name} --engine onnxruntime" in lines[1]
+    # Without openvino.gguf_as_ir a GGUF is loaded as it is, unless the GGUF reader cannot read it (Q5_0).
     settings.openvino.gguf_as_ir = False
-    assert compat.ready_for_engines(gguf, settings)[0] == f"openvino loads {gguf}" and len(made) == 1
+    assert compat.ready_for_engines(gguf, settings)[0] == f"openvino loads {tmp_path / 'ir'}" and len(made) == 2
+    small = tmp_path / "models" / SMOLLM2_135M.filename
+    small.write_bytes(b"GGUF")
+    assert compat.ready_for_engines(small, settings)[0] == f"openvino loads {small}" and len(made) == 2
+    # A GGUF of the user's own is taken as readable (its types take seconds to read): OpenVINO says if not.
+    assert not compat.openvino_loads_ir_of(tmp_path / "models" / "mine.Q5_0.gguf", settings)
 
 
 def test_npu_library_probe_reports_what_is_missing(tmp_path):
