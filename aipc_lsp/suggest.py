@@ -262,6 +262,13 @@ class Suggester:
             self._fim.clear()
         return min(settings.context_tokens, scheduler.prompt_limit() or settings.context_tokens)
 
+    def prompt_format(self, settings: CompletionSettings) -> str | None:
+        """The FIM template's name for `settings`, "prefix" without one, None until known."""
+        if settings.fim not in self._fim:
+            return None
+        template = self._fim[settings.fim]
+        return template.name if template is not None else "prefix"
+
     async def _template(self, scheduler, settings: CompletionSettings) -> fim.FimTemplate | None:
         """The FIM template `completion.fim` means for this model; detection asks the tokenizer
         (a round trip to the engine's worker), so it runs off the event loop, once per model."""

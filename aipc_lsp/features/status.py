@@ -36,6 +36,9 @@ def collect(ls) -> dict:
         "suggestions": list(ls.suggester.recent),
         # Documents whose first window was computed ahead of a request (completion.warm_on_open).
         "warmups": list(ls.suggester.warmups),
+        # The completion prompt's format: a FIM template's name, or "prefix" (the code before the
+        # cursor only); null until the first completion asked the model's tokenizer.
+        "completionPrompt": ls.suggester.prompt_format(ls.settings.completion),
         # The other files' snippets a completion prompt may take from (completion.other_files).
         "otherFiles": ls.snippets.summary(),
     }

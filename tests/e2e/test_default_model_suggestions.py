@@ -1,0 +1,85 @@
+"""Suggestions of the default model end to end (Qwen2.5-Coder-0.5B-Instruct through OpenVINO GenAI, not the test
+session's small model): fill-in-the-middle completions that use the code after the cursor, the
+single-line rule mid-line, and inline chat in the model's own chat template."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_lsp
+from lsprotocol import types
+from pytest_lsp import LanguageClient, client_capabilities
+
+from conftest import inline, open_document, plain, server_config, status, wait_ready
+
+pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
+
+# The hole is the first branch: only the code after it says that 3 and 5 are handled below.
+FIZZ = (
+    "def fizzbuzz(limit):\n"
+    "    for n in range(1, limit + 1):\n"
+    "        |\n"
+    "        elif n % 3 == 0:\n"
+    "            print(\"Fizz\")\n"
+    "        elif n % 5 == 0:\n"
+    "            print(\"Buzz\")\n"
+    "        else:\n"
+    "            print(n)\n"
+)
+MID_LINE = (
+    "def by_age(people):\n"
+    "    return sorted(people, key=|)\n"
+    "\n"
+    "\n"
+    "print(by_age([{\"name\": \"a\", \"age\": 3}]))\n"
+)
+
+
+def at_marker(text: str) -> tuple[str, types.Position]:
+    before, after = text.split("|")
+    lines = before.split("\n")
+    return before + after, types.Position(line=len(lines) - 1, character=len(lines[-1]))
+
+
+@pytest_lsp.fixture(config=server_config(), scope="module")
+async def client(lsp_client: LanguageClient):
+    lsp_client.set_configuration({"aipc": {}})
+    await lsp_client.initialize_session(types.InitializeParams(
+        capabilities=client_capabilities("neovim@v0.11.0"),
+        initialization_options={"model": "default", "chat": {"max_tokens": 96}}))
+    state = await wait_ready(lsp_client, timeout=900)  # a fresh machine fetches and converts it first
+    assert state["ready"], state
+    yield
+    await lsp_client.shutdown_session()
+
+
+async def test_a_hole_is_filled_from_the_code_on_both_sides(client: LanguageClient):
+    text, position = at_marker(FIZZ)
+    open_document(client, "file:///project/fizz.py", text)
+    [suggestion] = await inline(client, "file:///project/fizz.py", position)
+    first = suggestion.split("\n")[0]
+    assert first.startswith("if "), suggestion
+    assert "15" in first or ("3" in first and "5" in first), suggestion  # FizzBuzz comes first
+    assert "elif n % 3" not in suggestion, suggestion  # the code after the cursor is not repeated
+    assert (await status(client))["completionPrompt"] == "qwen"
+
+
+async def test_mid_line_the_suggestion_is_one_line_that_fits_before_the_rest(client: LanguageClient):
+    text, position = at_marker(MID_LINE)
+    open_document(client, "file:///project/people.py", text)
+    [suggestion] = await inline(client, "file:///project/people.py", position)
+    assert suggestion and "\n" not in suggestion, suggestion
+    assert "age" in suggestion, suggestion
+    assert suggestion.count("(") - suggestion.count(")") >= 0, suggestion  # the `)` after the cursor stays the only one
+
+
+async def test_inline_chat_speaks_the_code_models_own_template(client: LanguageClient):
+    uri = "file:///project/add.py"
+    open_document(client, uri, "def add(a, b):\n    return a + b\n")
+    result = plain(await client.protocol.send_request_async("aipc/inlineChat", {
+        "textDocument": {"uri": uri},
+        "range": {"start": {"line": 0, "character": 0}, "end": {"line": 2, "character": 0}},
+        "instruction": "What does this function return? Answer in one sentence."}))
+    answer = result["text"]
+    assert answer.strip(), result
+    assert "<|im_" not in answer and "<|endoftext|>" not in answer, answer  # the template's markers end it
+    assert "sum" in answer.lower() or "a + b" in answer or "add" in answer.lower(), answer
