@@ -24,6 +24,17 @@ FILE_START = (
     "        self.items = []\n"
     "\n"
 )
+# What is already written after the cursor: the model fills the hole between the two
+# (fill-in-the-middle), as when the user adds a method to a class.
+FILE_END = (
+    "\n"
+    "\n"
+    "    def peek(self):\n"
+    "        return self.items[-1]\n"
+    "\n"
+    "    def __len__(self):\n"
+    "        return len(self.items)\n"
+)
 # Typed one character at a time; a suggestion is requested after every keystroke.
 TYPED = "    def push(self, item):\n        "
 THEN = "self.items.append(item)\n\n    def pop(self):\n        "
@@ -55,8 +66,9 @@ class DemoClient(LanguageClient):
             pass
 
 
-async def _inline(client: DemoClient, uri: str, text: str) -> tuple[str | None, float]:
-    lines = text.split("\n")
+async def _inline(client: DemoClient, uri: str, before: str) -> tuple[str | None, float]:
+    """The suggestion at the end of `before` (the text before the cursor)."""
+    lines = before.split("\n")
     position = types.Position(line=len(lines) - 1, character=len(lines[-1].encode("utf-16-le")) // 2)
     started = time.perf_counter()
     result = await client.text_document_inline_completion_async(types.InlineCompletionParams(
@@ -67,30 +79,32 @@ async def _inline(client: DemoClient, uri: str, text: str) -> tuple[str | None, 
     return (items[0].insert_text if items else None), elapsed
 
 
-def _show(text: str, suggestion: str) -> None:
-    shown = "\n".join(text.split("\n")[-3:])
-    print(f"{shown}{GREY}{suggestion}{RESET}")
+def _show(before: str, suggestion: str, after: str) -> None:
+    shown = "\n".join(before.split("\n")[-3:])
+    rest = after.lstrip("\n").split("\n")[0]  # the next line, to show what the suggestion fills in before
+    print(f"{shown}{BOLD}{suggestion}{RESET}\n{GREY}{rest}{RESET}")
 
 
-async def _type(client: DemoClient, uri: str, text: str, typed: str, pause: float) -> str:
+async def _type(client: DemoClient, uri: str, before: str, typed: str, after: str, pause: float) -> str:
     """Send each keystroke as didChange + inline completion without waiting for answers,
-    as an editor does; older requests are superseded by newer ones."""
+    as an editor does; older requests are superseded by newer ones. Returns the new text
+    before the cursor."""
     pending = []
     for ch in typed:
-        text += ch
+        before += ch
         client.version += 1
         client.text_document_did_change(types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=client.version),
-            content_changes=[types.TextDocumentContentChangeWholeDocument(text=text)]))
-        pending.append(asyncio.ensure_future(_inline(client, uri, text)))
+            content_changes=[types.TextDocumentContentChangeWholeDocument(text=before + after)]))
+        pending.append(asyncio.ensure_future(_inline(client, uri, before)))
         await asyncio.sleep(pause)
     results = await asyncio.gather(*pending)
     superseded = sum(1 for suggestion, _ in results[:-1] if suggestion is None)
     suggestion, elapsed = results[-1]
     print(f"\n{BOLD}after {len(typed)} keystrokes ({superseded} earlier requests superseded), "
           f"suggestion in {elapsed:.0f} ms:{RESET}")
-    _show(text, suggestion or "")
-    return text
+    _show(before, suggestion or "", after)
+    return before
 
 
 async def run_demo(config: str | None = None) -> int:
@@ -111,7 +125,7 @@ async def run_demo(config: str | None = None) -> int:
         client.initialized(types.InitializedParams())
         uri = "file:///demo/stack.py"
         client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(
-            uri=uri, language_id="python", version=0, text=FILE_START)))
+            uri=uri, language_id="python", version=0, text=FILE_START + FILE_END)))
         started = time.perf_counter()
         while True:
             state = plain(await client.protocol.send_request_async("aipc/status", {}))
@@ -124,8 +138,8 @@ async def run_demo(config: str | None = None) -> int:
         slot = state["slots"][0]
         print(f"model ready in {time.perf_counter() - started:.1f} s: {slot['model']} "
               f"({slot['engine']} on {slot['device']})", file=sys.stderr)
-        text = await _type(client, uri, FILE_START, TYPED, pause=0.05)
-        text = await _type(client, uri, text, THEN, pause=0.03)
+        before = await _type(client, uri, FILE_START, TYPED, FILE_END, pause=0.05)
+        await _type(client, uri, before, THEN, FILE_END, pause=0.03)
         state = plain(await client.protocol.send_request_async("aipc/status", {}))
         slot = state["slots"][0]
         print(f"\n{GREY}slot {slot['slot']}: {slot['served']} generations served, {slot['cancelled']} cancelled, "
