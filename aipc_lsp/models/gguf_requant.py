@@ -92,14 +92,23 @@ def _copy_metadata(reader, writer) -> None:
             writer.add_key_value(name, field.contents(), value_type)
 
 
+def _element_shape(tensor) -> tuple[int, ...]:
+    """The tensor's shape in values (the reader gives a block-quantised tensor as rows of bytes)."""
+    import numpy as np
+    from gguf.quants import quant_shape_from_byte_shape
+
+    data = tensor.data
+    return tuple(quant_shape_from_byte_shape(data.shape, tensor.tensor_type) if data.dtype == np.uint8 else data.shape)
+
+
 def _converted(tensor, target) -> "np.ndarray":  # noqa: F821
     """The tensor's data re-encoded as `target`, a slice of rows at a time."""
     import numpy as np
     from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize, quant_shape_from_byte_shape, quant_shape_to_byte_shape, quantize
+    from gguf.quants import dequantize, quant_shape_to_byte_shape, quantize
 
     source = GGMLQuantizationType[tensor.tensor_type.name]
-    shape = quant_shape_from_byte_shape(tensor.data.shape, source) if tensor.data.dtype == np.uint8 else tensor.data.shape
+    shape = _element_shape(tensor)
     rows = tensor.data.reshape(-1, tensor.data.shape[-1])
     if target == GGMLQuantizationType.F16:
         out = np.empty((rows.shape[0], shape[-1]), dtype=np.float16)
@@ -117,7 +126,7 @@ def write_readable(src: Path, dest: Path, progress: Progress | None = None) -> d
     tensors of each source type were converted. Raises RequantError."""
     import numpy as np
     from gguf import GGMLQuantizationType, GGUFWriter
-    from gguf.quants import quant_shape_from_byte_shape, quant_shape_to_byte_shape
+    from gguf.quants import quant_shape_to_byte_shape
 
     source = reader(src)
     writer = GGUFWriter(str(dest), str(source.fields["general.architecture"].contents()))
@@ -126,7 +135,7 @@ def write_readable(src: Path, dest: Path, progress: Progress | None = None) -> d
     for tensor in source.tensors:
         name = tensor.tensor_type.name
         data = tensor.data
-        shape = quant_shape_from_byte_shape(data.shape, tensor.tensor_type) if data.dtype == np.uint8 else data.shape
+        shape = _element_shape(tensor)
         target = GGMLQuantizationType[_target(name, int(shape[-1]))]
         if name in READER_TYPES:
             writer.add_tensor_info(tensor.name, data.shape, data.dtype, data.nbytes, raw_dtype=tensor.tensor_type)
