@@ -313,8 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="one configuration, few repeats (a CI smoke test)")
     bench.add_argument("--model", help="a .gguf file or OpenVINO IR folder (default: the default model)")
     bench.add_argument("--ir", metavar="DIR", help="also measure this OpenVINO IR folder (e.g. made from the GGUF)")
-    bench.add_argument("--remote", metavar="URL", help="also measure an OpenAI-compatible server at URL")
-    bench.add_argument("--skip-server", action="store_true", help="engines only")
+    bench.add_argument("--remote", metavar="URL", help="the peer of the targets: an OpenAI-compatible server at URL "
+                       "(llama.cpp's, the same model) given the server's prompts in the same run")
+    bench.add_argument("--remote-pid", type=int, metavar="PID", help="the peer's process, for its peak RSS "
+                       "(default: the process listening on a loopback URL's port, when it can be read)")
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="a setting for the server, e.g. completion.suffix_tokens=64 or fim=off (repeatable)")
+    bench.add_argument("--skip-server", action="store_true", help="engines only (and the --remote peer)")
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON (- for stdout)")
     bench.add_argument("--plot", metavar="PNG", help="draw a chart (needs the [plot] extra)")
     bench.set_defaults(func=cmd_bench)

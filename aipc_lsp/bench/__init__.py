@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aipc_lsp.bench.corpus import corpus_text
+from aipc_lsp import setting_pairs
+from aipc_lsp.bench.corpus import DECODE_ROUNDS, DECODE_RUNS, corpus_text, typing_parts
+from aipc_lsp.bench.prompts import template_named
 from aipc_lsp.bench.reference import ReferenceEngine
 from aipc_lsp.bench.report import check_targets, render_table
-from aipc_lsp.config import PRECISIONS, OpenVINOSettings
-from aipc_lsp.models.compat import ACCEPTS
+from aipc_lsp.config import (PRECISIONS, CompletionSettings, OpenVINOSettings, SettingsLayers, default_config_path,
+                             load_file, merge, validate)
+from aipc_lsp.models.compat import ACCEPTS, openvino_reads_gguf
 from aipc_lsp.models.registry import DEFAULT_MODEL, KIND_GGUF, detect_kind, models_dir
 
 QUICK_CONTEXTS = (1536,)
@@ -87,63 +90,111 @@ def run_engine_config(spec: dict, timeout: float = 600) -> dict:
     return {"label": spec["label"], "error": (proc.stderr.strip().splitlines() or ["no result"])[-1]}
 
 
-def server_documents(sizes: dict) -> tuple[dict, dict]:
-    """Corpus beginnings of each token size (sized by the engine worker with the model's
-    tokenizer) and the code that follows each (what the bench types)."""
+def server_documents(sizes: dict) -> dict[int, tuple[str, str, str]]:
+    """Per context size, a cursor in the middle of real code (sized by the engine worker with the
+    model's tokenizer, so the server's prompt there has about that many tokens): the code before
+    it, what the bench types there, the code after it."""
     text = corpus_text()
-    docs = {int(n): text[:size] for n, size in sizes.items()}
-    following = {int(n): text[size:size + 64] for n, size in sizes.items()}
-    return docs, following
+    return {int(n): typing_parts(text, size) for n, size in sizes.items()}
+
+
+def bench_options(contexts: tuple[int, ...], model: str | None, sets: dict) -> dict:
+    """initializationOptions of the server under test: the bench's completion settings, then --set."""
+    # Room for every document whole, so its unique first line stays in the prompt. Other files off:
+    # the bench's documents would be each other's, and the peer is not sent them.
+    completion = {"context_tokens": 2 * max(contexts), "max_tokens": 48, "other_files": False}
+    options = merge({"completion": completion}, sets)
+    if model:
+        options["model"] = model
+    return options
+
+
+def effective_completion(options: dict) -> CompletionSettings:
+    """The completion settings the server will run with: its settings file, then `options`."""
+    file_layer, _ = load_file(default_config_path())
+    init_layer, _ = validate(options, "initializationOptions")
+    return SettingsLayers(file=file_layer, init_options=init_layer).settings().completion
 
 
 def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server: bool = False,
-              ir: str | None = None, progress=print) -> dict:
+              ir: str | None = None, sets: dict | None = None, remote_pid: int | None = None,
+              progress=print) -> dict:
     from aipc_lsp.models.fetch import resolve_model
 
     path = Path(resolve_model(model or "default"))
+    if detect_kind(path) == KIND_GGUF and not openvino_reads_gguf(path):
+        # OpenVINO GenAI's GGUF reader cannot read it as it is (the default's Q5_0): the IR the server loads.
+        from aipc_lsp.models.gguf_ir import ir_for
+
+        path = ir_for(path, lambda message, percent: progress(message))
     contexts = QUICK_CONTEXTS if quick else FULL_CONTEXTS
+    options = bench_options(contexts, str(path) if model else None, sets or {})
+    completion = effective_completion(options)
+    prompts = {"fim": completion.fim, "suffix_tokens": completion.suffix_tokens,
+               "budget_tokens": completion.context_tokens}
     report: dict = {"quick": quick, "model": path.name, "machine": machine()}
     report["engines"] = []
     for index, spec in enumerate(engine_configs(path, quick, Path(ir) if ir else None)):
         progress(f"engine: {spec['label']} ...")
-        spec.update(quick=quick, context_tokens=1536, doc_tokens=list(contexts) if index == 0 else [])
+        spec.update(quick=quick, context_tokens=1536, doc_tokens=list(contexts) if index == 0 else [], **prompts)
         report["engines"].append(run_engine_config(spec))
-    sizes = report["engines"][0].get("doc_sizes")
-    docs = server_documents(sizes)[0] if sizes else {}
-    if not skip_server and sizes:
-        docs, following = server_documents(sizes)
-        progress(f"server: aipc-lsp serve over stdio, contexts {', '.join(map(str, contexts))} tokens ...")
+    first = report["engines"][0]
+    sizes = first.get("doc_sizes")
+    report["settings"] = {"fim": first.get("fim"), "fim_setting": completion.fim,
+                          "suffix_tokens": completion.suffix_tokens, "context_tokens": completion.context_tokens,
+                          "other_files": completion.other_files, "prompt_tokens": first.get("prompt_tokens"),
+                          "set": sets or {}}
+    docs = server_documents(sizes) if sizes else {}
+    peer = None
+    if remote:
+        from aipc_lsp.bench.remote import Peer, PeerError
+
+        peer = Peer(remote, pid=remote_pid)
+        try:
+            if not docs:
+                raise PeerError("the engine benchmark failed, so the prompts for the peer are not known")
+            peer.prepare(template_named(first.get("fim")), budget_tokens=completion.context_tokens,
+                         suffix_tokens=completion.suffix_tokens)
+        except PeerError as exc:
+            report["remote"], peer = {"url": remote, "error": str(exc)}, None
+    if not skip_server and docs:
+        progress(f"server: aipc-lsp serve over stdio, contexts {', '.join(map(str, contexts))} tokens"
+                 + (f", beside {remote}" if peer else "") + " ...")
         from aipc_lsp.bench import server
 
-        first = report["engines"][0]
         reference = None
         if not quick:
             # The server's own engine configuration (prompt lookup as it serves), bare, in a child
             # process that idles while the server runs: its decode takes turns with the server's.
             progress("engine: the bare reference beside the server (its configuration) ...")
             reference = ReferenceEngine({"label": first["label"], "model": first["model"], "device": first["device"],
-                                         "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP, "context_tokens": 1536})
+                                         "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP, "context_tokens": 1536,
+                                         **prompts})
         try:
-            report["server"] = asyncio.run(server.run(
-                docs=docs, continuations=following, quick=quick, model=str(path) if model else None,
-                # Room for every document whole, so its unique first line stays in the prompt.
-                context_tokens=2 * max(contexts), reference=reference))
+            report["server"] = asyncio.run(server.run(docs=docs, quick=quick, options=options, reference=reference,
+                                                      peer=peer))
         finally:
             if reference is not None:
                 reference.close()
     elif not skip_server:
         report["server"] = {"error": "the engine benchmark failed, so the server was not measured"}
-    if remote:
+    elif peer is not None:
         progress(f"remote: {remote} ...")
-        from aipc_lsp.bench import remote as remote_bench
-
-        long_prompt = docs.get(1536) or corpus_text()[:5000]
-        try:
-            report["remote"] = remote_bench.run(remote, long_prompt=long_prompt, quick=quick)
-        except Exception as exc:
-            report["remote"] = {"url": remote, "error": f"{type(exc).__name__}: {exc}"}
+        run_peer_alone(peer, docs, quick)
+    if peer is not None:
+        report["remote"] = peer.report()
     report["targets"] = check_targets(report)
     return report
+
+
+def run_peer_alone(peer, docs: dict, quick: bool) -> None:
+    """The peer's part of the server bench without the server (--skip-server)."""
+    from aipc_lsp.bench.server import PEER_CONTEXT, TYPIST_PAUSE_S
+
+    prefix, typed, suffix = docs.get(PEER_CONTEXT) or next(iter(docs.values()))
+    peer.typing(prefix, typed[:5 if quick else 16], suffix, cold_reps=2 if quick else 5, pause_s=TYPIST_PAUSE_S)
+    for round_ in range(1 if quick else DECODE_ROUNDS):
+        peer.decode(round_, max_tokens=48 if quick else 128, runs=1 if quick else DECODE_RUNS)
 
 
 def machine() -> dict:
@@ -168,8 +219,18 @@ def machine() -> dict:
     return info
 
 
+def parse_sets(pairs: list[str]) -> dict:
+    """--set key=value (repeatable) as initializationOptions; SystemExit saying what is wrong."""
+    try:
+        return setting_pairs.parse_sets(pairs)
+    except ValueError as exc:
+        raise SystemExit(f"aipc-lsp bench: {exc}") from None
+
+
 def main(args) -> int:
+    sets = parse_sets(getattr(args, "set", None) or [])
     report = run_bench(quick=args.quick, model=args.model, remote=args.remote, skip_server=args.skip_server, ir=args.ir,
+                       sets=sets, remote_pid=getattr(args, "remote_pid", None),
                        progress=lambda msg: print(msg, file=sys.stderr))
     print(render_table(report))
     if args.json:

@@ -6,10 +6,14 @@ from pathlib import Path
 
 # ~9 tokens, like the guides' short prompts.
 SHORT = "def fibonacci(n):\n    "
-# A document the default model keeps extending for 200+ tokens (lists it closes at once):
-# long generations for decode rate and cancel latency. The cursor is after the indent.
-LONG_DOC = 'COLORS = {\n    "red": "#ff0000",\n    "green": "#00ff00",\n    "blue": "#0000ff",\n    '
-# What the engine sees for it: the server holds the trailing space back (token healing).
+# A document a code model keeps extending line by line at the cursor's indentation for 200+
+# tokens (a table it knows: the HTTP status codes), so the server's post-processing does not end
+# the suggestion (a less indented line does): long generations for decode rate and cancel
+# latency. The cursor is after the indent. (Until issue 19 a colour table: the Qwen coder models
+# close that one after two entries.)
+LONG_DOC = ('HTTP_STATUS = {\n    100: "Continue",\n    101: "Switching Protocols",\n    200: "OK",\n'
+            '    201: "Created",\n    ')
+# What a prefix-only prompt of it is: the server holds a trailing space back (token healing).
 LONG_PROMPT = LONG_DOC[:-1]
 # The server's decode rate is compared with the bare engine's on the very same prompts: with
 # prompt lookup the rate depends on what the model writes, so not on a random first line.
@@ -17,6 +21,11 @@ DECODE_RUNS = 3
 # The server's decode and the bare engine's take turns this many times: the ratio is taken per
 # round, between runs a few seconds apart, so a drift of the shared host cancels out.
 DECODE_ROUNDS = 3
+# Characters typed, one keystroke each, in the typing benchmarks: the code that really follows.
+TYPED_CHARS = 64
+# Most characters of the code after the cursor kept in a typing document (~3k tokens: more than
+# any suffix budget the server is likely to be given).
+SUFFIX_CHARS = 12000
 
 
 def decode_document(run: int, round_: int = 0) -> str:
@@ -29,3 +38,15 @@ def corpus_text() -> str:
     root = Path(__file__).resolve().parent.parent
     parts = [p.read_text(encoding="utf-8") for p in sorted(root.rglob("*.py")) if "bench" not in p.parts]
     return "\n\n".join(parts)
+
+
+def typing_parts(text: str, prefix_chars: int) -> tuple[str, str, str]:
+    """A cursor in the middle of a real file, as when editing: (the code before the cursor, what
+    the user types there, the code after it). The typed characters are the code that really
+    follows; the code after the cursor starts at the end of the line where they end, so the user
+    writes new lines between existing ones."""
+    prefix = text[:prefix_chars]
+    typed = text[prefix_chars:prefix_chars + TYPED_CHARS]
+    line_end = text.find("\n", prefix_chars + TYPED_CHARS)
+    suffix = text[line_end:line_end + SUFFIX_CHARS] if line_end >= 0 else ""
+    return prefix, typed, suffix

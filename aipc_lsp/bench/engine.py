@@ -15,7 +15,8 @@ import threading
 import time
 import uuid
 
-from aipc_lsp.bench.corpus import DECODE_RUNS, LONG_PROMPT, SHORT, corpus_text, decode_document
+from aipc_lsp.bench.corpus import DECODE_RUNS, LONG_PROMPT, SHORT, corpus_text, decode_document, typing_parts
+from aipc_lsp.bench.prompts import server_prompt, suffix_reserve
 
 
 def peak_rss_mb() -> float | None:
@@ -73,35 +74,58 @@ def prompt_of_tokens(count_tokens, text: str, tokens: int) -> str:
     return "\n".join(lines[:lo]) + "\n"
 
 
-def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int) -> dict:
+def server_prompts(spec: dict, engine) -> dict:
+    """How the server builds its prompts for this model, from the bench's settings (`fim`: the
+    completion.fim setting, `suffix_tokens`, `budget_tokens`: completion.context_tokens), as
+    keyword arguments of bench.prompts.server_prompt."""
+    from aipc_lsp import fim
+    from aipc_lsp.config import CompletionSettings
+
+    defaults = CompletionSettings()
+    return {"template": fim.choose(spec.get("fim", defaults.fim), engine.count_tokens),
+            "budget_tokens": spec.get("budget_tokens", defaults.context_tokens),
+            "suffix_tokens": spec.get("suffix_tokens", defaults.suffix_tokens), "count_tokens": engine.count_tokens}
+
+
+def typing_document(text: str, tokens: int, prompts: dict) -> tuple[str, str, str]:
+    """The server bench's typing document whose prompt at the cursor has about `tokens` tokens:
+    (code before the cursor, the characters typed there, code after it). Room is left for a
+    unique first line (a tokenizer may split its hex digits one by one); with FIM the suffix
+    budget and the markers come out of the rest."""
+    count = prompts["count_tokens"]
+    reserve = count(f"# bench {uuid.uuid4().hex}\n") + suffix_reserve(prompts["template"], prompts["suffix_tokens"])
+    prefix = prompt_of_tokens(count, text, max(64, tokens - reserve))
+    return typing_parts(text, len(prefix))
+
+
+def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts: dict) -> dict:
     """The server's cold and typing figures without the server: our engine API (typing
     checkpoint, prompt lookup, settling between answers: what the worker runs) on the server
-    bench's document of `tokens` tokens, cold, then typed on with the same keystrokes. What the
-    server's figures cannot go below in this run."""
+    bench's document of `tokens` tokens, cold, then typed on with the same keystrokes, its prompts
+    built as the server builds them (FIM when the model has it). What the server's figures cannot
+    go below in this run."""
     from aipc_lsp.engines.base import GenerationParams
 
-    text = corpus_text()
-    base = prompt_of_tokens(engine.count_tokens, text, tokens - 16)
-    following = text[len(base):len(base) + keystrokes]
-    cold, typed = [], []
+    prefix, typed, suffix = typing_document(corpus_text(), tokens, prompts)
+    stop = prompts["template"].stop if prompts["template"] is not None else ()
+    cold, typing = [], []
     for _ in range(docs):
-        head = f"# run {uuid.uuid4().hex}\n" + base
-        for k in range(len(following) + 1):
-            prompt = head + following[:k]
-            # As the server builds it: a trailing space waits for the word after it (token healing).
-            prompt = prompt[:-1] if prompt.endswith(" ") else prompt
-            result = engine.generate(prompt, GenerationParams(max_new_tokens=4), threading.Event())
+        head = f"# run {uuid.uuid4().hex}\n" + prefix
+        for k in range(min(keystrokes, len(typed)) + 1):
+            prompt = server_prompt(head + typed[:k] + suffix, len(head) + k, **prompts)
+            result = engine.generate(prompt, GenerationParams(max_new_tokens=4, stop=stop), threading.Event())
             if result.first_token_s is not None:
-                (typed if k else cold).append(result.first_token_s * 1000)
+                (typing if k else cold).append(result.first_token_s * 1000)
             engine.settle()  # as the worker does once an answer is out and nothing waits
     return {"api_cold_first_ms": statistics.median(cold) if cold else None,
-            "api_typing_first_ms": statistics.median(typed) if typed else None}
+            "api_typing_first_ms": statistics.median(typing) if typing else None}
 
 
-def reference_decode(engine, og, round_: int, decode_tokens: int) -> dict:
+def reference_decode(engine, og, round_: int, decode_tokens: int, prompts: dict) -> dict:
     """The reference for the server's decode rate: what the server decodes in that round (its
-    prompt: the document less the held-back space), by the library's own generate."""
-    runs = [_timed_generate(engine, og, decode_document(run, round_)[:-1], decode_tokens) for run in range(DECODE_RUNS)]
+    prompt at the document's end, built as the server builds it), by the library's own generate."""
+    docs = [decode_document(run, round_) for run in range(DECODE_RUNS)]
+    runs = [_timed_generate(engine, og, server_prompt(doc, len(doc), **prompts), decode_tokens) for doc in docs]
     return {"long_tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
             "step_ms": statistics.median(r["step_ms"] for r in runs)}
 
@@ -116,16 +140,17 @@ def serve_reference(spec: dict, requests=sys.stdin, replies=sys.stdout) -> None:
     engine = _openvino_engine(spec)
     engine.load()
     quick = spec.get("quick", False)
+    prompts = server_prompts(spec, engine)
     replies.write("BENCH-RESULT {}\n")
     replies.flush()
     for line in requests:
         request = json.loads(line)
         try:
             if request.get("op") == "decode":
-                result = reference_decode(engine, og, int(request.get("round", 0)), 32 if quick else 128)
+                result = reference_decode(engine, og, int(request.get("round", 0)), 32 if quick else 128, prompts)
             else:
                 result = _engine_api_typing(engine, spec.get("context_tokens", 1536), docs=1 if quick else 2,
-                                            keystrokes=5 if quick else 16)
+                                            keystrokes=5 if quick else 16, prompts=prompts)
         except Exception as exc:
             result = {"error": f"{type(exc).__name__}: {exc}"}
         replies.write("BENCH-RESULT " + json.dumps(result) + "\n")
@@ -189,9 +214,17 @@ def run(spec: dict) -> dict:
         if result.tokens > 1:
             ours.append((result.tokens - 1) / (result.total_s - result.first_token_s))
     out["engine_api_tokens_per_s"] = statistics.median(ours) if ours else None
-    text = corpus_text()
-    # Documents for the server bench, sized by this tokenizer (16 tokens spare for a unique first line).
-    out["doc_sizes"] = {n: len(prompt_of_tokens(engine.count_tokens, text, n - 16)) for n in spec.get("doc_tokens", [])}
+    if spec.get("doc_tokens"):
+        # Documents for the server bench, sized by this tokenizer so that the prompt the server builds
+        # at the cursor has about N tokens, and that prompt's size, counted.
+        text, prompts = corpus_text(), server_prompts(spec, engine)
+        out["fim"] = prompts["template"].name if prompts["template"] is not None else None
+        out["doc_sizes"], out["prompt_tokens"] = {}, {}
+        for n in spec["doc_tokens"]:
+            prefix, _, suffix = typing_document(text, n, prompts)
+            head = f"# bench {uuid.uuid4().hex}\n{prefix}"
+            out["doc_sizes"][n] = len(prefix)
+            out["prompt_tokens"][n] = engine.count_tokens(server_prompt(head + suffix, len(head), **prompts))
     out["peak_rss_mb"] = peak_rss_mb()
     engine.close()
     return out

@@ -12,52 +12,87 @@ def _f(value, fmt: str = "{:.0f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def check_targets(report: dict) -> list[dict]:
-    """Issue 6's targets, each with the measured value and whether it is met (None: not measured)."""
-    bare = next((e for e in report.get("engines", []) if "error" not in e), {})
+# Issue 19's speed targets, as ratios to the --remote peer (llama.cpp's server on the same model)
+# measured in the same run: (key, name, unit, limit, "<=" or ">=").
+RATIO_TARGETS = (
+    ("incremental", "incremental typing 1.5k (FIM): first token p50", "ms", 0.6, "<="),
+    ("cold", "cold 1.5k prompt: first token p50", "ms", 0.5, "<="),
+    ("decode", "decode", "tok/s", 1.5, ">="),
+)
+RSS_LIMIT = 1.0
+CANCEL_MARGIN_MS = 5.0
+
+
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def decode_step_ms(report: dict) -> float | None:
+    """One decode step of the server's configuration (with prompt lookup a step yields several
+    tokens): the bare reference's, measured beside the server, else the engine table's."""
     server = report.get("server") or {}
-    ctx = (server.get("contexts") or {}).get(TARGET_CONTEXT) or (server.get("contexts") or {}).get(str(TARGET_CONTEXT)) or {}
-    rate = server.get("server_tokens_per_s")
-    # The server's decode against the bare engine's in the same round (they take turns seconds
-    # apart): on a shared machine the load drifts within minutes, so only pairs compare.
-    rounds = [r for r in server.get("decode_rounds") or () if r.get("server_tokens_per_s") and r.get("bare_tokens_per_s")]
-    if rounds:
-        ratio = statistics.median(r["server_tokens_per_s"] / r["bare_tokens_per_s"] * 100 for r in rounds)
-    else:  # no reference beside the server (--quick): the engine table's rate, measured minutes before
-        ratio = rate / bare["long_tokens_per_s"] * 100 if rate and bare.get("long_tokens_per_s") else None
-    # One decode step of the server's configuration (with prompt lookup a step yields several tokens).
-    steps = [r["bare_step_ms"] for r in rounds if r.get("bare_step_ms")]
-    bare_rate = bare.get("long_tokens_per_s")
-    step = statistics.median(steps) if steps else (1000 / bare_rate if bare_rate else None)
-    rows = []
+    step = _median(r.get("bare_step_ms") for r in server.get("decode_rounds") or ())
+    if step is None:
+        bare = next((e for e in report.get("engines", []) if "error" not in e), {})
+        step = bare.get("step_ms") or (1000 / bare["long_tokens_per_s"] if bare.get("long_tokens_per_s") else None)
+    return step
+
+
+def check_targets(report: dict) -> list[dict]:
+    """Issue 19's targets: each with our figure, the peer's from the same run, their ratio and
+    whether it is met (None: not measured, `note` says why)."""
+    server = report.get("server") or {}
+    contexts = server.get("contexts") or {}
+    ctx = contexts.get(TARGET_CONTEXT) or contexts.get(str(TARGET_CONTEXT)) or {}
+    remote = report.get("remote") or {}
 
     def alone(key):
         # The same figure from the engine alone (our engine API, no server), measured beside the
         # server's run: where the server's is above the target and this is too, the engine is why.
-        values = [r[key] for r in server.get("reference_typing") or () if r.get(key) is not None]
-        return statistics.mean(values) if values else None
+        return _median(r.get(key) for r in server.get("reference_typing") or ())
 
-    # The peer measured with --remote on the same prompts, where it has the same figure: the
-    # targets ask to be ahead of each peer, so the table shows both side by side.
-    remote = report.get("remote") or {}
-    if "error" in remote:
-        remote = {}
+    ours = {"incremental": (ctx.get("incremental_first_ms") or {}).get("p50"),
+            "cold": (ctx.get("cold_first_ms") or {}).get("p50"), "decode": server.get("server_tokens_per_s"),
+            "rss": server.get("peak_rss_mb")}
+    peers = {"incremental": remote.get("incremental_first_ms"), "cold": remote.get("cold_first_ms"),
+             "decode": remote.get("tokens_per_s"), "rss": remote.get("peak_rss_mb")}
+    engine_alone = {"incremental": alone("api_typing_first_ms"), "cold": alone("api_cold_first_ms")}
+    rows = []
 
-    def add(name, value, limit, ok, unit, engine_alone=None, peer=None):
-        rows.append({"target": name, "value": value, "limit": limit, "unit": unit,
-                     "met": None if value is None or limit is None else ok(value, limit),
-                     "engine_alone": engine_alone, "remote": peer})
+    def ratio_row(key, name, unit, limit, compare, missing_peer):
+        value, peer = ours[key], peers[key]
+        ratio = value / peer if value is not None and peer else None
+        met = None if ratio is None else (ratio <= limit if compare == "<=" else ratio >= limit)
+        note = None
+        if value is None:
+            note = "not measured"
+        elif not remote:
+            note = "needs --remote URL (the peer's figure in the same run)"
+        elif peer is None:
+            note = f"the peer failed: {remote['error']}" if remote.get("error") else missing_peer
+        rows.append({"target": name, "unit": unit, "ours": value, "peer": peer, "ratio": ratio, "limit": limit,
+                     "compare": compare, "relative": True, "met": met, "note": note,
+                     "engine_alone": engine_alone.get(key)})
 
-    add("incremental typing ~1.5k ctx: first token p50", (ctx.get("incremental_first_ms") or {}).get("p50"),
-        30.0, lambda v, l: v <= l, "ms", alone("api_typing_first_ms"), remote.get("incremental_first_ms"))
-    add("cold 1.5k prompt: first token p50", (ctx.get("cold_first_ms") or {}).get("p50"), 1000.0,
-        lambda v, l: v <= l, "ms", alone("api_cold_first_ms"), remote.get("cold_first_ms"))
-    add("decode through the server", rate, 60.0, lambda v, l: v >= l, "tok/s", peer=remote.get("tokens_per_s"))
-    add("server decode vs bare engine", ratio, 95.0,
-        lambda v, l: v >= l, "%")
-    add("cancel -> slot free p50 (<= one decode step + 5 ms)", (server.get("cancel_ms") or {}).get("p50"),
-        step + 5 if step else None, lambda v, l: v <= l, "ms")
-    add("server peak RSS", server.get("peak_rss_mb"), 400.0, lambda v, l: v <= l, "MB")
+    for key, name, unit, limit, compare in RATIO_TARGETS:
+        ratio_row(key, name, unit, limit, compare, "the peer's figure was not measured")
+    if ctx.get("sources"):
+        # Ours counts the keystrokes that started a generation (the same work as the peer's, every
+        # one of which does); answers reused from a prediction the user typed into cost ~nothing.
+        keystrokes = sum(ctx["sources"].values())
+        rows[0]["detail"] = (f"{ctx['sources'].get('generated', 0)} of {keystrokes} keystrokes generated; every "
+                             f"keystroke: {_num((ctx.get('keystroke_first_ms') or {}).get('p50'))} ms")
+    step = decode_step_ms(report)
+    cancel = (server.get("cancel_ms") or {}).get("p50")
+    limit = step + CANCEL_MARGIN_MS if step else None
+    rows.append({"target": "cancel -> slot free p50", "unit": "ms", "ours": cancel, "peer": None, "ratio": None,
+                 "limit": limit, "compare": "<=", "relative": False,
+                 "met": None if cancel is None or limit is None else cancel <= limit,
+                 "note": f"one decode step ({step:.1f} ms) + {CANCEL_MARGIN_MS:.0f} ms" if step else "not measured",
+                 "engine_alone": None})
+    ratio_row("rss", "peak RSS (the peer's prompt cache off)", "MB", RSS_LIMIT, "<=",
+              "the peer's memory is not readable here (a local peer: --remote-pid PID)")
     return rows
 
 
@@ -93,6 +128,8 @@ def render_table(report: dict) -> str:
                            f"{pp('cursor_first_ms'):>13} "
                            f"{pp('incremental_first_ms'):>13} {pp('incremental_full_ms'):>13} "
                            f"{pp('keystroke_first_ms'):>16} {pp('keystroke_full_ms'):>15}  {sources}")
+            if prompt_line(report):
+                out.append(prompt_line(report))
             out.append("(opened first: the first suggestion in a document opened a moment before, its window "
                        "computed while the server was idle; cursor first: the same where the client said the "
                        "cursor rests (aipc/warm); cold: asked at once)")
@@ -100,7 +137,7 @@ def render_table(report: dict) -> str:
             if rounds:
                 out.append("decode on the same prompts, taking turns, server / bare engine: " + ", ".join(
                     f"{_f(r['server_tokens_per_s'], '{:.1f}')} / {r['bare_tokens_per_s']:.1f}" for r in rounds)
-                    + " tok/s")
+                    + f" tok/s (server/bare: {_f(decode_vs_bare(server), '{:.0f}')}%, the median round)")
             failed = next((r["bare_error"] for r in server.get("decode_rounds") or () if r.get("bare_error")), None)
             if failed:
                 out.append(f"bare engine beside the server: {failed}")
@@ -115,23 +152,73 @@ def render_table(report: dict) -> str:
                           if len(server.get("peak_rss_parts_mb") or ()) > 1 else ""))
     remote = report.get("remote")
     if remote:
-        out += ["", f"Remote {remote.get('url')}:"]
-        if "error" in remote:
+        out += ["", f"Remote {remote.get('url')} (the same prompts, typed and decoded between the server's phases):"]
+        if remote.get("error"):
             out.append(f"  error: {remote['error']}")
-        else:
-            out.append(f"  first {_f(remote['first_ms'])} ms, other {_f(remote['other_ms_per_token'], '{:.1f}')} ms/token, "
-                       f"{_f(remote['tokens_per_s'], '{:.1f}')} tok/s, 1.5k cold {_f(remote['cold_first_ms'])} ms, "
-                       f"1.5k +chars {_f(remote['incremental_first_ms'])} ms")
-    out += ["", "Targets (issue 6):"]
+        if "cold_ms" in remote:
+            cold, incremental = remote["cold_ms"], remote["incremental_ms"]
+            out.append(f"  1.5k cold first {_f(cold['p50'])}/{_f(cold['p95'])} ms, incremental first "
+                       f"{_f(incremental['p50'])}/{_f(incremental['p95'])} ms (p50/p95), decode "
+                       f"{_f(remote['tokens_per_s'], '{:.1f}')} tok/s (rounds: "
+                       f"{', '.join(_f(r, '{:.1f}') for r in remote.get('decode_rounds') or ())}), peak RSS "
+                       + (f"{_f(remote['peak_rss_mb'])} MB (pid {remote['pid']})" if remote.get("peak_rss_mb")
+                          else "not readable (not a local process; --remote-pid PID)"))
+            out.append(f"  prompt at the cursor {_f(remote.get('prompt_tokens'))} tokens, counted by "
+                       f"{remote.get('counted_by')}")
+    out += ["", render_targets(report)]
+    return "\n".join(out)
+
+
+def prompt_line(report: dict) -> str:
+    """What the server's prompts were: FIM or not, the suffix budget, their size at 1.5k."""
+    settings = report.get("settings") or {}
+    if not settings:
+        return ""
+    if settings.get("fim"):
+        what = (f"fill-in-the-middle ({settings['fim']}, completion.fim = {settings.get('fim_setting')}), "
+                f"the code after the cursor up to completion.suffix_tokens = {settings.get('suffix_tokens')}")
+    else:
+        what = f"the code before the cursor only (completion.fim = {settings.get('fim_setting')})"
+    sizes = settings.get("prompt_tokens") or {}
+    size = sizes.get(TARGET_CONTEXT) or sizes.get(str(TARGET_CONTEXT))
+    said = (report.get("server") or {}).get("completion_prompt")
+    return (f"prompts: {what}; other files {'on' if settings.get('other_files') else 'off'}"
+            + (f"; {size} tokens at the cursor of the 1.5k document" if size else "")
+            + (f"; BUT the server says its prompt is {said!r}: the documents' sizes and the peer's prompts "
+               f"are not the server's" if said and said != (settings.get("fim") or "prefix") else ""))
+
+
+def decode_vs_bare(server: dict) -> float | None:
+    """The server's decode against the bare engine's in the same round (they take turns seconds
+    apart: on a shared machine the load drifts within minutes, so only pairs compare), in %."""
+    return _median(r["server_tokens_per_s"] / r["bare_tokens_per_s"] * 100 for r in server.get("decode_rounds") or ()
+                   if r.get("server_tokens_per_s") and r.get("bare_tokens_per_s"))
+
+
+def _num(value) -> str:
+    return _f(value, "{:.1f}" if value is not None and abs(value) < 100 else "{:.0f}")
+
+
+def render_targets(report: dict) -> str:
+    remote = report.get("remote") or {}
+    peer = (f"ours against {remote['url']}, same run" if remote.get("url")
+            else "ratios to a --remote peer (llama.cpp's server, the same model) in the same run")
+    out = [f"Targets (issue 19; {peer}):",
+           f"  {'target':47} {'ours':>14} {'peer':>14} {'ours/peer':>9}  {'target':>12}  verdict"]
     for t in report.get("targets", []):
-        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-        limit = f"{'>=' if t['target'].startswith(('decode', 'server decode')) else '<='} {_f(t['limit'], '{:.1f}')}"
-        line = f"  {t['target']:52} {_f(t['value'], '{:.1f}'):>8} {t['unit']:5} (target {limit})  {verdict}"
+        unit = t["unit"]
+        limit = f"{t['compare']} {t['limit']:.1f}{'x' if t['relative'] else ' ' + unit}" if t["limit"] else "-"
+        verdict = {True: "MET", False: "MISSED", None: "not measured"}[t["met"]]
+        if t["met"] is None and (t.get("note") or "").startswith("needs --remote"):
+            verdict = "needs --remote"
+        line = (f"  {t['target']:47} {_num(t['ours']) + ' ' + unit:>14} "
+                f"{(_num(t['peer']) + ' ' + unit) if t['peer'] is not None else '-':>14} "
+                f"{_f(t['ratio'], '{:.2f}'):>9}  {limit:>12}  {verdict}")
+        extras = [t["note"]] if t.get("note") and verdict not in ("needs --remote", t["note"]) else []
+        extras += [t["detail"]] if t.get("detail") else []
         if t.get("engine_alone") is not None:
-            line += f"  (engine alone, same run: {t['engine_alone']:.1f} {t['unit']})"
-        if t.get("remote") is not None:
-            line += f"  (remote, same run: {t['remote']:.1f} {t['unit']})"
-        out.append(line)
+            extras.append(f"engine alone, same run: {t['engine_alone']:.1f} {unit}")
+        out.append(line + (f"  ({'; '.join(extras)})" if extras else ""))
     return "\n".join(out)
 
 

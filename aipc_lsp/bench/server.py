@@ -16,12 +16,13 @@ import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
 from aipc_lsp.bench.corpus import DECODE_ROUNDS, DECODE_RUNS, LONG_DOC, decode_document
+from aipc_lsp.bench.rss import peak_rss_mb
+from aipc_lsp.bench.stats import percentile, summary  # noqa: F401  (percentile: for eval's report)
 from aipc_lsp.lsp_client import drain, plain
 
 
@@ -31,15 +32,30 @@ from aipc_lsp.lsp_client import drain, plain
 TYPIST_PAUSE_S = 0.2
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+# The --remote peer's typing and cold figures are taken on this context's document.
+PEER_CONTEXT = 1536
 
 
-def summary(values: list[float]) -> dict:
-    return {"p50": percentile(values, 50), "p95": percentile(values, 95), "n": len(values)}
+def position_of(text: str, offset: int) -> types.Position:
+    """The LSP position (UTF-16 columns) of a character offset."""
+    line_start = text.rfind("\n", 0, offset) + 1
+    return types.Position(line=text.count("\n", 0, offset),
+                          character=len(text[line_start:offset].encode("utf-16-le")) // 2)
+
+
+def edit_between(old: str, new: str) -> types.TextDocumentContentChangePartial:
+    """The one range edit that turns `old` into `new`: what differs between their common
+    beginning and common end."""
+    limit = min(len(old), len(new))
+    start = 0
+    while start < limit and old[start] == new[start]:
+        start += 1
+    tail = 0
+    while tail < limit - start and old[len(old) - 1 - tail] == new[len(new) - 1 - tail]:
+        tail += 1
+    return types.TextDocumentContentChangePartial(
+        range=types.Range(start=position_of(old, start), end=position_of(old, len(old) - tail)),
+        text=new[start:len(new) - tail])
 
 
 class BenchClient(LanguageClient):
@@ -65,9 +81,9 @@ class BenchClient(LanguageClient):
             await asyncio.sleep(0.05)
         return None
 
-    def warm_at_end(self, uri: str, text: str) -> None:
-        """aipc/warm: the cursor rests at the end of `text` (what an editor client sends)."""
-        position = self.inline_params(uri, text).position
+    def warm_at(self, uri: str, text: str, offset: int) -> None:
+        """aipc/warm: the cursor rests at `offset` (what an editor client sends)."""
+        position = position_of(text, offset)
         self.protocol.notify("aipc/warm", {"textDocument": {"uri": uri},
                                            "position": {"line": position.line, "character": position.character}})
 
@@ -78,16 +94,11 @@ class BenchClient(LanguageClient):
             uri=uri, language_id="python", version=1, text=text)))
 
     def change(self, uri: str, text: str) -> None:
-        """As editors send it (incremental sync): text typed at the end is an insertion there;
-        anything else replaces the whole document."""
+        """As editors send it (incremental sync): the span that differs from the last text is
+        replaced (a typed character: an insertion at the cursor)."""
         self.versions[uri] += 1
-        old = self.texts.get(uri, "")
+        change = edit_between(self.texts.get(uri, ""), text)
         self.texts[uri] = text
-        if text.startswith(old) and old:
-            end = self.inline_params(uri, old).position
-            change = types.TextDocumentContentChangePartial(range=types.Range(start=end, end=end), text=text[len(old):])
-        else:
-            change = types.TextDocumentContentChangeWholeDocument(text=text)
         self.text_document_did_change(types.DidChangeTextDocumentParams(
             text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=self.versions[uri]),
             content_changes=[change]))
@@ -96,17 +107,17 @@ class BenchClient(LanguageClient):
         self.workspace_did_change_configuration(types.DidChangeConfigurationParams(
             settings={"aipc": {"completion": completion}}))
 
-    def inline_params(self, uri: str, text: str) -> types.InlineCompletionParams:
-        lines = text.split("\n")
-        position = types.Position(line=len(lines) - 1, character=len(lines[-1].encode("utf-16-le")) // 2)
+    def inline_params(self, uri: str, text: str, offset: int | None = None) -> types.InlineCompletionParams:
+        """A request at `offset` (the end of `text` when None)."""
         return types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=uri), position=position,
+            text_document=types.TextDocumentIdentifier(uri=uri),
+            position=position_of(text, len(text) if offset is None else offset),
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
 
-    async def suggest(self, uri: str, text: str) -> dict:
-        """One request at the end of `text`; timings from both sides."""
+    async def suggest(self, uri: str, text: str, offset: int | None = None) -> dict:
+        """One request at `offset` (the end of `text` when None); timings from both sides."""
         sent = time.perf_counter()
-        await self.text_document_inline_completion_async(self.inline_params(uri, text))
+        await self.text_document_inline_completion_async(self.inline_params(uri, text, offset))
         round_trip = (time.perf_counter() - sent) * 1000
         version = self.versions[uri]
         record = next((r for r in reversed((await self.status())["suggestions"])
@@ -118,54 +129,26 @@ class BenchClient(LanguageClient):
                 "source": record["source"], "record": record}
 
 
-def _proc_peak_rss_mb(pid: int) -> tuple[float | None, list[float]]:
-    """Peak resident memory of the server and its engine worker processes (Linux VmHWM),
-    summed (the sum of the peaks bounds the peak of the sum from above), and each one's, the
-    server's first."""
-    parts = []
-    for proc in _process_tree(pid):
-        try:
-            for line in Path(f"/proc/{proc}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    parts.append(int(line.split()[1]) / 1024)
-        except OSError:
-            pass
-    return (sum(parts) if parts else None), parts
-
-
-def _process_tree(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        proc = todo.pop()
-        found.append(proc)
-        for task in Path(f"/proc/{proc}/task").glob("*/children"):
-            try:
-                todo += [int(c) for c in task.read_text().split()]
-            except (OSError, ValueError):
-                pass
-    return found
-
-
 def _unique(text: str) -> str:
     # A new first line: neither the prefix cache nor the result cache has seen this prompt.
     return f"# bench {uuid.uuid4().hex}\n{text}"
 
 
-async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: bool, model: str | None,
-              context_tokens: int, reference=None) -> dict:
-    """`reference`: a bench.reference.ReferenceEngine (the bare engine in the server's configuration),
-    whose decode takes turns with the server's and which types the 1.5k document alone."""
+async def run(*, docs: dict[int, tuple[str, str, str]], quick: bool, options: dict, reference=None,
+              peer=None) -> dict:
+    """`docs`: per context size, (code before the cursor, the characters typed there, code after
+    it). `options`: initializationOptions (the model, and the completion settings the bench's
+    configurations start from: later ones change a few of them). `reference`: a bench.reference.ReferenceEngine (the bare engine in the server's configuration),
+    whose decode takes turns with the server's and which types the 1.5k document alone. `peer`: a
+    bench.remote.Peer, asked for the same work between the server's phases."""
     command = [sys.executable, "-m", "aipc_lsp", "serve"]
     client = BenchClient()
     started = time.perf_counter()
     await client.start_io(*command)
     draining = asyncio.ensure_future(drain(client._server.stderr))
-    base_completion = {"context_tokens": context_tokens, "max_tokens": 48}
+    base_completion = options.get("completion", {})
     out: dict = {"contexts": {}}
     try:
-        options = {"completion": base_completion}
-        if model:
-            options["model"] = model
         await client.initialize_async(types.InitializeParams(
             capabilities=types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
                 inline_completion=types.InlineCompletionClientCapabilities())),
@@ -181,26 +164,29 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
         out["ready_s"] = time.perf_counter() - started
 
         cold_reps, keystrokes = (2, 5) if quick else (5, 16)
-        for n, doc in docs.items():
-            cold, uri, text = [], "", ""
+        for n, (prefix, following, suffix) in docs.items():
+            cold, uri, head = [], "", ""
             for i in range(cold_reps):
-                uri, text = f"file:///bench/ctx{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(doc)
-                client.open(uri, text)
-                cold.append(await client.suggest(uri, text))
+                uri, head = f"file:///bench/ctx{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(prefix)
+                client.open(uri, head + suffix)
+                cold.append(await client.suggest(uri, head + suffix, len(head)))
+            # The server's word for its prompt format (a FIM template's name, or "prefix").
+            out.setdefault("completion_prompt", (await client.status()).get("completionPrompt"))
+            # Typed in the middle of the file: each character inserted at the cursor, the code after it kept.
             typed = []
-            for ch in continuations[n][:keystrokes]:
-                text += ch
+            for k in range(1, len(following[:keystrokes]) + 1):
+                text = head + following[:k] + suffix
                 client.change(uri, text)
-                typed.append(await client.suggest(uri, text))
+                typed.append(await client.suggest(uri, text, len(head) + k))
                 await asyncio.sleep(TYPIST_PAUSE_S)
             # A document opened some time before the first keystroke: the server computes its
             # window while idle (completion.warm_on_open); the user's first suggestion comes after.
             opened = []
             for i in range(1 if quick else 3):
-                uri, text = f"file:///bench/open{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(doc)
-                client.open(uri, text)
+                uri, head = f"file:///bench/open{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(prefix)
+                client.open(uri, head + suffix)
                 if await client.warmed(uri) is not None:
-                    opened.append(await client.suggest(uri, text))
+                    opened.append(await client.suggest(uri, head + suffix, len(head)))
             # A document brought to the front whose window is not cached (opened before the server
             # could warm it, or evicted since): the client says where the cursor rests
             # (aipc/warm, completion.warm_at_cursor) and the user types a moment later.
@@ -208,11 +194,11 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
             await asyncio.sleep(0.2)
             at_cursor = []
             for i in range(1 if quick else 3):
-                uri, text = f"file:///bench/cursor{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(doc)
-                client.open(uri, text)
-                client.warm_at_end(uri, text)
+                uri, head = f"file:///bench/cursor{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(prefix)
+                client.open(uri, head + suffix)
+                client.warm_at(uri, head + suffix, len(head))
                 if await client.warmed(uri, at="cursor") is not None:
-                    at_cursor.append(await client.suggest(uri, text))
+                    at_cursor.append(await client.suggest(uri, head + suffix, len(head)))
             client.configure(base_completion)
             generated = [r for r in typed if r["source"] == "generated"]
             cold = [r for r in cold if r["source"] == "generated"]
@@ -229,8 +215,13 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
                 # Every keystroke, reused answers included (typed-ahead, cache).
                 "keystroke_first_ms": summary([r["first_ms"] for r in typed if r["first_ms"] is not None]),
                 "keystroke_full_ms": summary([r["full_ms"] for r in typed]),
-                "sources": {s: sum(1 for r in typed if r["source"] == s) for s in {r["source"] for r in typed}},
+                # How each keystroke was answered ("none": an empty answer, which the server does not time).
+                "sources": {s or "none": sum(1 for r in typed if r["source"] == s) for s in {r["source"] for r in typed}},
             }
+            if peer is not None and n == PEER_CONTEXT:
+                # The same document and keystrokes to the peer, now, while the server idles.
+                await asyncio.to_thread(peer.typing, prefix, following[:keystrokes], suffix,
+                                        cold_reps=cold_reps, pause_s=TYPIST_PAUSE_S)
 
         if reference is not None:
             # The engine alone on the same document and keystrokes, before and after the decode rounds.
@@ -238,7 +229,8 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
         # Decode rate through the server: a long generation on the bare engine's prompts, taking
         # turns with the bare engine (while one runs the other idles), so a drift of the shared
         # host shows in both sides of a round instead of passing for the server's overhead.
-        client.configure({**base_completion, "max_tokens": 48 if quick else 128, "max_lines": 200})
+        decode_tokens = 48 if quick else 128
+        client.configure({**base_completion, "max_tokens": decode_tokens, "max_lines": 200})
         await asyncio.sleep(0.2)
         out["decode_rounds"] = []
         for round_ in range(DECODE_ROUNDS if reference is not None else 1):
@@ -254,6 +246,8 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
             out["decode_rounds"].append({"server_tokens_per_s": statistics.median(rates) if rates else None,
                                          "bare_tokens_per_s": bare.get("long_tokens_per_s"),
                                          "bare_step_ms": bare.get("step_ms"), "bare_error": bare.get("error")})
+            if peer is not None:
+                await asyncio.to_thread(peer.decode, round_, max_tokens=decode_tokens, runs=1 if quick else DECODE_RUNS)
         server_rates = [r["server_tokens_per_s"] for r in out["decode_rounds"] if r["server_tokens_per_s"]]
         out["server_tokens_per_s"] = statistics.median(server_rates) if server_rates else None
         if reference is not None:
@@ -263,7 +257,7 @@ async def run(*, docs: dict[int, str], continuations: dict[int, str], quick: boo
         out["cancel_ms"] = summary(client_side)
         out["cancel_polled_ms"] = summary(polled)
         out["cancel_server_ms"] = summary(server_side) if server_side else None
-        out["peak_rss_mb"], out["peak_rss_parts_mb"] = _proc_peak_rss_mb(client._server.pid)
+        out["peak_rss_mb"], out["peak_rss_parts_mb"] = peak_rss_mb(client._server.pid)
         await client.shutdown_async(None)
         client.exit(None)
         await asyncio.wait_for(client._server.wait(), 10)
