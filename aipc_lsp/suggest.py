@@ -212,6 +212,8 @@ class Suggester:
         budget = self._prepare(scheduler, settings)
         template = await self._template(scheduler, settings)
         ctx = self._context(text, offset, budget, settings, template, uri, snippets, language_id)
+        if not ctx.window.strip() and not ctx.suffix_window.strip():
+            return None  # an empty document: no code to go on (other files' snippets alone are not its code)
         before, after = text[:offset], text[offset:]
         params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature,
                                   stop=template.stop if template is not None else ())
