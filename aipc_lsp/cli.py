@@ -1,4 +1,4 @@
-"""Command line: `aipc-lsp serve | status | models | prepare | devices | complete | bench | demo`.
+"""Command line: `aipc-lsp serve | status | models | prepare | devices | complete | bench | eval | demo`.
 
 stdout belongs to the protocol when serving; everything else goes to stderr or --log-file.
 """
@@ -202,6 +202,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from aipc_lsp.eval import main
+
+    return main(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from aipc_lsp.demo import run_demo
 
@@ -323,6 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", help="write the results as JSON (- for stdout)")
     bench.add_argument("--plot", metavar="PNG", help="draw a chart (needs the [plot] extra)")
     bench.set_defaults(func=cmd_bench)
+
+    ev = sub.add_parser("eval", parents=[common], help="completion quality through the server over stdio "
+                        "(exact match, edit similarity, pass@1), optionally beside a remote llama.cpp server")
+    ev.add_argument("--model", help="model name or path (default: the default model)")
+    ev.add_argument("--quick", action="store_true", help="a small fixed subset (the test suite's)")
+    ev.add_argument("--limit", type=int, metavar="N", help="at most N tasks (every source and kind kept)")
+    ev.add_argument("--kinds", metavar="LIST", help="comma-separated: line, midline, block (default: all)")
+    ev.add_argument("--sources", metavar="LIST", help="comma-separated: stdlib, tests, crossfile (default: all)")
+    ev.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="a setting for the server, e.g. fim=off or completion.other_files=false (repeatable)")
+    ev.add_argument("--no-other-files", action="store_true",
+                    help="do not open the helper files cross-file tasks need (nor send them to --remote)")
+    ev.add_argument("--remote", metavar="URL", help="also ask llama.cpp's OpenAI-compatible server at URL, as llama.vim does")
+    ev.add_argument("--label", help="name of this server's row in the table")
+    ev.add_argument("--json", metavar="FILE", help="write the results as JSON (- for stdout)")
+    ev.add_argument("--plot", metavar="PNG", help="draw a chart (needs the [plot] extra)")
+    ev.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", parents=[common], help="start the server as an editor would and show suggestions")
     demo.set_defaults(func=cmd_demo)

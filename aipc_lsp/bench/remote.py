@@ -102,22 +102,12 @@ class Peer:
     def stream(self, prompt: str, max_tokens: int) -> dict:
         """One streamed completion: ms to its first chunk (the first token, even one that ends the
         answer at once) and the later tokens' rate (one chunk per token, as llama.cpp sends them)."""
-        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True, "cache_prompt": True}
-        request = urllib.request.Request(self.url + "/v1/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "cache_prompt": True}
         started, first, stamps = time.perf_counter(), None, []
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S) as response:
-            for raw in response:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                now = time.perf_counter()
-                first = first if first is not None else now
-                if any(c.get("text") for c in json.loads(data).get("choices", [])):
-                    stamps.append(now)
+        for text, now in completion_chunks(self.url, body):
+            first = first if first is not None else now
+            if text:
+                stamps.append(now)
         rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
         return {"first_ms": (first - started) * 1000 if first is not None else None, "tokens": len(stamps),
                 "tokens_per_s": rate}
@@ -168,6 +158,23 @@ class Peer:
             "tokens_per_s": statistics.median(rates) if rates else None,
             "peak_rss_mb": rss.peak_rss_mb(self.pid)[0] if self.pid is not None else None,
         }
+
+
+def completion_chunks(url: str, body: dict, timeout: float = REQUEST_TIMEOUT_S):
+    """POST /v1/completions streamed: each chunk's text ("" for one without) and when it arrived
+    (time.perf_counter()), until [DONE]. Closing the generator early closes the connection, which
+    ends the server's generation (`aipc-lsp eval` stops the peer's answer where llama.vim would)."""
+    request = urllib.request.Request(url.rstrip("/") + "/v1/completions", data=json.dumps({**body, "stream": True}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        for raw in response:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return
+            yield "".join(c.get("text") or "" for c in json.loads(data).get("choices", [])), time.perf_counter()
 
 
 def _post_json(url: str, path: str, body: dict) -> dict:

@@ -1,0 +1,111 @@
+"""`aipc-lsp eval`: completion quality through the real server over stdio, and the same tasks
+against a remote llama.cpp server asked as llama.vim asks it, compared in one run.
+
+tasks.py builds the tasks, runner.py drives the server, remote.py (with llama_vim.py) the peer,
+scoring.py scores each answer, report.py prints, writes and draws. See docs/QUALITY.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import sys
+from pathlib import Path
+
+from aipc_lsp import setting_pairs
+from aipc_lsp.config import CompletionSettings
+from aipc_lsp.eval import remote as remote_peer
+from aipc_lsp.eval import runner
+from aipc_lsp.eval.report import breakdown, render_table, summarize
+from aipc_lsp.eval.scoring import evaluate
+from aipc_lsp.eval.tasks import KINDS, SOURCES, Task, build_tasks
+
+
+class EvalError(Exception):
+    """Bad input to `aipc-lsp eval`, with what to change."""
+
+
+def parse_sets(pairs: list[str]) -> dict:
+    """`--set key=value` (repeatable) as initializationOptions, checked as the server checks them."""
+    try:
+        return setting_pairs.parse_sets(pairs)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+
+
+def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> tuple[str, ...]:
+    if value is None:
+        return allowed
+    chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown or not chosen:
+        raise EvalError(f"{flag}: {', '.join(unknown) or 'nothing'} is not one of {', '.join(allowed)}")
+    return chosen
+
+
+def contender(label: str, kind: str, tasks: list[Task], outcome: dict) -> dict:
+    """One row of the report: every task scored (one the run never reached counts as no suggestion)."""
+    answers = outcome.get("answers") or {}
+    if not answers:
+        return {"label": label, "kind": kind, "error": outcome.get("error", "no answers")}
+    missing = {"suggestion": "", "ms": None, "error": "not reached"}
+    results = [evaluate(t, answers.get(t.id) or {**missing, "accepted": t.text}) for t in tasks]
+    row = {"label": label, "kind": kind, "summary": summarize(results), "by_source": breakdown(results, "source"),
+           "by_kind": breakdown(results, "kind"), "results": results}
+    row.update({k: v for k, v in outcome.items() if k not in ("answers",)})
+    return row
+
+
+def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None = None, kinds: str | None = None,
+             sources: str | None = None, sets: list[str] = (), remote: str | None = None, label: str | None = None,
+             other_files: bool = True, progress=lambda msg: None) -> dict:
+    if limit is not None and limit < 1:
+        raise EvalError(f"--limit must be at least 1, got {limit}")
+    options = parse_sets(list(sets))
+    if model:
+        options["model"] = model
+    chosen_kinds = _choice(kinds, KINDS, "--kinds")
+    tasks = build_tasks(sources=_choice(sources, SOURCES, "--sources"), kinds=chosen_kinds, quick=quick, limit=limit)
+    if not tasks:
+        raise EvalError("no tasks match --sources/--kinds/--limit")
+    counts: dict[str, int] = {}
+    for task in tasks:
+        counts[task.source] = counts.get(task.source, 0) + 1
+    report: dict = {"python": platform.python_version(), "quick": quick, "tasks": len(tasks), "task_counts": counts,
+                    "kinds": list(chosen_kinds), "options": options, "other_files": other_files, "contenders": []}
+    progress(f"server: aipc-lsp serve over stdio, {len(tasks)} tasks ...")
+    ours = asyncio.run(runner.run(tasks, options=options, open_other_files=other_files, progress=progress))
+    report["contenders"].append(contender(label or f"aipc-lsp ({model or 'default model'})", "server", tasks, ours))
+    if remote:
+        progress(f"remote: {remote} as llama.vim asks it ...")
+        max_tokens = options.get("completion", {}).get("max_tokens", CompletionSettings().max_tokens)
+        theirs = remote_peer.run(remote, tasks, max_tokens=max_tokens, open_other_files=other_files, progress=progress)
+        report["contenders"].append(contender(f"llama.cpp {remote} (llama.vim's prompt)", "remote", tasks, theirs))
+    return report
+
+
+def main(args) -> int:
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        report = run_eval(model=args.model, quick=args.quick, limit=args.limit, kinds=args.kinds, sources=args.sources,
+                          sets=args.set or [], remote=args.remote, label=args.label,
+                          other_files=not args.no_other_files, progress=progress)
+    except EvalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(render_table(report))
+    if args.json:
+        data = json.dumps(report, indent=2, default=str)
+        if args.json == "-":
+            print(data)
+        else:
+            Path(args.json).write_text(data + "\n", encoding="utf-8")
+    if args.plot:
+        from aipc_lsp.eval.report import plot
+
+        plot(report, Path(args.plot))
+    ours = report["contenders"][0]
+    return 1 if "error" in ours and not ours.get("summary") else 0

@@ -1,0 +1,110 @@
+"""Summaries, the table `aipc-lsp eval` prints, and its --plot chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aipc_lsp.bench.stats import percentile
+
+METRICS = (("exact", "exact"), ("edit_sim", "edit sim"), ("pass_at_1", "pass@1"), ("empty", "empty"))
+
+
+def _mean(values: list) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(results: list[dict]) -> dict:
+    checked = [r["passed"] for r in results if r["passed"] is not None]
+    times = [r["ms"] for r in results if r["ms"] is not None]
+    return {"n": len(results), "exact": _mean([float(r["exact"]) for r in results]),
+            "edit_sim": _mean([r["edit_sim"] for r in results]),
+            "pass_at_1": _mean([float(p) for p in checked]), "n_checked": len(checked),
+            "empty": _mean([float(r["empty"]) for r in results]),
+            "ms_p50": percentile(times, 50), "ms_p95": percentile(times, 95),
+            "errors": sum(1 for r in results if r.get("error"))}
+
+
+def breakdown(results: list[dict], key: str) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        groups.setdefault(r[key], []).append(r)
+    return {name: summarize(group) for name, group in groups.items()}
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value, fmt: str = "{:.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def render_table(report: dict) -> str:
+    counts = ", ".join(f"{source} {n}" for source, n in report["task_counts"].items())
+    out = [f"aipc-lsp eval{' --quick' if report['quick'] else ''}: {report['tasks']} tasks ({counts}; "
+           f"stdlib of Python {report['python']}); other files {'opened' if report['other_files'] else 'not opened'}", ""]
+    out.append(f"{'contender':44} {'exact':>7} {'edit sim':>9} {'pass@1':>7} {'empty':>7} {'p50 ms':>7} {'p95 ms':>7}")
+    for c in report["contenders"]:
+        if "error" in c and not c.get("summary"):
+            out.append(f"{c['label'][:44]:44} error: {c['error']}")
+            continue
+        s = c["summary"]
+        out.append(f"{c['label'][:44]:44} {_pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
+                   f"{_pct(s['pass_at_1']):>7} {_pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
+        if c.get("error"):
+            out.append(f"{'':44} (stopped early: {c['error']})")
+        if s.get("errors"):
+            out.append(f"{'':44} ({s['errors']} requests failed; scored as no suggestion)")
+        if s["empty"] == 1.0:
+            out.append(f"{'':44} (every answer was empty: is the model working? try `aipc-lsp complete FILE:LINE:COL`)")
+        if c.get("other_files_kept"):
+            out.append(f"{'':44} (the server kept other files after {c['other_files_kept']} tasks: "
+                       "later answers may depend on the order of the tasks)")
+    out += ["", "exact / pass@1 by source and kind:"]
+    groups = [("source", g) for g in report["task_counts"]] + [("kind", k) for k in report["kinds"]]
+    out.append(f"{'contender':44} " + " ".join(f"{name:>15}" for _, name in groups))
+    for c in report["contenders"]:
+        if not c.get("summary"):
+            continue
+        cells = []
+        for key, name in groups:
+            s = c[f"by_{key}"].get(name)
+            cells.append("-" if s is None else f"{_pct(s['exact'])}/{_pct(s['pass_at_1'])}")
+        out.append(f"{c['label'][:44]:44} " + " ".join(f"{cell:>15}" for cell in cells))
+    return "\n".join(out)
+
+
+def plot(report: dict, path: Path) -> None:
+    figure(report).savefig(path, dpi=110)
+
+
+def figure(report: dict):
+    """Bars per metric per contender, and their latencies."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'aipc-lsp[plot]'") from None
+    contenders = [c for c in report["contenders"] if c.get("summary")]
+    fig = Figure(figsize=(11, 4.5))
+    quality, latency = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1.3]})
+    width = 0.8 / max(1, len(contenders))
+    for i, c in enumerate(contenders):
+        values = [c["summary"][key] or 0 for key, _ in METRICS]
+        bars = quality.bar([x + i * width for x in range(len(METRICS))], values, width, label=c["label"])
+        quality.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize="x-small")
+    quality.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(METRICS))], [n for _, n in METRICS])
+    quality.set_ylim(0, 1.05)
+    quality.set_title(f"{report['tasks']} tasks (higher is better, but empty)")
+    quality.legend(fontsize="small")
+    labels = [c["label"] for c in contenders]
+    latency.bar(range(len(contenders)), [c["summary"]["ms_p50"] or 0 for c in contenders],
+                color=[f"C{i}" for i in range(len(contenders))])
+    latency.scatter(range(len(contenders)), [c["summary"]["ms_p95"] or 0 for c in contenders], color="k",
+                    marker="_", s=200, label="p95", zorder=3)
+    latency.set_xticks(range(len(contenders)), [f"#{i + 1}" for i in range(len(labels))])
+    latency.set_ylabel("request -> answer, ms (p50 bar)")
+    latency.set_title("Latency")
+    latency.legend(fontsize="small")
+    fig.suptitle(f"aipc-lsp eval: {', '.join(f'#{i + 1} {label}' for i, label in enumerate(labels))}", fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,281 @@
+"""Completion tasks: real code with a hole, the cursor in it, and what the hole held.
+
+Three sources, each deterministic (a fixed seed per file and kind):
+- "stdlib": the pure-Python modules of the standard library this interpreter ships (the set of
+  files is fixed; their text, and so the tasks, depend on the Python version the report states);
+- "tests": the corpus (aipc_lsp/eval/corpus), small modules with checks, so the completed code
+  can be run (pass@1);
+- "crossfile": corpus modules that import a helper module, with a hole in a line that uses what
+  only the helper defines; the helper is opened beside it, as an editor would have it open.
+
+Three kinds of hole:
+- "line": a whole line, the cursor after its indentation (the common case);
+- "midline": the rest of a line after a token boundary;
+- "block": the body (2-4 lines) of an if/for/while/with, the cursor after the first line's indentation.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import random
+import re
+import sysconfig
+import tokenize
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+KINDS = ("line", "midline", "block")
+SOURCES = ("stdlib", "tests", "crossfile")
+SEED = "aipc-lsp-eval-1"
+
+# Pure-Python standard library modules present in every CPython 3.10-3.14.
+STDLIB_FILES = (
+    "textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "calendar.py", "difflib.py",
+    "statistics.py", "fractions.py", "posixpath.py", "ipaddress.py", "configparser.py",
+    "csv.py", "json/encoder.py", "urllib/parse.py", "html/parser.py", "pprint.py",
+)
+# Corpus modules with checks, and the helper each cross-file module imports.
+CORPUS_MODULES = ("intervals", "textutil", "inventory", "graphs", "matrix", "durations", "lru", "expr")
+CROSSFILE_MODULES = {"invoice": "money", "layout": "geometry", "importer": "schema"}
+# Holes per file and kind.
+PER_FILE = {"stdlib": {"line": 1, "midline": 1, "block": 1},
+            "tests": {"line": 2, "midline": 1, "block": 1},
+            "crossfile": {"line": 2, "midline": 1, "block": 1}}
+QUICK_PER_GROUP = 2
+MIN_CODE, MAX_CODE = 6, 100
+BLOCK_LINES = (2, 4)
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    source: str
+    kind: str
+    path: str  # where the document is in the (pretend) project, e.g. "corpus/intervals.py"
+    text: str  # the document with the hole
+    line: int  # the cursor: 0-based line
+    column: int  # and code points into it
+    expected: str  # what the hole held, from the cursor on
+    other_files: tuple[tuple[str, str], ...] = ()  # (path, text) of files open beside it
+    checks: str | None = None  # corpus module whose checks test the completed document
+
+    @property
+    def offset(self) -> int:
+        lines = self.text.split("\n")
+        return sum(len(line) + 1 for line in lines[: self.line]) + self.column
+
+    @property
+    def module(self) -> str:
+        return Path(self.path).stem
+
+
+@dataclass(frozen=True)
+class Site:
+    """A hole: lines first..last (0-based, inclusive) replaced by the first one's text up to `column`."""
+
+    first: int
+    last: int
+    column: int
+
+
+def make_task(*, source: str, kind: str, path: str, text: str, site: Site,
+              other_files: tuple = (), checks: str | None = None) -> Task:
+    lines = text.split("\n")
+    expected = "\n".join(lines[site.first: site.last + 1])[site.column:]
+    holed = lines[: site.first] + [lines[site.first][: site.column]] + lines[site.last + 1:]
+    return Task(id=f"{path}:{site.first + 1}:{kind}", source=source, kind=kind, path=path,
+                text="\n".join(holed), line=site.first, column=site.column, expected=expected,
+                other_files=other_files, checks=checks)
+
+
+def _function_bodies(tree: ast.AST) -> list[ast.stmt]:
+    """Every statement inside a function or method (nested ones included)."""
+    found: list[ast.stmt] = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for inner in node.body:
+                found += [n for n in ast.walk(inner) if isinstance(n, ast.stmt)]
+    return found
+
+
+SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Expr, ast.Raise, ast.Delete)
+COMPOUND = (ast.If, ast.For, ast.While, ast.With, ast.Try)
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+def _plain(line: str) -> bool:
+    """A line the expected text can be compared on: no comment, a sensible length."""
+    code = line.strip()
+    return "#" not in code and MIN_CODE <= len(code) <= MAX_CODE
+
+
+def line_sites(text: str, tree: ast.AST) -> list[Site]:
+    lines = text.split("\n")
+    sites = set()
+    for node in _function_bodies(tree):
+        if not isinstance(node, SIMPLE) or _is_docstring(node) or node.lineno != node.end_lineno:
+            continue
+        line = lines[node.lineno - 1]
+        indent = len(line) - len(line.lstrip())
+        # One statement alone on its line (the offsets count UTF-8 bytes).
+        alone = node.col_offset == indent and node.end_col_offset == len(line.rstrip().encode("utf-8"))
+        if alone and _plain(line):
+            sites.add(Site(node.lineno - 1, node.lineno - 1, indent))
+    return sorted(sites, key=lambda s: s.first)
+
+
+def midline_sites(text: str, tree: ast.AST) -> list[Site]:
+    """Token ends inside a line site, with at least 3 non-space characters left to complete."""
+    lines = text.split("\n")
+    sites = []
+    for site in line_sites(text, tree):
+        line = lines[site.first]
+        for end in _token_ends(line.strip()):
+            column = site.column + end
+            if len(line[column:].strip()) >= 3:
+                sites.append(Site(site.first, site.first, column))
+    return sites
+
+
+def _token_ends(code: str) -> list[int]:
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code + "\n").readline))
+    except (tokenize.TokenError, SyntaxError):
+        return []
+    significant = (tokenize.NAME, tokenize.OP, tokenize.NUMBER, tokenize.STRING)
+    return [t.end[1] for t in tokens if t.type in significant and t.end[0] == 1][:-1]
+
+
+def block_sites(text: str, tree: ast.AST) -> list[Site]:
+    lines = text.split("\n")
+    sites = []
+    for node in _function_bodies(tree):
+        if not isinstance(node, COMPOUND):
+            continue
+        first, last = node.body[0].lineno - 1, node.body[-1].end_lineno - 1
+        span = lines[first: last + 1]
+        if first != node.lineno or not BLOCK_LINES[0] <= len(span) <= BLOCK_LINES[1]:
+            continue  # a header over several lines, or a body too short or long
+        if all(_plain(line) for line in span):
+            sites.append(Site(first, last, len(lines[first]) - len(lines[first].lstrip())))
+    return sorted(sites, key=lambda s: s.first)
+
+
+SITE_FINDERS = {"line": line_sites, "midline": midline_sites, "block": block_sites}
+
+
+def _pick(sites: list[Site], count: int, seed: str, taken: set[int]) -> list[Site]:
+    """`count` sites chosen by a seeded generator (the same ones on every run), none on a line
+    in `taken` (the file's other holes), which the chosen ones join."""
+    rng = random.Random(seed)
+    chosen: list[Site] = []
+    pool = list(sites)
+    rng.shuffle(pool)
+    for site in pool:
+        if len(chosen) == count:
+            break
+        lines = set(range(site.first, site.last + 1))
+        if not lines & taken:
+            chosen.append(site)
+            taken |= lines
+    return sorted(chosen, key=lambda s: s.first)
+
+
+def tasks_for_file(*, source: str, path: str, text: str, per_kind: dict[str, int], other_files: tuple = (),
+                   checks: str | None = None, must_use: frozenset[str] = frozenset()) -> list[Task]:
+    """Holes in one file. `must_use`: only holes whose expected text uses one of these names
+    (the names a cross-file module imports from its helper)."""
+    tree = ast.parse(text)
+    lines = text.split("\n")
+    tasks, taken = [], set()
+    # Blocks first: they have the fewest sites, and a line in a block's hole is not chosen again.
+    for kind, count in sorted(per_kind.items(), key=lambda item: KINDS.index(item[0]), reverse=True):
+        sites = SITE_FINDERS[kind](text, tree)
+        if must_use:
+            sites = [s for s in sites if _uses(lines, s, must_use)]
+        for site in _pick(sites, count, f"{SEED}/{path}/{kind}", taken):
+            tasks.append(make_task(source=source, kind=kind, path=path, text=text, site=site,
+                                   other_files=other_files, checks=checks))
+    return sorted(tasks, key=lambda t: t.line)
+
+
+def _uses(lines: list[str], site: Site, names: frozenset[str]) -> bool:
+    hole = "\n".join(lines[site.first: site.last + 1])[site.column:]
+    return bool(set(re.findall(r"[A-Za-z_]\w*", hole)) & names)
+
+
+def imported_names(text: str, module: str) -> frozenset[str]:
+    names = set()
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and node.module == module:
+            names.update(alias.asname or alias.name for alias in node.names)
+    return frozenset(names)
+
+
+def corpus_text(name: str) -> str:
+    return resources.files("aipc_lsp.eval.corpus").joinpath(f"{name}.py").read_text(encoding="utf-8")
+
+
+def stdlib_dir() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_tasks() -> list[Task]:
+    tasks = []
+    root = stdlib_dir()
+    for relative in STDLIB_FILES:
+        try:
+            text = (root / relative).read_text(encoding="utf-8")
+        except OSError:
+            continue  # a trimmed standard library: the report lists how many tasks ran
+        tasks += tasks_for_file(source="stdlib", path=f"stdlib/{relative}", text=text, per_kind=PER_FILE["stdlib"])
+    return tasks
+
+
+def corpus_tasks() -> list[Task]:
+    tasks = []
+    for name in CORPUS_MODULES:
+        tasks += tasks_for_file(source="tests", path=f"corpus/{name}.py", text=corpus_text(name),
+                                per_kind=PER_FILE["tests"], checks=name)
+    return tasks
+
+
+def crossfile_tasks() -> list[Task]:
+    tasks = []
+    for name, helper in CROSSFILE_MODULES.items():
+        text = corpus_text(name)
+        tasks += tasks_for_file(source="crossfile", path=f"corpus/{name}.py", text=text,
+                                per_kind=PER_FILE["crossfile"], checks=name,
+                                other_files=((f"corpus/{helper}.py", corpus_text(helper)),),
+                                must_use=imported_names(text, helper))
+    return tasks
+
+
+BUILDERS = {"stdlib": stdlib_tasks, "tests": corpus_tasks, "crossfile": crossfile_tasks}
+
+
+def build_tasks(*, sources=SOURCES, kinds=KINDS, quick: bool = False, limit: int | None = None) -> list[Task]:
+    """The task set, interleaved by (source, kind) so that a `limit` or `quick` keeps every group.
+    quick: the first QUICK_PER_GROUP tasks of each group."""
+    groups: dict[tuple[str, str], list[Task]] = {}
+    for source in sources:
+        for task in BUILDERS[source]():
+            if task.kind in kinds:
+                groups.setdefault((source, task.kind), []).append(task)
+    if quick:
+        groups = {key: _spread(group, QUICK_PER_GROUP) for key, group in groups.items()}
+    ordered: list[Task] = []
+    for rank in range(max((len(g) for g in groups.values()), default=0)):
+        ordered += [g[rank] for g in groups.values() if rank < len(g)]
+    return ordered[:limit] if limit is not None else ordered
+
+
+def _spread(group: list[Task], count: int) -> list[Task]:
+    """`count` tasks from different files where there are enough (the group is in file order)."""
+    step = max(1, len(group) // count)
+    return group[::step][:count]
