@@ -71,8 +71,7 @@ def build_completion_context(
     line_prefix = before[line_start:]
     line_suffix = after if line_end_rel < 0 else after[:line_end_rel]
 
-    # Not on an indentation-only line: the indentation is what tells a FIM model the block.
-    held_back = " " if line_prefix.endswith(" ") and (fim is None or line_prefix.strip()) else ""
+    held_back = " " if line_prefix.endswith(" ") else ""
     body = before[: len(before) - len(held_back)]
 
     lines = body.split("\n")

@@ -55,6 +55,21 @@ def _first_code_line(text: str) -> str:
     return ""
 
 
+# A fill-in-the-middle model that has no idea copies a line it sees just below the hole (e.g.
+# `return len(self.items)` of the next method into the body of `push`); a line of a few characters
+# (`break`, `pass`, `return x`) repeats in real code too, and is kept.
+COPY_WINDOW_LINES = 12
+COPY_MIN_CHARS = 16
+
+
+def _copies_a_line_below(line: str, suffix: str) -> bool:
+    """Whether the cursor's whole line, with the suggestion, is one of the next lines after it."""
+    code = line.strip()
+    if len(code) < COPY_MIN_CHARS:
+        return False
+    return any(other.strip() == code for other in suffix.split("\n")[1:COPY_WINDOW_LINES + 1])
+
+
 def _unbalanced_closers(text: str) -> int:
     depth = 0
     for ch in text:
@@ -119,6 +134,11 @@ def trim_suggestion(
     next_code = _first_code_line(suffix)
     if not line_prefix.strip() and next_code and lines[0].strip() == next_code and (has_more or complete or finished):
         return Trimmed("", True)  # the model only repeats the line after the cursor
+    if (has_more or complete or finished) and _copies_a_line_below(line_prefix + lines[0], suffix):
+        return Trimmed("", True)
+    if line_prefix.strip() and lines[0].strip() and not opens_block:
+        # The user is finishing a statement: its end, not the statements after it.
+        return Trimmed(lines[0].rstrip(), complete or has_more)
     kept = [lines[0].rstrip()]
     for index, line in enumerate(lines[1:], start=1):
         if len(kept) >= max_lines:

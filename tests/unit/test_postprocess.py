@@ -301,3 +301,28 @@ BUGS = [
 @pytest.mark.parametrize("case", params(BUGS))
 def test_review_edge_cases(case):
     check(case)
+
+
+# --- fill-in-the-middle: what a code model does past the hole ------------------------------
+
+FIM = [
+    Case("a statement being finished ends with its line", raw="compute(a, b)\nprint(total)\n",
+         text="compute(a, b)", complete=True, line_prefix="    total = ", suffix="\n    return total\n"),
+    Case("a statement that opens a block goes on into it", raw=" x in items:\n        print(x)\n\n",
+         text="x in items:\n        print(x)", complete=None, line_prefix="    for", held_back=" ",
+         suffix="\n"),
+    Case("a copy of a line a few lines below is no suggestion",
+         raw="return len(self.items)\n\n", text="", complete=True, line_prefix="        ",
+         suffix="\n\n    def peek(self):\n        return self.items[-1]\n\n    def __len__(self):\n"
+                "        return len(self.items)\n"),
+    Case("a short line that also comes below is kept (real code repeats `break`)", raw="break\n",
+         text="break", complete=None, line_prefix="            ",
+         suffix="\n        if done:\n            break\n"),
+    Case("a copy is judged once the line is whole", raw="return len(self.it", text="return len(self.it",
+         complete=False, line_prefix="        ", suffix="\n    def size(self):\n        return len(self.items)\n"),
+]
+
+
+@pytest.mark.parametrize("case", params(FIM))
+def test_fill_in_the_middle(case: Case):
+    check(case)
