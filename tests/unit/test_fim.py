@@ -117,10 +117,12 @@ def test_the_rest_of_the_cursor_line_is_always_in_the_suffix():
     assert ctx.suffix_window == "x" * 50 + ")"
 
 
-def test_indentation_is_not_held_back_on_an_empty_line_with_fim():
+def test_token_healing_holds_back_the_last_space_of_an_indentation_with_fim_too():
+    """BPE keeps a run of spaces before a word as spaces + " word": a prefix ending in all of them ends in
+    a token the model rarely saw there (measured with the eval: pass@1 and edit similarity lower)."""
     text = "def f():\n    "
-    assert build_completion_context(text, len(text), fim=fim.QWEN).held_back == ""
-    assert build_completion_context(text, len(text)).held_back == " "  # the prefix-only prompt as before
+    ctx = build_completion_context(text, len(text), fim=fim.QWEN)
+    assert ctx.held_back == " " and ctx.prompt.startswith("<|fim_prefix|>def f():\n   <|fim_suffix|>")
 
 
 def test_typing_changes_only_the_prompt_where_the_cursor_is():
