@@ -34,6 +34,8 @@ COMPLETION = "completion"
 PRIOR_TTFT_MS = 150.0
 PRIOR_TOKENS_PER_S = 20.0
 PRIOR_COMPLETION_TOKENS = 24.0
+# The stall limit before a job's first token, in stall_timeout_s: the prompt's prefill comes first.
+PREFILL_STALL_FACTOR = 3.0
 
 
 @dataclass(eq=False)
@@ -548,8 +550,11 @@ class Scheduler:
             now = time.perf_counter()
             for slot in self.slots:
                 job = slot.busy_with
+                # Before its first token a job is prefilling its prompt: a code model's cold 1.5k-token
+                # prompt took over 20 s on 2 busy cores (measured with the eval), so that gets longer.
+                limit = self.stall_timeout_s * (PREFILL_STALL_FACTOR if job is not None and not job._tokens_now else 1)
                 if (job is None or job.cancel.is_set() or job.slot_name != slot.name
-                        or now - job._last_progress < self.stall_timeout_s):
+                        or now - job._last_progress < limit):
                     continue
                 log.warning("job %d: no token from slot %s for %.1fs", job.id, slot.name, now - job._last_progress)
                 if job._attempt is not None:
@@ -558,7 +563,7 @@ class Scheduler:
                 job._attempt = None  # whatever that thread returns now is ignored
                 job._excluded.add(slot.name)
                 self._pending.append(job)
-                self._mark_unhealthy(slot, f"produced no token for {self.stall_timeout_s:.0f}s")
+                self._mark_unhealthy(slot, f"produced no token for {limit:.0f}s")
                 abort = getattr(slot.engine, "abort", None)
                 if abort is not None:
                     abort()  # a worker process stuck in a native call is killed; the retry reloads it
