@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-other-files", action="store_true",
                     help="do not open the helper files cross-file tasks need (nor send them to --remote)")
     ev.add_argument("--remote", metavar="URL", help="also ask llama.cpp's OpenAI-compatible server at URL, as llama.vim does")
+    ev.add_argument("--baseline", metavar="MODEL", help="also run the server with MODEL and the code before the "
+                    "cursor only (fim=off), e.g. smollm2-135m; the targets say if --model does 2x as well")
     ev.add_argument("--label", help="name of this server's row in the table")
     ev.add_argument("--json", metavar="FILE", help="write the results as JSON (- for stdout)")
     ev.add_argument("--plot", metavar="PNG", help="draw a chart (needs the [plot] extra)")

@@ -17,7 +17,7 @@ from aipc_lsp import setting_pairs
 from aipc_lsp.config import CompletionSettings
 from aipc_lsp.eval import remote as remote_peer
 from aipc_lsp.eval import runner
-from aipc_lsp.eval.report import breakdown, render_table, summarize
+from aipc_lsp.eval.report import breakdown, check_targets, render_table, summarize
 from aipc_lsp.eval.scoring import evaluate
 from aipc_lsp.eval.tasks import KINDS, SOURCES, Task, build_tasks
 
@@ -59,7 +59,9 @@ def contender(label: str, kind: str, tasks: list[Task], outcome: dict) -> dict:
 
 def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None = None, kinds: str | None = None,
              sources: str | None = None, sets: list[str] = (), remote: str | None = None, label: str | None = None,
-             other_files: bool = True, progress=lambda msg: None) -> dict:
+             baseline: str | None = None, other_files: bool = True, progress=lambda msg: None) -> dict:
+    """`baseline`: a model also run through the server with the code before the cursor only
+    (fim=off, other settings at their defaults): the issue's "today's default" to beat 2x."""
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
     options = parse_sets(list(sets))
@@ -77,11 +79,18 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
     progress(f"server: aipc-lsp serve over stdio, {len(tasks)} tasks ...")
     ours = asyncio.run(runner.run(tasks, options=options, open_other_files=other_files, progress=progress))
     report["contenders"].append(contender(label or f"aipc-lsp ({model or 'default model'})", "server", tasks, ours))
+    if baseline:
+        progress(f"baseline: aipc-lsp serve with {baseline}, prefix only ...")
+        base = asyncio.run(runner.run(tasks, options={"model": baseline, "completion": {"fim": "off"}},
+                                      open_other_files=other_files, progress=progress))
+        report["contenders"].append(contender(f"aipc-lsp ({baseline}, prefix only)", "baseline", tasks, base))
     if remote:
         progress(f"remote: {remote} as llama.vim asks it ...")
         max_tokens = options.get("completion", {}).get("max_tokens", CompletionSettings().max_tokens)
         theirs = remote_peer.run(remote, tasks, max_tokens=max_tokens, open_other_files=other_files, progress=progress)
-        report["contenders"].append(contender(f"llama.cpp {remote} (llama.vim's prompt)", "remote", tasks, theirs))
+        row = contender(f"llama.cpp, as llama.vim asks ({theirs.get('model') or remote})", "remote", tasks, theirs)
+        report["contenders"].append({**row, "url": remote})
+    report["targets"] = check_targets(report)
     return report
 
 
@@ -91,7 +100,7 @@ def main(args) -> int:
 
     try:
         report = run_eval(model=args.model, quick=args.quick, limit=args.limit, kinds=args.kinds, sources=args.sources,
-                          sets=args.set or [], remote=args.remote, label=args.label,
+                          sets=args.set or [], remote=args.remote, label=args.label, baseline=args.baseline,
                           other_files=not args.no_other_files, progress=progress)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)

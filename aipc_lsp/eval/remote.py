@@ -10,6 +10,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Callable
 
 from aipc_lsp.bench.remote import completion_chunks
@@ -75,7 +76,7 @@ def probe(url: str, timeout: float = 10.0) -> tuple[str | None, str | None]:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/v1/models", timeout=timeout) as response:
             models = json.loads(response.read()).get("data") or [{}]
-        return str(models[0].get("id", "?")), None
+        return Path(str(models[0].get("id", "?"))).name, None  # llama-cpp-python names it by its path
     except (urllib.error.URLError, OSError, ValueError) as exc:
         return None, f"{url} is unreachable or not an OpenAI-compatible server: {exc}"
 

@@ -31,6 +31,23 @@ def breakdown(results: list[dict], key: str) -> dict:
     return {name: summarize(group) for name, group in groups.items()}
 
 
+def check_targets(report: dict) -> list[dict]:
+    """Issue 19's quality targets: exact match and pass@1 of this server ahead of llama.cpp's
+    (asked as llama.vim asks it) and at least twice the prefix-only baseline's, where measured."""
+    by_kind = {c["kind"]: c.get("summary") for c in report["contenders"]}
+    ours = by_kind.get("server")
+    rows = []
+    for key, name in (("exact", "exact match"), ("pass_at_1", "pass@1")):
+        for kind, goal, met in (("remote", "ahead of llama.cpp (llama.vim's prompt)", lambda a, b: a > b),
+                                ("baseline", ">= 2x the prefix-only baseline", lambda a, b: a >= 2 * b)):
+            if kind not in by_kind:
+                continue
+            value, other = (ours or {}).get(key), (by_kind[kind] or {}).get(key)
+            rows.append({"target": f"{name} {goal}", "value": value, "other": other,
+                         "met": None if value is None or other is None else met(value, other)})
+    return rows
+
+
 def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
@@ -43,26 +60,34 @@ def render_table(report: dict) -> str:
     counts = ", ".join(f"{source} {n}" for source, n in report["task_counts"].items())
     out = [f"aipc-lsp eval{' --quick' if report['quick'] else ''}: {report['tasks']} tasks ({counts}; "
            f"stdlib of Python {report['python']}); other files {'opened' if report['other_files'] else 'not opened'}", ""]
-    out.append(f"{'contender':44} {'exact':>7} {'edit sim':>9} {'pass@1':>7} {'empty':>7} {'p50 ms':>7} {'p95 ms':>7}")
+    out.append(f"{'contender':48} {'exact':>7} {'edit sim':>9} {'pass@1':>7} {'empty':>7} {'p50 ms':>7} {'p95 ms':>7}")
     for c in report["contenders"]:
         if "error" in c and not c.get("summary"):
-            out.append(f"{c['label'][:44]:44} error: {c['error']}")
+            out.append(f"{c['label'][:48]:48} error: {c['error']}")
             continue
         s = c["summary"]
-        out.append(f"{c['label'][:44]:44} {_pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
+        out.append(f"{c['label'][:48]:48} {_pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
                    f"{_pct(s['pass_at_1']):>7} {_pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
         if c.get("error"):
-            out.append(f"{'':44} (stopped early: {c['error']})")
+            out.append(f"{'':48} (stopped early: {c['error']})")
         if s.get("errors"):
-            out.append(f"{'':44} ({s['errors']} requests failed; scored as no suggestion)")
+            out.append(f"{'':48} ({s['errors']} requests failed; scored as no suggestion)")
         if s["empty"] == 1.0:
-            out.append(f"{'':44} (every answer was empty: is the model working? try `aipc-lsp complete FILE:LINE:COL`)")
+            out.append(f"{'':48} (every answer was empty: is the model working? try `aipc-lsp complete FILE:LINE:COL`)")
+        for slot in c.get("slots") or ():
+            if slot.get("error"):
+                out.append(f"{'':48} (slot {slot.get('slot')} ended the run {slot.get('state')}: {slot['error']})")
         if c.get("other_files_kept"):
-            out.append(f"{'':44} (the server kept other files after {c['other_files_kept']} tasks: "
+            out.append(f"{'':48} (the server kept other files after {c['other_files_kept']} tasks: "
                        "later answers may depend on the order of the tasks)")
+    if report.get("targets"):
+        out += ["", "Targets (issue 19):"]
+        for t in report["targets"]:
+            verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+            out.append(f"  {t['target']:52} {_pct(t['value']):>7} vs {_pct(t['other']):>7}  {verdict}")
     out += ["", "exact / pass@1 by source and kind:"]
     groups = [("source", g) for g in report["task_counts"]] + [("kind", k) for k in report["kinds"]]
-    out.append(f"{'contender':44} " + " ".join(f"{name:>15}" for _, name in groups))
+    out.append(f"{'contender':48} " + " ".join(f"{name:>15}" for _, name in groups))
     for c in report["contenders"]:
         if not c.get("summary"):
             continue
@@ -70,7 +95,7 @@ def render_table(report: dict) -> str:
         for key, name in groups:
             s = c[f"by_{key}"].get(name)
             cells.append("-" if s is None else f"{_pct(s['exact'])}/{_pct(s['pass_at_1'])}")
-        out.append(f"{c['label'][:44]:44} " + " ".join(f"{cell:>15}" for cell in cells))
+        out.append(f"{c['label'][:48]:48} " + " ".join(f"{cell:>15}" for cell in cells))
     return "\n".join(out)
 
 

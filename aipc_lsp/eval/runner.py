@@ -149,6 +149,9 @@ async def _serve(client: EvalClient, tasks: list[Task], options: dict, open_othe
             # Later tasks' prompts may hold this one's files: their answers depend on the order.
             out["other_files_kept"] = out.get("other_files_kept", 0) + 1
         progress(f"server {index}/{len(tasks)} {task.id}")
+    # A slot written off mid-run answers nothing from then on: the report says so.
+    out["slots"] = [{key: slot.get(key) for key in ("slot", "state", "served", "failed", "error")}
+                    for slot in (await client.status()).get("slots", [])]
     await client.shutdown_async(None)
     client.exit(None)
     await asyncio.wait_for(client._server.wait(), 10)

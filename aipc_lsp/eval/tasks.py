@@ -32,9 +32,8 @@ SEED = "aipc-lsp-eval-1"
 
 # Pure-Python standard library modules present in every CPython 3.10-3.14.
 STDLIB_FILES = (
-    "textwrap.py", "shlex.py", "fnmatch.py", "colorsys.py", "calendar.py", "difflib.py",
-    "statistics.py", "fractions.py", "posixpath.py", "ipaddress.py", "configparser.py",
-    "csv.py", "json/encoder.py", "urllib/parse.py", "html/parser.py", "pprint.py",
+    "textwrap.py", "shlex.py", "fnmatch.py", "difflib.py", "statistics.py", "fractions.py",
+    "posixpath.py", "ipaddress.py", "configparser.py", "csv.py", "json/encoder.py", "urllib/parse.py",
 )
 # Corpus modules with checks, and the helper each cross-file module imports.
 CORPUS_MODULES = ("intervals", "textutil", "inventory", "graphs", "matrix", "durations", "lru", "expr")

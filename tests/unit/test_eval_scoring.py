@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aipc_lsp.eval.report import render_table, summarize
+from aipc_lsp.eval.report import check_targets, render_table, summarize
 from aipc_lsp.eval.scoring import accept, completed_text, edit_similarity, evaluate, levenshtein, run_checks, score
 from aipc_lsp.eval.tasks import Site, build_tasks, corpus_text, make_task
 
@@ -102,7 +102,24 @@ def test_the_table_has_a_row_per_contender():
     report = {"quick": True, "tasks": 1, "task_counts": {"stdlib": 1}, "python": "3.x", "other_files": True,
               "kinds": ["line"], "contenders": [
                   {"label": "ours", "summary": summarize([result]), "by_source": {"stdlib": summarize([result])},
-                   "by_kind": {"line": summarize([result])}},
+                   "by_kind": {"line": summarize([result])},
+                   "slots": [{"slot": "openvino-cpu", "state": "unhealthy", "error": "no token for 60 s"}]},
                   {"label": "theirs", "error": "http://x is unreachable"}]}
     table = render_table(report)
     assert "ours" in table and "100.0%" in table and "theirs" in table and "unreachable" in table
+    assert "slot openvino-cpu ended the run unhealthy: no token for 60 s" in table
+
+
+def test_targets_against_the_peer_and_the_baseline():
+    def row(kind, exact, passed):
+        return {"kind": kind, "label": kind, "summary": {"exact": exact, "pass_at_1": passed}}
+
+    report = {"contenders": [row("server", 0.40, 0.30), row("remote", 0.35, 0.30), row("baseline", 0.2, 0.1)]}
+    verdicts = {t["target"]: t["met"] for t in check_targets(report)}
+    assert verdicts == {"exact match ahead of llama.cpp (llama.vim's prompt)": True,
+                        "exact match >= 2x the prefix-only baseline": True,
+                        "pass@1 ahead of llama.cpp (llama.vim's prompt)": False,  # a tie is not ahead
+                        "pass@1 >= 2x the prefix-only baseline": True}
+    assert check_targets({"contenders": [row("server", 0.4, 0.3)]}) == []
+    failed = {"contenders": [row("server", 0.4, 0.3), {"kind": "remote", "label": "r", "error": "unreachable"}]}
+    assert [t["met"] for t in check_targets(failed)] == [None, None]
