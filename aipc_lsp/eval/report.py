@@ -119,7 +119,7 @@ def figure(report: dict):
         quality.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize="x-small")
     quality.set_xticks([x + width * (len(contenders) - 1) / 2 for x in range(len(METRICS))], [n for _, n in METRICS])
     quality.set_ylim(0, 1.05)
-    quality.set_title(f"{report['tasks']} tasks (higher is better, but empty)")
+    quality.set_title(f"{report['tasks']} tasks: higher is better (empty: lower)")
     quality.legend(fontsize="small")
     labels = [c["label"] for c in contenders]
     latency.bar(range(len(contenders)), [c["summary"]["ms_p50"] or 0 for c in contenders],
