@@ -27,6 +27,9 @@ TWO_SLOTS = {
         {"name": "accel", "engine": "openvino", "device": "CPU", "threads": 1},
         {"name": "cpu", "engine": "openvino", "device": "CPU", "threads": 1},
     ],
+    # Routing is what these tests are about: each prompt is the document's own, not also the
+    # snippets of the documents the tests opened before it.
+    "completion": {"other_files": False},
 }
 LONG = "PRIMES = [\n    2,\n    3,\n    5,\n    7,\n    11,\n    13,\n"  # the model extends it for hundreds of tokens
 STACK = ("class Stack:\n    def __init__(self):\n        self.items = []\n\n"

@@ -87,8 +87,8 @@ async def model_client(lsp_client: LanguageClient):
     lsp_client.set_configuration({"aipc": {}})
     await lsp_client.initialize_session(types.InitializeParams(
         capabilities=client_capabilities("visual-studio-code"), root_uri=ROOT,
-        initialization_options={"completion": {"max_tokens": 16}}))
-    assert (await wait_ready(lsp_client))["ready"]
+        initialization_options={"model": "default", "completion": {"max_tokens": 16}}))
+    assert (await wait_ready(lsp_client, timeout=900))["ready"]
     yield
     await lsp_client.shutdown_session()
 

@@ -52,7 +52,8 @@ async def test_typing_along_the_prediction_reuses_it_and_diverging_generates_ane
     typed = STACK + first[:2]
     replace_document(client, uri, typed, version=2)
     second, state = await ask(client, uri, typed)
-    assert second == first[2:]
+    # The rest of the prediction, trimmed for the new cursor (with code typed on the line, to its end).
+    assert second and first[2:].startswith(second), (first, second)
     assert state["suggestions"][-1]["source"] == "typed-ahead"
     assert state["slots"][0]["served"] == served  # no new generation ran
 
