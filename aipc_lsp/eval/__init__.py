@@ -59,9 +59,11 @@ def contender(label: str, kind: str, tasks: list[Task], outcome: dict) -> dict:
 
 def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None = None, kinds: str | None = None,
              sources: str | None = None, sets: list[str] = (), remote: str | None = None, label: str | None = None,
-             baseline: str | None = None, other_files: bool = True, progress=lambda msg: None) -> dict:
+             baseline: str | None = None, other_files: bool = True, progress=lambda msg: None,
+             saved=lambda report: None) -> dict:
     """`baseline`: a model also run through the server with the code before the cursor only
-    (fim=off, other settings at their defaults): the issue's "today's default" to beat 2x."""
+    (fim=off, other settings at their defaults): the issue's "today's default" to beat 2x.
+    `saved(report)` is called after each contender (a long run keeps what it measured)."""
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
     options = parse_sets(list(sets))
@@ -79,11 +81,13 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
     progress(f"server: aipc-lsp serve over stdio, {len(tasks)} tasks ...")
     ours = asyncio.run(runner.run(tasks, options=options, open_other_files=other_files, progress=progress))
     report["contenders"].append(contender(label or f"aipc-lsp ({model or 'default model'})", "server", tasks, ours))
+    saved(report)
     if baseline:
         progress(f"baseline: aipc-lsp serve with {baseline}, prefix only ...")
         base = asyncio.run(runner.run(tasks, options={"model": baseline, "completion": {"fim": "off"}},
                                       open_other_files=other_files, progress=progress))
         report["contenders"].append(contender(f"aipc-lsp ({baseline}, prefix only)", "baseline", tasks, base))
+        saved(report)
     if remote:
         progress(f"remote: {remote} as llama.vim asks it ...")
         max_tokens = options.get("completion", {}).get("max_tokens", CompletionSettings().max_tokens)
@@ -91,6 +95,7 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
         row = contender(f"llama.cpp, as llama.vim asks ({theirs.get('model') or remote})", "remote", tasks, theirs)
         report["contenders"].append({**row, "url": remote})
     report["targets"] = check_targets(report)
+    saved(report)
     return report
 
 
@@ -98,20 +103,20 @@ def main(args) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    def save(report: dict) -> None:
+        if args.json and args.json != "-":
+            Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+
     try:
         report = run_eval(model=args.model, quick=args.quick, limit=args.limit, kinds=args.kinds, sources=args.sources,
                           sets=args.set or [], remote=args.remote, label=args.label, baseline=args.baseline,
-                          other_files=not args.no_other_files, progress=progress)
+                          other_files=not args.no_other_files, progress=progress, saved=save)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(render_table(report))
-    if args.json:
-        data = json.dumps(report, indent=2, default=str)
-        if args.json == "-":
-            print(data)
-        else:
-            Path(args.json).write_text(data + "\n", encoding="utf-8")
+    if args.json == "-":
+        print(json.dumps(report, indent=2, default=str))
     if args.plot:
         from aipc_lsp.eval.report import plot
 
