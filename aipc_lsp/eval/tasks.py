@@ -11,7 +11,7 @@ Three sources, each deterministic (a fixed seed per file and kind):
 Three kinds of hole:
 - "line": a whole line, the cursor after its indentation (the common case);
 - "midline": the rest of a line after a token boundary;
-- "block": the body (2-4 lines) of an if/for/while/with, the cursor after the first line's indentation.
+- "block": the body (2-4 lines) of an if/for/while/with/try, the cursor after its first line's indentation.
 """
 
 from __future__ import annotations

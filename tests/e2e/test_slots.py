@@ -30,6 +30,10 @@ TWO_SLOTS = {
     # Routing is what these tests are about: each prompt is the document's own, not also the
     # snippets of the documents the tests opened before it.
     "completion": {"other_files": False},
+    # A chat in one chunk: with the default 32-token chunks a completion may rightly wait for the
+    # next chunk boundary on "accel" when the measured rates say it finishes sooner there, and two
+    # identical slots' rates differ only by noise (tests/unit/test_routing.py covers the cut-in).
+    "scheduler": {"chat_chunk_tokens": 400},
 }
 LONG = "PRIMES = [\n    2,\n    3,\n    5,\n    7,\n    11,\n    13,\n"  # the model extends it for hundreds of tokens
 STACK = ("class Stack:\n    def __init__(self):\n        self.items = []\n\n"
