@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Callable, Iterable
 
+from aipc_lsp.engines.base import Engine
+
 log = logging.getLogger(__name__)
 
 Message = dict  # {"role": "system" | "user" | "assistant", "content": str}
@@ -99,40 +101,27 @@ def render_jinja(template: str, messages: list[Message], *, add_generation_promp
 
 
 class ChatPrompter:
-    """Renders conversations for one engine: its template, its own renderer, or a built-in."""
+    """Renders conversations for one loaded engine: its template, its own renderer, or a built-in."""
 
-    def __init__(self, engine):
+    def __init__(self, engine: Engine):
         self.engine = engine
-        template = ""
-        get_template = getattr(engine, "chat_template", None)
-        if callable(get_template):
-            try:
-                template = get_template() or ""
-            except Exception:  # an engine without a tokenizer template
-                log.debug("no chat template from %s", engine.name, exc_info=True)
-        self.template = template
-        self.fallback = builtin_for_model(getattr(engine, "model_path", ""))
-        self.stop = (stop_strings_for(template) if template else self.fallback.stop) or self.fallback.stop
-        self.source = "model" if template else f"built-in {self.fallback.name}"
+        self.template = engine.info.chat_template
+        self.fallback = builtin_for_model(engine.model_path)
+        self.stop = (stop_strings_for(self.template) if self.template else self.fallback.stop) or self.fallback.stop
+        self.source = "model" if self.template else f"built-in {self.fallback.name}"
 
     def render(self, messages: list[Message]) -> str:
         if self.template:
             try:
                 # BOS is left out: the engines' tokenizers add it when they encode the prompt.
-                return render_jinja(self.template, messages, eos_token=self._eos())
+                return render_jinja(self.template, messages, eos_token=self.engine.info.eos_token)
             except ChatTemplateError as exc:
-                own = getattr(self.engine, "apply_chat_template", None)
-                if callable(own):
-                    try:
-                        return own(messages)
-                    except Exception:
-                        log.debug("engine apply_chat_template failed", exc_info=True)
+                try:
+                    return self.engine.apply_chat_template(messages)
+                except Exception:
+                    log.debug("the engine's own chat template renderer failed too", exc_info=True)
                 log.warning("%s; using the built-in %s format", exc, self.fallback.name)
         return self.fallback.render(messages, True)
-
-    def _eos(self) -> str:
-        tokens = getattr(self.engine, "special_tokens", None)
-        return (tokens() or {}).get("eos", "") if callable(tokens) else ""
 
 
 class StopFilter:

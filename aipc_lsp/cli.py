@@ -110,7 +110,7 @@ def _progress_bar(args: argparse.Namespace):
 def _models_fetch(args: argparse.Namespace) -> int:
     """Fetch a catalogue model, then make what the configured engines load (OpenVINO: the IR)."""
     from aipc_lsp.config import SettingsLayers, load_file
-    from aipc_lsp.models.compat import ready_for_engines
+    from aipc_lsp.models.resolve import ready_for_engines
     from aipc_lsp.models.convert import PrepareError
     from aipc_lsp.models.fetch import FetchError, fetch
     from aipc_lsp.models.registry import KNOWN_MODELS, lookup

@@ -23,8 +23,8 @@ else:  # pragma: no cover
 
 import platformdirs
 
-ENGINE_NAMES = ("openvino", "onnxruntime", "transformers", "npu_library")
-PRECISIONS = ("", "int4", "int8", "fp16", "bf16", "fp32")
+from aipc_lsp.engines import ENGINE_NAMES, PRECISIONS  # the one table of engines and their precisions
+
 LOG_LEVELS = ("error", "warning", "info", "debug")
 # completion.fim: "auto", "off", or one template by name (aipc_lsp/fim.py).
 FIM_CHOICES = ("auto", "off", "qwen", "starcoder", "deepseek", "codellama", "codegemma", "codestral")

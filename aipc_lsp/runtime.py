@@ -15,8 +15,8 @@ from typing import Protocol
 from aipc_lsp.config import Settings
 from aipc_lsp.engines import create_engine
 from aipc_lsp.engines.base import EngineError
-from aipc_lsp.models.compat import model_for_engine, openvino_loads_ir_of
-from aipc_lsp.models.fetch import FetchError, resolve_model
+from aipc_lsp.models.fetch import FetchError
+from aipc_lsp.models.resolve import ModelError, PrepareError, model_for_slot
 from aipc_lsp.scheduler import Scheduler, Slot
 
 log = logging.getLogger(__name__)
@@ -53,20 +53,6 @@ class ModelUnavailable(RuntimeError):
     """No model can serve right now; the message says why and what to do."""
 
 
-def openvino_ir_of_gguf(path: Path, progress, warn) -> Path:
-    """The IR OpenVINO GenAI's GGUF reader makes of `path` (once, into the model cache; tensor types the
-    reader lacks re-encoded first): loaded instead of the GGUF, the engine holds ~90 MB less (see
-    models/gguf_ir.py). The GGUF itself when the IR cannot be made."""
-    from aipc_lsp.models import gguf_ir
-    from aipc_lsp.models.convert import PrepareError
-
-    try:
-        return gguf_ir.ir_for(path, progress)
-    except (PrepareError, OSError) as exc:
-        warn(f"aipc-lsp: loading {path.name} itself (more memory): {exc}")
-        return path
-
-
 class ModelRuntime:
     def __init__(self, reporter: Reporter | None = None):
         self.reporter: Reporter = reporter or LogReporter()
@@ -99,21 +85,18 @@ class ModelRuntime:
         reporter.begin("aipc-lsp: preparing the model")
         loop = asyncio.get_running_loop()
 
-        def between(low: int, high: int):
-            """A step's own 0-100% as its share of preparing: fetching 0-50%, the IR 50-88%, loading the rest."""
-            def progress(message: str, percent: int | None) -> None:
-                scaled = None if percent is None else low + percent * (high - low) // 100
-                loop.call_soon_threadsafe(reporter.report, message, scaled)
-            return progress
+        def progress(message: str, percent: int | None) -> None:
+            """Making the model ready is 0-88% of preparing (fetching, then what the engine reads); loading the rest."""
+            loop.call_soon_threadsafe(reporter.report, message, None if percent is None else percent * 88 // 100)
+
+        def warn(message: str) -> None:
+            loop.call_soon_threadsafe(reporter.warn, message)
 
         try:
             slots = []
             for slot_settings in settings.slot_list():
-                path = await asyncio.to_thread(resolve_model, slot_settings.model, progress=between(0, 50))
-                path = model_for_engine(path, slot_settings.engine)
-                if slot_settings.engine == "openvino" and openvino_loads_ir_of(path, settings):
-                    path = await asyncio.to_thread(openvino_ir_of_gguf, path, between(50, 88),
-                                                   lambda msg: loop.call_soon_threadsafe(reporter.warn, msg))
+                # The model is resolved and made before its engine is built: engines only load.
+                path = await asyncio.to_thread(model_for_slot, slot_settings, settings, progress, warn)
                 reporter.report(f"loading {path.name} with {slot_settings.engine} on {slot_settings.device}", 90)
                 engine = create_engine(slot_settings, str(path), settings)
                 slots.append(Slot(slot_settings.label(), engine))
@@ -126,7 +109,7 @@ class ModelRuntime:
             except EngineError:
                 scheduler.close()
                 raise
-        except (FetchError, EngineError) as exc:
+        except (FetchError, ModelError, PrepareError, EngineError) as exc:
             reporter.end("aipc-lsp: no model")
             self.error = str(exc)
             reporter.error(f"aipc-lsp cannot serve completions: {exc}")
@@ -135,7 +118,7 @@ class ModelRuntime:
             reporter.end("aipc-lsp: settings changed")
             raise
         self._scheduler = scheduler
-        reporter.end(f"aipc-lsp: {Path(ready.engine.model_path).name} ready on {ready.engine.device}")
+        reporter.end(f"aipc-lsp: {Path(ready.engine.model_path).name} ready on {ready.device}")
         return scheduler
 
     async def scheduler(self, configure_timeout: float = 30.0) -> Scheduler:

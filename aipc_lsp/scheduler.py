@@ -147,6 +147,11 @@ class Slot:
     def ready(self) -> bool:
         return self.health is Health.READY
 
+    @property
+    def device(self) -> str:
+        """Where the engine runs (as loaded: npu_library without an NPU runs on the CPU)."""
+        return self.engine.info.device or self.engine.device
+
     def expected_ttft_ms(self) -> float:
         return self.stats.ttft_ms if self.stats.ttft_ms is not None else PRIOR_TTFT_MS
 
@@ -161,7 +166,7 @@ class Slot:
         return {
             "slot": self.name,
             "engine": self.engine.name,
-            "device": self.engine.device,
+            "device": self.device,
             "model": self.engine.model_path,
             "state": self.health.value,
             "error": self.error,
@@ -236,9 +241,8 @@ class Scheduler:
         else:
             slot.loaded = True
             # Something the user should know although the slot works (e.g. no NPU: it runs on the CPU).
-            notice = getattr(slot.engine, "notice", "")
-            if notice:
-                self.on_problem(f"aipc-lsp: slot {slot.name}: {notice}")
+            if slot.engine.info.notice:
+                self.on_problem(f"aipc-lsp: slot {slot.name}: {slot.engine.info.notice}")
             self._mark_ready(slot)
 
     def _mark_ready(self, slot: Slot) -> None:
@@ -255,7 +259,7 @@ class Scheduler:
             return
         slot.health, slot.error = Health.UNHEALTHY, reason
         others = [s.name for s in self.slots if s is not slot and s.health is not Health.UNHEALTHY]
-        message = f"aipc-lsp: slot {slot.name} ({slot.engine.name} on {slot.engine.device}) {reason}"
+        message = f"aipc-lsp: slot {slot.name} ({slot.engine.name} on {slot.device}) {reason}"
         message += f"; using {', '.join(others)} meanwhile" if others else "; no other slot can serve"
         log.warning("%s", message)
         self.on_problem(message)
@@ -316,11 +320,15 @@ class Scheduler:
             slot.close()
 
     def prompt_limit(self) -> int | None:
-        """The longest prompt every slot accepts (prompts are built before routing), or None.
-        Engines with static shapes (OpenVINO on the NPU) declare `max_prompt_tokens`."""
-        limits = [limit for slot in self.slots if slot.health is not Health.UNHEALTHY
-                  if (limit := getattr(slot.engine, "max_prompt_tokens", None))]
+        """The longest prompt every loaded, healthy slot accepts (prompts are built before
+        routing), or None: each engine declares its own (`EngineInfo.max_prompt_tokens`)."""
+        limits = [limit for slot in self.slots if slot.loaded and slot.health is not Health.UNHEALTHY
+                  if (limit := slot.engine.info.max_prompt_tokens)]
         return min(limits) if limits else None
+
+    def keeps_prompt_cache(self) -> bool:
+        """Whether a ready slot keeps a prompt's KV cache past its request (warming pays off there)."""
+        return any(slot.engine.info.keeps_prompt_cache for slot in self.slots if slot.ready)
 
     # -- jobs -----------------------------------------------------------------------------------
     def live_jobs(self) -> list[Job]:
@@ -486,13 +494,13 @@ class Scheduler:
 
     @staticmethod
     def _settle_if_idle(slot: Slot) -> None:
-        """An answer is out and the slot has nothing to do: an engine in this process prepares
-        for the next request in the slot's thread (engines in a worker process: the worker does
-        it; engines/openvino.py `settle`). A job dispatched meanwhile queues behind the step in
-        flight, and the rest is skipped. Not after a cancel: the next request is on its way."""
-        settle = getattr(slot.engine, "settle", None)
-        if settle is None or slot.busy_with is not None or slot.closed or not slot.ready:
+        """An answer is out and the slot has nothing to do: the engine prepares for the next
+        request (Engine.settle), in the slot's thread (an engine in a worker process is told, and
+        the worker settles it). A job dispatched meanwhile queues behind the step in flight, and
+        the rest is skipped. Not after a cancel: the next request is on its way."""
+        if slot.busy_with is not None or slot.closed or not slot.ready:
             return
+        settle = slot.engine.settle
 
         def settled(done) -> None:
             if done.exception() is not None:  # the next request meets the engine's trouble, and says it
@@ -513,7 +521,6 @@ class Scheduler:
             total.first_token_s = started - job.created + chunk.first_token_s
         total.text += chunk.text
         total.tokens += chunk.tokens
-        total.prompt_tokens = chunk.prompt_tokens or total.prompt_tokens
         total.total_s = time.perf_counter() - job.created
         total.stopped_by_caller = chunk.stopped_by_caller
         if chunk.cancelled or job.cancel.is_set():
@@ -564,6 +571,4 @@ class Scheduler:
                 job._excluded.add(slot.name)
                 self._pending.append(job)
                 self._mark_unhealthy(slot, f"produced no token for {limit:.0f}s")
-                abort = getattr(slot.engine, "abort", None)
-                if abort is not None:
-                    abort()  # a worker process stuck in a native call is killed; the retry reloads it
+                slot.engine.abort()  # a worker process stuck in a native call is killed; the retry reloads it

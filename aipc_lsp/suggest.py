@@ -126,7 +126,7 @@ class Suggester:
         prompt, cancelled = "", True
         try:
             scheduler = await self.runtime.scheduler()
-            if not any(getattr(s.engine, "keeps_prompt_cache", False) for s in scheduler.slots if s.ready):
+            if not scheduler.keeps_prompt_cache():
                 return  # e.g. OpenVINO on the NPU: every request prefills anew, a warm-up is lost work
             budget = self._prepare(scheduler, settings)
             template = await self._template(scheduler, settings)

@@ -8,6 +8,7 @@ the rate aipc-lsp's server path is compared against.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import sys
@@ -137,7 +138,7 @@ def serve_reference(spec: dict, requests=sys.stdin, replies=sys.stdout) -> None:
     {"op": "typing"}; one BENCH-RESULT line each."""
     import openvino_genai as og
 
-    engine = _openvino_engine(spec)
+    engine = _engine(spec)
     engine.load()
     quick = spec.get("quick", False)
     prompts = server_prompts(spec, engine)
@@ -158,11 +159,18 @@ def serve_reference(spec: dict, requests=sys.stdin, replies=sys.stdout) -> None:
     engine.close()
 
 
-def _openvino_engine(spec: dict):
-    from aipc_lsp.engines.openvino import OpenVINOEngine
+def _engine(spec: dict):
+    """The configuration's engine, built as the server builds it (in this process): the default
+    settings but for the configuration's OpenVINO properties and prompt lookup."""
+    from aipc_lsp.config import Settings, SlotSettings
+    from aipc_lsp.engines import build_engine, engine_spec
 
-    return OpenVINOEngine(spec["model"], spec["device"], threads=spec.get("threads", 0),
-                          ov_config=spec.get("ov_config") or {}, prompt_lookup_tokens=spec.get("prompt_lookup_tokens", 0))
+    settings = Settings()
+    settings.openvino = dataclasses.replace(settings.openvino, config=spec.get("ov_config") or {},
+                                            prompt_lookup_tokens=spec.get("prompt_lookup_tokens", 0))
+    slot = SlotSettings(engine=spec.get("engine", "openvino"), device=spec["device"], threads=spec.get("threads", 0),
+                        precision=spec.get("precision", ""))
+    return build_engine(engine_spec(slot, spec["model"], settings))
 
 
 def run(spec: dict) -> dict:
@@ -173,7 +181,7 @@ def run(spec: dict) -> dict:
 
     from aipc_lsp.engines.base import GenerationParams
 
-    engine = _openvino_engine(spec)
+    engine = _engine(spec)
     started = time.perf_counter()
     engine.load()
     out: dict = {"label": spec["label"], "engine": "openvino", "device": spec["device"],
@@ -234,15 +242,9 @@ def run_engine_api(spec: dict) -> dict:
     """Another engine (ONNX Runtime GenAI, transformers), built as the server builds it. Their
     decode loops are aipc-lsp's own over the library's model call, so "bare" is the engine API:
     the figures come from its first-token time and the total of each generation."""
-    import importlib
-
-    from aipc_lsp.config import Settings, SlotSettings
-    from aipc_lsp.engines import engine_spec
     from aipc_lsp.engines.base import GenerationParams
 
-    built = engine_spec(SlotSettings(engine=spec["engine"], device=spec["device"], precision=spec.get("precision", "")),
-                        spec["model"], Settings())
-    engine = getattr(importlib.import_module(built.module), built.cls)(*built.args, **built.kwargs)
+    engine = _engine(spec)
     started = time.perf_counter()
     engine.load()
     out: dict = {"label": spec["label"], "engine": spec["engine"], "device": spec["device"],

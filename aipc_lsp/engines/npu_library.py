@@ -7,7 +7,8 @@ imported into the server. A probe in a child process says whether it imports, it
 whether an NPU is present; the model then runs in the worker process every engine can have
 (process.py and worker.py), started with that interpreter, which builds npu_model.py's engine.
 This side is that worker's ProcessEngine plus what is the library's own: the probe, the choice of
-precision, the Hugging Face folder, and the messages when something is missing.
+precision, and the messages when something is missing. The Hugging Face folder it loads is made
+from a GGUF before it starts (models/resolve.py).
 
 Without an NPU the library runs every layer on OpenVINO's CPU device instead: the engine loads
 anyway and says so (log, `aipc-lsp devices`, the editor); `engine = "openvino"` is the faster
@@ -16,6 +17,7 @@ choice for the CPU and the maintained route to the NPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,9 +30,10 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from aipc_lsp.engines.base import EngineError
-from aipc_lsp.engines.npu_model import PRECISIONS
-from aipc_lsp.engines.process import EngineSpec, ProcessEngine
+from aipc_lsp.config import NpuLibrarySettings
+from aipc_lsp.engines import EngineSpec, check_precision
+from aipc_lsp.engines.base import EngineError, EngineInfo
+from aipc_lsp.engines.process import ProcessEngine
 
 log = logging.getLogger(__name__)
 
@@ -105,54 +108,26 @@ def no_npu_message(version: str) -> str:
             f"does the CPU far better)")
 
 
-def hf_folder_for(path: Path) -> Path:
-    """The Hugging Face folder the library loads for `path`: the folder itself, or for a GGUF the
-    one `aipc-lsp prepare FILE --engine transformers --precision fp32` makes (made here once,
-    into the model cache, when the converters are installed)."""
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return path
-        raise EngineError(f"npu_library: {path} is not a Hugging Face model folder (no config.json)")
-    if not path.is_file():
-        raise EngineError(f"npu_library: model {path} does not exist")
-    from aipc_lsp.models.convert import PrepareError, PrepareOptions, prepare
-    from aipc_lsp.models.registry import KIND_GGUF, catalogue_model_of, detect_kind
-
-    if detect_kind(path) != KIND_GGUF:
-        raise EngineError(f"npu_library: {path.name} is neither a Hugging Face model folder nor a GGUF file")
-    spec = catalogue_model_of(path)
-    source = spec.name if spec is not None else str(path)
-    log.info("npu_library: it reads Hugging Face folders; using the one dequantised from %s (made once)", path.name)
-    try:
-        return prepare(source, PrepareOptions(engine="transformers", precision="fp32"),
-                       progress=lambda message, percent: log.info("npu_library: %s", message))
-    except PrepareError as exc:
-        raise EngineError(f"npu_library reads Hugging Face folders and could not make one from {path.name}: {exc}. "
-                          f"Make it with `aipc-lsp prepare {source} --engine transformers --precision fp32` "
-                          f"and set model to the folder it prints") from exc
-
-
 class NpuLibraryEngine(ProcessEngine):
-    """Always in a worker process, under `python` (default: the server's interpreter); restart
-    after a crash, `abort()`, cancel and call timeouts are ProcessEngine's."""
+    """Always in a worker process, under `options.python` (default: the server's interpreter);
+    restart after a crash, `abort()`, cancel and call timeouts are ProcessEngine's."""
 
-    def __init__(self, model_path: str | Path, device: str = "NPU", *, precision: str = "", python: str = "",
-                 threads: int = 0):
+    name = "npu_library"
+
+    def __init__(self, model_path: str | Path, device: str = "NPU", *, threads: int = 0, precision: str = "",
+                 options: NpuLibrarySettings | None = None):
+        python = (options or NpuLibrarySettings()).python
         # isolated: the server's PYTHONPATH must not leak into an environment with other pins.
         super().__init__("npu_library", str(model_path), device.upper(), EngineSpec(*MODEL_ENGINE),
                          python=python, isolated=bool(python))
-        self.requested_device = self.device  # self.device becomes where it really runs: NPU, or CPU without one
         self.precision = precision.lower()
         self.threads = threads
-        # Told to the user once the slot is ready (the scheduler shows it), e.g. "no NPU here".
-        self.notice = ""
         self._workdir_finalizer: weakref.finalize | None = None
 
-    def load(self) -> None:
-        if self.precision and self.precision not in PRECISIONS:
-            raise EngineError(f"npu_library: precision {self.precision!r} is not supported; use int4, int8 or fp16")
-        if not self.requested_device.startswith("NPU"):
-            raise EngineError(f"npu_library: device {self.requested_device!r} is not supported; the library targets "
+    def load_model(self) -> EngineInfo:
+        check_precision(self.name, self.precision)
+        if not self.device.startswith("NPU"):
+            raise EngineError(f"npu_library: device {self.device!r} is not supported; the library targets "
                               f"the NPU (device = \"NPU\") and falls back to OpenVINO's CPU device by itself when "
                               f"there is none; for the CPU use engine = \"openvino\"")
         found = probe(self.python)
@@ -161,22 +136,24 @@ class NpuLibraryEngine(ProcessEngine):
         # The guide's int4 on an NPU. On the CPU fallback the library's int4 and int8 garbled
         # SmolLM2-135M here (fp16 was right), so fp16 is the default there.
         precision = self.precision or ("int4" if found.npu else "fp16")
-        if not found.npu:
-            self.notice = no_npu_message(found.version)
-            log.warning("%s", self.notice)
+        # Told to the user once the slot is ready (the scheduler shows it).
+        notice = "" if found.npu else no_npu_message(found.version)
+        if notice:
+            log.warning("%s", notice)
             if precision != "fp16":
                 log.warning("npu_library: %s on the library's CPU fallback garbled the text of SmolLM2-135M when "
                             "measured; fp16 did not (precision = \"fp16\")", precision)
-        folder = hf_folder_for(Path(self.model_path)).resolve()
-        self.device = "NPU" if found.npu else "CPU"
-        self.spec = EngineSpec(*MODEL_ENGINE, args=(str(folder), self.device),
-                               kwargs={"precision": precision, "threads": self.threads})
+        folder = Path(self.model_path).resolve()  # a Hugging Face folder, made from a GGUF before (models/resolve.py)
+        device = "NPU" if found.npu else "CPU"
+        self.spec = EngineSpec(*MODEL_ENGINE, {"model_path": str(folder), "device": device, "precision": precision,
+                                               "threads": self.threads})
         self._stop()  # a worker of an earlier load, before its folder goes
         self._new_workdir()
         started = time.perf_counter()
-        super().load()
-        log.info("npu_library: loaded %s (%s) on %s in %.1fs (%s %s, %s)", folder.name, precision, self.device,
+        info = super().load_model()
+        log.info("npu_library: loaded %s (%s) on %s in %.1fs (%s %s, %s)", folder.name, precision, device,
                  time.perf_counter() - started, PACKAGE, found.version or "?", self.python)
+        return dataclasses.replace(info, device=device, notice=notice)
 
     def _new_workdir(self) -> None:
         """The worker's working folder (the library reads and writes ./cache there), gone with the engine."""

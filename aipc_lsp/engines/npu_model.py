@@ -17,38 +17,18 @@ folders saved by transformers 5 are read by transformers 4.4x.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 import time
 import warnings
 
-from aipc_lsp.engines.base import EngineError
+from aipc_lsp.engines import check_precision
+from aipc_lsp.engines.base import EngineError, EngineInfo
+from aipc_lsp.engines.templates import chat_template_from_folder
 from aipc_lsp.engines.transformers import PREFILL_CHUNK, TransformersEngine
 
-PRECISIONS = ("int4", "int8", "fp16")
-
-
-def chat_template_from_folder(folder: str) -> str:
-    """The Jinja chat template saved next to the model, or ""."""
-    jinja = os.path.join(folder, "chat_template.jinja")
-    if os.path.isfile(jinja):
-        with open(jinja, encoding="utf-8") as f:
-            return f.read()
-    for name in ("chat_template.json", "tokenizer_config.json"):
-        try:
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            continue
-        template = data.get("chat_template") if isinstance(data, dict) else None
-        if isinstance(template, str):
-            return template
-        if isinstance(template, list):
-            for entry in template:
-                if isinstance(entry, dict) and entry.get("name") == "default":
-                    return str(entry.get("template", ""))
-    return ""
 
 
 def legacy_config_overrides(folder: str) -> dict:
@@ -101,11 +81,12 @@ class NpuModelEngine(TransformersEngine):
 
     name = "npu_library"
 
-    def load(self) -> None:
+    def load_model(self) -> EngineInfo:
         started = time.perf_counter()
         folder = self.model_path
-        if self.precision not in PRECISIONS:
-            raise EngineError(f"npu_library: precision {self.precision!r} is not supported; use int4, int8 or fp16")
+        check_precision(self.name, self.precision)
+        if not self.precision:  # the server's side chooses one before it starts this worker
+            raise EngineError("npu_library: the model engine needs a precision: int4, int8 or fp16")
         if not os.path.isfile(os.path.join(folder, "config.json")):
             raise EngineError(f"npu_library: {folder} is not a Hugging Face model folder (no config.json)")
         # Library and dependency chatter that says nothing about this run.
@@ -141,9 +122,9 @@ class NpuModelEngine(TransformersEngine):
               f"{time.perf_counter() - started:.1f}s: intel-npu-acceleration-library "
               f"{getattr(npu_lib, '__version__', '?')}, transformers {transformers.__version__}, "
               f"torch {torch.__version__}, Python {sys.version.split()[0]}", file=sys.stderr)
-
-    def chat_template(self) -> str:
-        return super().chat_template() or chat_template_from_folder(self.model_path)
+        info = self._info()
+        # transformers 4.4x does not read a chat_template.jinja next to the tokenizer.
+        return dataclasses.replace(info, chat_template=info.chat_template or chat_template_from_folder(folder))
 
     def _new_cache(self):
         from transformers import DynamicCache

@@ -16,7 +16,9 @@ import threading
 import time
 from pathlib import Path
 
-from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.config import OnnxRuntimeSettings
+from aipc_lsp.engines.base import (Engine, EngineError, EngineInfo, GenerationParams, GenerationResult, OnText,
+                                   RequestError, prompt_limit_of)
 from aipc_lsp.engines.templates import chat_template_from_folder
 from aipc_lsp.engines.textstream import TextAccumulator, common_prefix, special_stop_ids
 
@@ -54,24 +56,25 @@ def provider_for(device: str) -> str:
     return provider
 
 
-class OnnxRuntimeGenAIEngine:
+class OnnxRuntimeGenAIEngine(Engine):
+    """`options`: the `onnxruntime` settings section (OnnxRuntimeSettings; its defaults when None)."""
+
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, device: str = "CPU", *, threads: int = 0,
-                 prefix_reuse: bool = True, max_length: int = 4096, provider_options: dict | None = None):
-        self.model_path = str(model_path)
-        self.device = device.upper()
-        self.threads = threads
-        self.prefix_reuse = prefix_reuse
-        self.max_length = max_length
-        self.provider_options = dict(provider_options or {})
+    def __init__(self, model_path: str | Path, device: str = "CPU", *, threads: int = 0, precision: str = "",
+                 options: OnnxRuntimeSettings | None = None):
+        options = options or OnnxRuntimeSettings()
+        super().__init__(model_path, device.upper(), threads=threads, precision=precision, options=options)
+        self.prefix_reuse = options.prefix_reuse
+        self.max_length = options.max_length
+        self.provider_options = dict(options.config)
         self._model = None
         self._tokenizer = None
         self._generator = None
         self._generator_key: tuple | None = None
         self._sequence: list[int] = []  # token ids whose KV the kept generator holds (plus its last token)
 
-    def load(self) -> None:
+    def load_model(self) -> EngineInfo:
         try:
             import onnxruntime_genai as og
         except ImportError as exc:
@@ -102,26 +105,25 @@ class OnnxRuntimeGenAIEngine:
         self.max_length = min(self.max_length, int(context))
         self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
         log.info("onnxruntime: loaded %s with %s in %.2fs", path.name, provider, time.perf_counter() - started)
+        # With prefix reuse the kept generator holds the last prompt's KV: the next one continues it.
+        return EngineInfo(max_prompt_tokens=self.max_prompt_tokens, keeps_prompt_cache=self.prefix_reuse,
+                          chat_template=chat_template_from_folder(self.model_path))
 
     @property
-    def keeps_prompt_cache(self) -> bool:
-        """Whether the last prompt's KV cache outlives its request (the next one continues it)."""
-        return self.prefix_reuse
+    def max_prompt_tokens(self) -> int:
+        """A generator holds `max_length` tokens, prompt and answer: prompts get all but the answer's room."""
+        return prompt_limit_of(self.max_length)
 
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
             raise EngineError("model not loaded")
         return len(self._tokenizer.encode(text))
 
-    def chat_template(self) -> str:
-        return chat_template_from_folder(self.model_path)
-
     def _search_options(self, params: GenerationParams) -> dict:
-        options = {"max_length": self.max_length, "repetition_penalty": params.repetition_penalty}
+        # Plain sampling at the asked temperature, whatever the model's genai_config.json says.
+        options = {"max_length": self.max_length, "repetition_penalty": 1.0}
         if params.temperature > 0:
-            options.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            if params.top_k:
-                options["top_k"] = params.top_k
+            options.update(do_sample=True, temperature=params.temperature, top_p=1.0)
         else:
             options.update(do_sample=False, top_k=1)
         return options
@@ -172,16 +174,16 @@ class OnnxRuntimeGenAIEngine:
         ids = [int(t) for t in self._tokenizer.encode(prompt)]
         if not ids:
             ids = [int(self._tokenizer.bos_token_id)]
-        result.prompt_tokens = len(ids)
         if len(ids) >= self.max_length:
-            raise EngineError(f"onnxruntime: the prompt ({len(ids)} tokens) does not fit the model's "
-                              f"max_length {self.max_length}; lower completion.context_tokens")
+            # The request, not the engine: the slot stays healthy for prompts that fit.
+            raise RequestError(f"onnxruntime: the prompt is {len(ids)} tokens, more than a generator holds "
+                               f"(onnxruntime.max_length = {self.max_length}): lower the prompt budget "
+                               f"(completion.context_tokens / chat.context_tokens) or raise onnxruntime.max_length")
         # Whole-sequence decoding keeps spacing and multi-byte text right (see textstream.py).
         pieces = TextAccumulator(lambda toks: self._tokenizer.decode(toks), params, result, on_text,
                                  special_stop_ids(self._tokenizer.encode, params.stop))
         try:
             generator, reused = self._prepare_generator(ids, params)
-            result.extra["reused_tokens"] = reused
             if not self._prefill(generator, ids, reused, cancel):
                 result.cancelled = True
             while not result.cancelled and len(pieces.tokens) < params.max_new_tokens and not generator.is_done():

@@ -10,7 +10,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText, RequestError
+from aipc_lsp.config import OpenVINOSettings
+from aipc_lsp.engines.base import (Engine, EngineError, EngineInfo, GenerationParams, GenerationResult, OnText,
+                                   RequestError, prompt_limit_of)
 from aipc_lsp.engines.detokenize import ByteDetokenizer, WindowDetokenizer, byte_table
 from aipc_lsp.engines.pages import Releasing, release
 
@@ -35,46 +37,31 @@ CPU_BLOCK_TOKENS, OTHER_BLOCK_TOKENS = 32, 16
 LONG_TEXT_TOKENS = 4096
 PIECE_CHARS = 1024
 HEAD_CHECK_TOKENS, HEAD_CHECK_CHARS = 16, 256
-# Of the KV cache, what prompts may fill at most: the rest is the answer's room (a chat answer is
-# 384 tokens by default). Prompt builders keep within it (Scheduler.prompt_limit).
-ANSWER_ROOM_TOKENS = 512
 
 
-class OpenVINOEngine:
+class OpenVINOEngine(Engine):
+    """`options`: the `openvino` settings section (OpenVINOSettings; its defaults when None)."""
+
     name = "openvino"
 
-    def __init__(
-        self,
-        model_path: str | Path,
-        device: str = "CPU",
-        *,
-        threads: int = 0,
-        kv_cache_tokens: int = 3072,
-        prefix_caching: bool = True,
-        ov_config: dict | None = None,
-        npu_max_prompt_len: int = 1024,
-        npu_min_response_len: int = 128,
-        prompt_lookup_tokens: int = 0,
-        typing_checkpoint: bool = True,
-        release_weight_pages: bool = True,
-    ):
-        self.model_path = str(model_path)
-        self.device = device
-        self.threads = threads
-        self.kv_cache_tokens = kv_cache_tokens
+    def __init__(self, model_path: str | Path, device: str = "CPU", *, threads: int = 0, precision: str = "",
+                 options: OpenVINOSettings | None = None):
+        options = options or OpenVINOSettings()
+        super().__init__(model_path, device, threads=threads, precision=precision, options=options)
+        self.kv_cache_tokens = options.kv_cache_tokens
         # The NPU runs the statically shaped LLMPipeline: no paged attention, so no prefix caching.
-        self.prefix_caching = prefix_caching and not device.upper().startswith("NPU")
-        self.ov_config = dict(ov_config or {})
-        self.npu_max_prompt_len = npu_max_prompt_len
-        self.npu_min_response_len = npu_min_response_len
+        self.prefix_caching = options.prefix_caching and not device.upper().startswith("NPU")
+        self.ov_config = dict(options.config)
+        self.npu_max_prompt_len = options.npu_max_prompt_len
+        self.npu_min_response_len = options.npu_min_response_len
         # Prompt lookup rides on the paged pipeline (prefix caching); the NPU path has neither.
-        self.prompt_lookup_tokens = prompt_lookup_tokens if prefix_caching else 0
-        self.typing_checkpoint = typing_checkpoint and prefix_caching
+        self.prompt_lookup_tokens = options.prompt_lookup_tokens if self.prefix_caching else 0
+        self.typing_checkpoint = options.typing_checkpoint and self.prefix_caching
         # The last answer's prompt less its last token, cached when the engine settles (see settle()).
         self._checkpoint = None
         # The last pass was wider than one token (settle()).
         self._unsettled = False
-        self.release_weight_pages = release_weight_pages
+        self.release_weight_pages = options.release_weight_pages
         self._weights: Path | None = None  # the IR's weights file whose pages are given back
         self._pipe = None
         self._tokenizer = None
@@ -83,11 +70,6 @@ class OpenVINOEngine:
         self._special_ids: dict[str, int | None] = {}  # stop marker -> its special token's id
         self._stepped = False
         self._request_ids = itertools.count()
-
-    @property
-    def keeps_prompt_cache(self) -> bool:
-        """Whether a prompt's KV cache outlives its request (so computing it ahead helps)."""
-        return self.prefix_caching
 
     @property
     def block_tokens(self) -> int:
@@ -107,7 +89,7 @@ class OpenVINOEngine:
         if self.device.upper().startswith("NPU"):
             return self.npu_max_prompt_len
         capacity = self.kv_capacity
-        return None if capacity is None else max(capacity // 2, capacity - ANSWER_ROOM_TOKENS)
+        return None if capacity is None else prompt_limit_of(capacity)
 
     def _room(self, prompt_tokens: int) -> int | None:
         """Tokens the KV cache leaves for the answer to a prompt this long, or None without a
@@ -131,7 +113,7 @@ class OpenVINOEngine:
         props.update(self.ov_config)
         return props
 
-    def load(self) -> None:
+    def load_model(self) -> EngineInfo:
         try:
             import openvino_genai as og
         except ImportError as exc:  # pragma: no cover - the package is a hard dependency
@@ -177,6 +159,9 @@ class OpenVINOEngine:
         # Then once through our own loop (step(), the detokenizer), as the first request will go.
         self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
         log.info("openvino: loaded %s on %s in %.2fs", path.name, self.device, time.perf_counter() - started)
+        # A prompt's KV cache outlives its request with prefix caching (warming a document pays off).
+        return EngineInfo(max_prompt_tokens=self.max_prompt_tokens, keeps_prompt_cache=self.prefix_caching,
+                          chat_template=self._tokenizer.chat_template, eos_token=self._tokenizer.get_eos_token())
 
     def _warm_up(self) -> None:
         # The library's own generate: it releases the GIL (step() does not), so the page releasing
@@ -211,14 +196,6 @@ class OpenVINOEngine:
         n = min(len(head) - 2, HEAD_CHECK_TOKENS)
         return n > 0 and not np.array_equal(first[:n], head[:n])
 
-    def chat_template(self) -> str:
-        return self._tokenizer.chat_template if self._tokenizer is not None else ""
-
-    def special_tokens(self) -> dict:
-        if self._tokenizer is None:
-            return {}
-        return {"bos": self._tokenizer.get_bos_token(), "eos": self._tokenizer.get_eos_token()}
-
     def apply_chat_template(self, messages: list[dict]) -> str:
         """The tokenizer's own renderer: the fallback for templates jinja2 cannot render."""
         if self._tokenizer is None:
@@ -229,15 +206,12 @@ class OpenVINOEngine:
         config = self._pipe.get_config() if self._stepped else self._pipe.get_generation_config()
         config.apply_chat_template = False
         config.max_new_tokens = params.max_new_tokens
-        if params.temperature > 0:
-            config.do_sample = True
+        # Plain sampling at the asked temperature, whatever the model's generation_config.json says.
+        config.do_sample = params.temperature > 0
+        if config.do_sample:
             config.temperature = params.temperature
-            config.top_p = params.top_p
-            if params.top_k:
-                config.top_k = params.top_k
-        else:
-            config.do_sample = False
-        config.repetition_penalty = params.repetition_penalty
+            config.top_p = 1.0
+        config.repetition_penalty = 1.0
         stop_ids = self._stop_token_ids(params.stop)
         if stop_ids:
             # Special tokens never reach the text (the detokenizer skips them): stop on their ids.

@@ -28,7 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-from aipc_lsp.engines.base import CancelFlag, EngineError, GenerationParams, GenerationResult, OnText, RequestError
+from aipc_lsp.engines import EngineSpec
+from aipc_lsp.engines.base import (CancelFlag, Engine, EngineError, EngineInfo, GenerationParams, GenerationResult,
+                                   OnText, RequestError)
 from aipc_lsp.engines.worker import CANCEL_AT, FLAGS_SIZE, STOP_AT
 
 log = logging.getLogger(__name__)
@@ -45,42 +47,27 @@ CANCEL_GRACE_S = 20.0
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-@dataclasses.dataclass(frozen=True)
-class EngineSpec:
-    """Which engine class the worker builds, with what arguments (all JSON-serialisable)."""
-
-    module: str
-    cls: str
-    args: tuple = ()
-    kwargs: dict = dataclasses.field(default_factory=dict)
-
-    def to_json(self, **extra) -> str:
-        return json.dumps({"module": self.module, "class": self.cls, "args": list(self.args), "kwargs": self.kwargs,
-                           **extra})
-
-
 class _WorkerGone(Exception):
     pass
 
 
-class ProcessEngine:
+class ProcessEngine(Engine):
+    """The Engine interface carried to the engine `spec` builds in a worker process: every call is
+    the worker engine's own (its EngineInfo comes back from its load)."""
+
     def __init__(self, name: str, model_path: str, device: str, spec: EngineSpec, *, python: str = "",
                  isolated: bool = False, cwd: str | None = None, env: dict | None = None):
         """`python`: the worker's interpreter (default: the server's). `isolated`: it belongs to
         another environment, so the server's PYTHONPATH/PYTHONHOME/PYTHONSTARTUP stay out of it
         (it gets only this package's folder). `cwd`: the worker's working folder. `env`: its
         environment variables, unless already set."""
+        super().__init__(model_path, device)
         self.name = name
-        self.model_path = str(model_path)
-        self.device = device
         self.spec = spec
         self.python = python or sys.executable
         self.isolated = isolated
         self.cwd = cwd
         self.env = dict(env or {})
-        self.max_prompt_tokens: int | None = None
-        self.keeps_prompt_cache = False
-        self._methods: set[str] = set()
         self._proc: subprocess.Popen | None = None
         self._wanted = False  # between load() and close(): generate() starts a worker that is gone
         self._ids = itertools.count(1)
@@ -215,11 +202,11 @@ class ProcessEngine:
 
     # -- the Engine interface -----------------------------------------------------------
 
-    def load(self) -> None:
+    def load_model(self) -> EngineInfo:
         self._wanted = True
-        self._start()
+        return self._start()
 
-    def _start(self) -> None:
+    def _start(self) -> EngineInfo:
         """A new worker with the model loaded (also after a crash: a subclass's `load` may do more
         than this once). A worker whose load fails is closed."""
         if self._alive():
@@ -233,12 +220,7 @@ class ProcessEngine:
             raise
         finally:
             self._unlink_flags()  # both processes have it mapped by now: nothing left behind on a kill
-        self.max_prompt_tokens = info.get("max_prompt_tokens")
-        self.keeps_prompt_cache = bool(info.get("keeps_prompt_cache"))
-        self._methods = set(info.get("methods", ()))
-        if info.get("released_bytes"):
-            log.info("%s worker: gave back the pages of %d MB of file mappings after loading",
-                     self.name, info["released_bytes"] >> 20)
+        return EngineInfo.from_json(info)
 
     def _call(self, method: str, *args):
         rid, replies = self._open({"op": "call", "method": method, "args": list(args)})
@@ -247,16 +229,16 @@ class ProcessEngine:
     def count_tokens(self, text: str) -> int:
         return int(self._call("count_tokens", text))
 
-    def chat_template(self) -> str:
-        return self._call("chat_template") if "chat_template" in self._methods else ""
-
-    def special_tokens(self) -> dict:
-        return self._call("special_tokens") if "special_tokens" in self._methods else {}
-
     def apply_chat_template(self, messages: list[dict]) -> str:
-        if "apply_chat_template" not in self._methods:
-            raise EngineError(f"{self.name} has no chat template renderer")
         return self._call("apply_chat_template", messages)
+
+    def settle(self, busy=lambda: False) -> None:
+        """Told, not waited for: the worker settles its engine unless a request is queued there by
+        then (it skips what is left when one comes)."""
+        try:
+            self._send({"op": "settle"})
+        except _WorkerGone:
+            pass
 
     def generate(self, prompt: str, params: GenerationParams, cancel: threading.Event,
                  on_text: OnText | None = None) -> GenerationResult:
@@ -268,7 +250,6 @@ class ProcessEngine:
             log.warning("%s: restarting its worker process", self.name)
             self._start()
         fields = dataclasses.asdict(params)
-        fields["stop"] = list(params.stop)
         started = time.perf_counter()
         first_piece_s = None
         rid, replies = self._open({"op": "generate", "prompt": prompt, "params": fields})

@@ -14,13 +14,19 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.engines.base import (Engine, EngineError, EngineInfo, GenerationParams, GenerationResult, OnText,
+                                   RequestError, prompt_limit_of)
 from aipc_lsp.engines.textstream import TextAccumulator, common_prefix, special_stop_ids
+
+if TYPE_CHECKING:
+    from aipc_lsp.config import TransformersSettings
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# The precisions of the engines table's row, as torch names their dtypes.
+TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Prompt tokens per forward pass while prefilling: a cancel waits for at most one chunk.
 PREFILL_CHUNK = 256
 
@@ -47,16 +53,20 @@ def torch_device(device: str) -> str:
     raise EngineError(f"transformers: device {device!r} is not supported; use CPU, XPU, CUDA or GPU")
 
 
-class TransformersEngine:
+class TransformersEngine(Engine):
+    """`options`: the `transformers` settings section (TransformersSettings; its defaults when None)."""
+
     name = "transformers"
 
-    def __init__(self, model_path: str | Path, device: str = "CPU", *, precision: str = "",
-                 threads: int = 0, prefix_reuse: bool = True):
-        self.model_path = str(model_path)
-        self.device = device.upper()
-        self.precision = precision.lower()
-        self.threads = threads
-        self.prefix_reuse = prefix_reuse
+    def __init__(self, model_path: str | Path, device: str = "CPU", *, threads: int = 0, precision: str = "",
+                 options: "TransformersSettings | None" = None):
+        super().__init__(model_path, device.upper(), threads=threads, precision=precision.lower(), options=options)
+        # Not config's defaults imported: npu_model.py runs this under an interpreter without the server's packages.
+        self.prefix_reuse = options.prefix_reuse if options is not None else True
+        # Code shipped in a model folder runs only when the user's settings file says so (docs/SECURITY.md).
+        self.trust_remote_code = bool(getattr(options, "trust_remote_code", False))
+        self._context: int | None = None  # the model's context length, once loaded
+        self.max_prompt_tokens: int | None = None
         self._model = None
         self._tokenizer = None
         self._torch_device = "cpu"
@@ -64,7 +74,7 @@ class TransformersEngine:
         self._sequence: list[int] = []  # token ids whose KV `_cache` holds
         self._eos: set[int] = set()
 
-    def load(self) -> None:
+    def load_model(self) -> EngineInfo:
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -73,7 +83,7 @@ class TransformersEngine:
                               "pip install \"aipc-lsp[transformers]\" torch") from exc
         path = Path(self.model_path)
         precision = self.precision or "fp32"
-        if precision not in PRECISIONS:
+        if precision not in TORCH_DTYPES:
             raise EngineError(f"transformers: precision {self.precision!r} is not supported; use fp32, bf16 or fp16 "
                               "(int4/int8 belong to the openvino and onnxruntime engines)")
         self._torch_device = torch_device(self.device)
@@ -87,19 +97,33 @@ class TransformersEngine:
             folder, kwargs = str(path), {}
         else:
             raise EngineError(f"transformers: {path} is neither a Hugging Face model folder (config.json) nor a GGUF file")
+        kwargs["trust_remote_code"] = self.trust_remote_code  # never transformers' own default or prompt
+        if self.trust_remote_code:
+            log.warning("transformers: trust_remote_code is on: the Python code in %s runs in this process "
+                        "with your rights", folder)
         started = time.perf_counter()
         import transformers
 
         transformers.utils.logging.disable_progress_bar()  # its bars would only clutter the server log
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, PRECISIONS[precision]), **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, TORCH_DTYPES[precision]), **kwargs)
         except Exception as exc:
             raise EngineError(f"transformers could not load {path}: {exc}") from exc
         self._model = model.to(self._torch_device).eval()
         self._warm_up()
         log.info("transformers: loaded %s (%s) on %s in %.2fs", path.name, precision, self._torch_device,
                  time.perf_counter() - started)
+        return self._info()
+
+    def _info(self) -> EngineInfo:
+        """With the model and tokenizer loaded: the KV cache it keeps past a request (prefix reuse),
+        its context length, its chat template."""
+        template = getattr(self._tokenizer, "chat_template", None)
+        eos = getattr(self._tokenizer, "eos_token", None)
+        return EngineInfo(device=self.device, max_prompt_tokens=self.max_prompt_tokens,
+                          keeps_prompt_cache=self.prefix_reuse, chat_template=template if isinstance(template, str) else "",
+                          eos_token=eos if isinstance(eos, str) else "")
 
     def _warm_up(self) -> None:
         """With the model and tokenizer in place: its end-of-sequence ids, and a first short
@@ -108,38 +132,16 @@ class TransformersEngine:
         if eos is None:
             eos = self._tokenizer.eos_token_id
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        context = getattr(self._model.config, "max_position_embeddings", None)
+        self._context = context if isinstance(context, int) and context > 0 else None
+        self.max_prompt_tokens = prompt_limit_of(self._context) if self._context else None
         self._cache, self._sequence = None, []
         self.generate("\n", GenerationParams(max_new_tokens=2), threading.Event())
-
-    @property
-    def keeps_prompt_cache(self) -> bool:
-        """Whether the last prompt's KV cache outlives its request (the next one continues it)."""
-        return self.prefix_reuse
 
     def count_tokens(self, text: str) -> int:
         if self._tokenizer is None:
             raise EngineError("model not loaded")
         return len(self._tokenizer.encode(text, add_special_tokens=False))
-
-    def chat_template(self) -> str:
-        template = getattr(self._tokenizer, "chat_template", None) if self._tokenizer is not None else None
-        return template if isinstance(template, str) else ""
-
-    def _processors(self, params: GenerationParams):
-        from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                                            TemperatureLogitsWarper, TopKLogitsWarper,
-                                                            TopPLogitsWarper)
-
-        processors = LogitsProcessorList()
-        if params.repetition_penalty != 1.0:
-            processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-        if params.temperature > 0:
-            processors.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_k:
-                processors.append(TopKLogitsWarper(params.top_k))
-            if params.top_p < 1.0:
-                processors.append(TopPLogitsWarper(params.top_p))
-        return processors
 
     def _start(self, ids: list[int]):
         """The KV cache to continue from and how many of `ids` it already holds."""
@@ -176,15 +178,17 @@ class TransformersEngine:
             result.cancelled = True
             return result
         ids = self._tokenizer.encode(prompt, add_special_tokens=False) or [self._tokenizer.bos_token_id or 0]
-        result.prompt_tokens = len(ids)
+        if self._context and len(ids) >= self._context:
+            # The request, not the engine: the slot stays healthy for prompts that fit.
+            raise RequestError(f"{self.name}: the prompt is {len(ids)} tokens, more than the model's context "
+                               f"({self._context}): lower the prompt budget (completion.context_tokens / "
+                               f"chat.context_tokens)")
         stop_ids = special_stop_ids(lambda text: self._tokenizer.encode(text, add_special_tokens=False), params.stop)
         pieces = TextAccumulator(lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True),
                                  params, result, on_text, stop_ids)
-        processors = self._processors(params)
         try:
             with torch.inference_mode():
                 cache, reused = self._start(ids)
-                result.extra["reused_tokens"] = reused
                 # Prefill all but the last prompt token in chunks, so a cancel lands between them;
                 # the loop below feeds the last one and gets the first logits from it.
                 offset, end = reused, len(ids) - 1
@@ -208,10 +212,8 @@ class TransformersEngine:
                     # The cache now holds `sequence`; keep it for the next prompt.
                     self._cache, self._sequence = cache, list(sequence)
                     logits = out.logits[:, -1, :].float()
-                    if processors:
-                        logits = processors(torch.tensor([sequence], device=self._torch_device), logits)
                     if params.temperature > 0:
-                        token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1)[0, 0])
+                        token = int(torch.multinomial(torch.softmax(logits / params.temperature, dim=-1), 1)[0, 0])
                     else:
                         token = int(torch.argmax(logits, dim=-1)[0])
                     if result.first_token_s is None:

@@ -10,16 +10,18 @@ on PYTHONPATH.
 Protocol: one JSON object per line. The parent writes requests to stdin; the worker writes
 replies to the stdout it was started with (the process's fd 1 is pointed at stderr first, so
 library chatter cannot corrupt the protocol).
-  {"id", "op": "load"}                          -> {"id", "value": {"max_prompt_tokens": ...}}
-  {"id", "op": "call", "method", "args"}        -> {"id", "value": ...}   (count_tokens, ...)
+  {"id", "op": "load"}                          -> {"id", "value": EngineInfo's fields}
+  {"id", "op": "call", "method", "args"}        -> {"id", "value": ...}   (count_tokens, apply_chat_template)
   {"id", "op": "generate", "prompt", "params"}  -> {"id", "piece"} ... {"id", "result": {...}}
   {"id", "op": "stop"}                          the parent's on_text has seen enough: the engine
                                                 stops after the step in flight (as a stopped result)
   {"id", "op": "cancel"}                        the same, as a cancelled result
 Pieces are not acknowledged: waiting for the parent's verdict on each one cost two process
 wake-ups per token on a CPU the engine's threads keep busy (measured: half the decode rate).
+  {"op": "settle"}                              idle time after an answer (Engine.settle), skipped
+                                                in part or whole when a request is queued
   {"op": "close"}                               frees the model and exits
-Errors come back as {"id", "error": message, "engine_error": bool, "request_error": bool}
+Errors come back as {"id", "error": message, "request_error": bool}
 (a RequestError: the request cannot run as asked, the engine is fine).
 
 Cancel and stop also arrive through a small file both processes map (`spec["flags"]`): the
@@ -31,7 +33,6 @@ whole native steps, on cores the engine's threads keep busy: measured, that ofte
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import mmap
 import os
@@ -64,7 +65,7 @@ class SharedFlag:
 
 # Methods the parent may call outside a generation (answered by the reader thread, so they
 # are served while a generation runs, as they are in-process).
-CALLABLE = ("count_tokens", "chat_template", "special_tokens", "apply_chat_template")
+CALLABLE = ("count_tokens", "apply_chat_template")
 
 
 def _protocol_out():
@@ -121,8 +122,8 @@ class Worker:
         return flags.setdefault(rid, threading.Event())
 
     def _call(self, rid, method: str, args: list) -> None:
-        if method not in CALLABLE or self.engine is None or not hasattr(self.engine, method):
-            self.send({"id": rid, "error": f"no method {method!r}", "missing": True})
+        if method not in CALLABLE or self.engine is None:
+            self.send({"id": rid, "error": f"no method {method!r}"})
             return
         try:
             self.send({"id": rid, "value": getattr(self.engine, method)(*args)})
@@ -142,47 +143,43 @@ class Worker:
                 if op == "load":
                     self.send({"id": rid, "value": self._load()})
                 elif op == "generate":
-                    result = self._generate(rid, request)
-                    self.send({"id": rid, "result": result})
-                    if not result.get("cancelled"):  # a cancel: the user moved on, a request is coming
-                        self._settle_if_idle()
+                    self.send({"id": rid, "result": self._generate(rid, request)})
+                elif op == "settle":
+                    self._settle()
                 else:
                     self.send({"id": rid, "error": f"unknown op {op!r}"})
             except Exception as exc:
                 from aipc_lsp.engines.base import EngineError, RequestError
 
                 self.send({"id": rid, "error": str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}",
-                           "engine_error": isinstance(exc, EngineError), "request_error": isinstance(exc, RequestError)})
+                           "request_error": isinstance(exc, RequestError)})
             finally:
                 self.cancels.pop(rid, None)
                 self.stops.pop(rid, None)
 
-    def _settle_if_idle(self) -> None:
-        """The answer is out and nothing waits: the engine may prepare for the next request
-        (engines/openvino.py `settle`). A request that comes meanwhile waits for the step in
-        flight, and the rest is skipped."""
-        settle = getattr(self.engine, "settle", None)
-        if settle is None or not self.jobs.empty():
+    def _settle(self) -> None:
+        """The server says an answer is out and the slot idle (Engine.settle). A request that
+        comes meanwhile waits for the step in flight, and the rest is skipped."""
+        if self.engine is None or not self.jobs.empty():
             return
         try:
-            settle(busy=lambda: not self.jobs.empty())
+            self.engine.settle(busy=lambda: not self.jobs.empty())
         except Exception as exc:  # the next request will meet the engine's trouble, and say it
             sys.stderr.write(f"settle failed: {type(exc).__name__}: {exc}\n")
 
     def _load(self) -> dict:
-        module = importlib.import_module(self.spec["module"])
-        engine = getattr(module, self.spec["class"])(*self.spec.get("args", []), **self.spec.get("kwargs", {}))
-        engine.load()
+        from aipc_lsp.engines import EngineSpec, build_engine
+        from aipc_lsp.engines.pages import release_file_pages
+
+        engine = build_engine(EngineSpec.from_json(self.spec))
+        info = engine.load()
         self.engine = engine
         # Loading ran code and read files that inference will not touch again (-48 MB of RSS
         # for the default model on OpenVINO): see pages.py.
-        from aipc_lsp.engines.pages import release_file_pages
-
         released = release_file_pages()
-        return {"max_prompt_tokens": getattr(engine, "max_prompt_tokens", None),
-                "keeps_prompt_cache": bool(getattr(engine, "keeps_prompt_cache", False)),
-                "methods": [m for m in CALLABLE if callable(getattr(engine, m, None))],
-                "released_bytes": released}
+        if released:
+            sys.stderr.write(f"gave back the pages of {released >> 20} MB of file mappings after loading\n")
+        return info.to_json()
 
     def _generate(self, rid, request: dict) -> dict:
         from aipc_lsp.engines.base import GenerationParams
@@ -190,7 +187,7 @@ class Worker:
         if self.engine is None:
             raise RuntimeError("model not loaded")
         params = request.get("params", {})
-        params = GenerationParams(**{**params, "stop": tuple(params.get("stop", ()))})
+        params = GenerationParams(**{**params, "stop": tuple(params.get("stop", ()))})  # JSON made it a list
         cancel = SharedFlag(self._flag(self.cancels, rid), self.flags, CANCEL_AT, rid)
         stop = SharedFlag(self._flag(self.stops, rid), self.flags, STOP_AT, rid)
 

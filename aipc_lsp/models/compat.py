@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aipc_lsp.engines.base import EngineError
 from aipc_lsp.models.registry import (KIND_GGUF, KIND_HF, KIND_OPENVINO_IR, KIND_ORT_GENAI, ModelSpec,
                                       catalogue_model_of, detect_kind, models_dir)
 
@@ -17,7 +16,7 @@ ACCEPTS = {
     "openvino": (KIND_GGUF, KIND_OPENVINO_IR),
     "onnxruntime": (KIND_ORT_GENAI,),
     "transformers": (KIND_HF, KIND_GGUF),
-    # A GGUF is dequantised once into the Hugging Face folder the library reads (engine load).
+    # A GGUF is dequantised once into the Hugging Face folder the library reads (resolve.py).
     "npu_library": (KIND_HF, KIND_GGUF),
 }
 # For a catalogue model, a prepared folder beats the GGUF where the GGUF is slow or unreadable.
@@ -25,6 +24,10 @@ PREFER_PREPARED = ("onnxruntime", "transformers", "npu_library")
 # npu_library reads the Hugging Face folders that `prepare --engine transformers` makes.
 PREPARE_AS = {"npu_library": "transformers"}
 PREPARE_PRECISION = {"onnxruntime": "int4", "transformers": "fp32", "openvino": "int4", "npu_library": "fp32"}
+
+
+class ModelError(RuntimeError):
+    """The model is in a format the engine does not load; the message says how to make one it does."""
 
 
 def prepared_for(spec: ModelSpec, engine: str) -> Path | None:
@@ -56,7 +59,7 @@ def openvino_loads_ir_of(path: Path, settings) -> bool:
 
 
 def model_for_engine(path: Path, engine: str) -> Path:
-    """The model `engine` should load for the resolved `path`; raises EngineError when it cannot."""
+    """The model `engine` should load for the resolved `path`; raises ModelError when it cannot."""
     spec = catalogue_model_of(path)
     if spec is not None and engine in PREFER_PREPARED:
         prepared = prepared_for(spec, engine)
@@ -69,29 +72,6 @@ def model_for_engine(path: Path, engine: str) -> Path:
     source = spec.name if spec is not None else str(path)
     target = PREPARE_AS.get(engine, engine)
     precision = PREPARE_PRECISION.get(engine, "int4")
-    raise EngineError(f"{engine} cannot load {path.name} ({kind}); it loads {' or '.join(accepted)}. "
+    raise ModelError(f"{engine} cannot load {path.name} ({kind}); it loads {' or '.join(accepted)}. "
                       f"Make one with `aipc-lsp prepare {source} --engine {target} --precision {precision}` "
                       f"and set model to the folder it prints")
-
-
-def ready_for_engines(path: Path, settings, progress=None) -> list[str]:
-    """After `aipc-lsp models fetch`: what each configured engine will load for the GGUF at `path`,
-    made now where that needs no extra install (OpenVINO's IR, through gguf_ir), so the server's first
-    start does not pay for it. One line per engine for the user. Raises PrepareError."""
-    from aipc_lsp.models import gguf_ir
-    from aipc_lsp.models.convert import PrepareError
-
-    lines = []
-    for engine in dict.fromkeys(slot.engine for slot in settings.slot_list()):
-        try:
-            target = model_for_engine(path, engine)
-        except EngineError as exc:
-            lines.append(f"{engine}: {exc}")
-            continue
-        if engine == "openvino" and openvino_loads_ir_of(target, settings):
-            try:
-                target = gguf_ir.ir_for(target, progress)
-            except OSError as exc:
-                raise PrepareError(f"making the OpenVINO IR of {target.name} failed: {exc}") from exc
-        lines.append(f"{engine} loads {target}")
-    return lines

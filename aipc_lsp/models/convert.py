@@ -38,16 +38,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+from aipc_lsp.engines import ENGINES as ENGINE_KINDS
 from aipc_lsp.models.registry import KIND_GGUF, detect_kind, lookup, models_dir
 
 Progress = Callable[[str, "int | None"], None]
 MANIFEST = "aipc-prepare.json"
-ENGINES = ("openvino", "onnxruntime", "transformers")
-PRECISIONS = {
-    "openvino": ("int4", "int8", "fp16", "fp32"),
-    "onnxruntime": ("int4", "int8", "fp16", "fp32"),
-    "transformers": ("fp32", "bf16", "fp16"),
-}
+# What prepare makes, per engine: the engines table's `prepare_precisions`.
+PRECISIONS = {name: kind.prepare_precisions for name, kind in ENGINE_KINDS.items() if kind.prepare_precisions}
+ENGINES = tuple(PRECISIONS)
 PROVIDERS = ("cpu", "cuda", "dml")
 # Text architectures the ONNX Runtime GenAI 0.18 model builder knows (config.json "architectures").
 ORT_ARCHITECTURES = (
@@ -600,6 +598,20 @@ def plan(src: Source, options: PrepareOptions) -> Plan:
                                        ratio=1.0 if options.ratio is None else options.ratio))
 
 
+def read_manifest(folder: Path) -> dict:
+    """The manifest a prepared folder carries (source checksum, options, route), or {} without one."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def output_for(source: Source, options: PrepareOptions, route: str) -> Path:
+    """The folder in the model cache `prepare` writes `source` to with `options` through `route`."""
+    return default_output(source, Plan(route, options))
+
+
 def default_output(source: Source, chosen: Plan) -> Path:
     options = chosen.options
     tag = options.precision
@@ -645,11 +657,7 @@ def prepare(source: str, options: PrepareOptions, output: str | Path | None = No
         out = Path(output).expanduser().resolve() if output else default_output(src, chosen)
         wanted = _manifest(src, options, chosen)
         if out.exists():
-            try:
-                existing = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                existing = None
-            if _same_build(existing, wanted) and not force:
+            if _same_build(read_manifest(out), wanted) and not force:
                 progress(f"{out} is already prepared from this source with these options", 100)
                 return out
             if not force:

@@ -23,8 +23,8 @@ import sys
 import threading
 from pathlib import Path
 
-from aipc_lsp.models.convert import (MANIFEST, ROUTE_GGUF_READER, Plan, PrepareError, PrepareOptions, Source,
-                                     default_output, gguf_precision, prepare, resolve_source)
+from aipc_lsp.models.convert import (ROUTE_GGUF_READER, PrepareError, PrepareOptions, Source, gguf_precision,
+                                     output_for, prepare, read_manifest, resolve_source)
 from aipc_lsp.models.registry import catalogue_model_of, models_dir
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,8 @@ def _source(gguf: Path) -> Source:
     return resolve_source(str(gguf))
 
 
-def _manifest(folder: Path) -> dict:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return manifest if isinstance(manifest, dict) else {}
-
-
 def _reader_build_of(folder: Path, src: Source) -> bool:
-    manifest = _manifest(folder)
+    manifest = read_manifest(folder)
     return (manifest.get("route") == ROUTE_GGUF_READER and manifest.get("source_checksum") == src.checksum
             and (folder / "openvino_model.xml").is_file())
 
@@ -82,8 +74,8 @@ def build(gguf: Path, progress=None) -> Path:
     except (ValueError, OSError) as exc:
         raise PrepareError(f"{gguf.name} is not a GGUF file the gguf package can read: {exc}") from exc
     src = _source(gguf)
-    out = default_output(src, Plan(ROUTE_GGUF_READER, options))
-    if out.exists() and _manifest(out).get("route") != ROUTE_GGUF_READER:
+    out = output_for(src, options, ROUTE_GGUF_READER)
+    if out.exists() and read_manifest(out).get("route") != ROUTE_GGUF_READER:
         out = out.with_name(out.name + "-gguf")  # that name holds another converter's build (optimum-intel's int8)
     # An IR the reader made of an earlier file under this name is replaced.
     replace = out.exists() and not _reader_build_of(out, src)

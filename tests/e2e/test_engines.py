@@ -125,3 +125,24 @@ async def test_cancel_request_stops_the_generation_within_a_step(client: Languag
     await cancel_and_expect_slot_free(client, request, msg_id)
     assert (await status(client))["slots"][0]["cancelled"] >= 1
     await configure(client, {})
+
+
+def test_onnxruntime_refuses_a_prompt_past_its_max_length_as_a_request_and_serves_on(prepared):
+    """The real engine (in this process, no server): a prompt that does not fit is the request's
+    error (the scheduler keeps the slot), and the engine declares the limit prompts are built within."""
+    import threading
+
+    from aipc_lsp.config import OnnxRuntimeSettings
+    from aipc_lsp.engines.base import GenerationParams, RequestError
+    from aipc_lsp.engines.onnxruntime import OnnxRuntimeGenAIEngine
+
+    engine = OnnxRuntimeGenAIEngine(prepared["onnxruntime"], options=OnnxRuntimeSettings(max_length=128))
+    try:
+        info = engine.load()
+        assert info.max_prompt_tokens == 64 and info.keeps_prompt_cache and info.chat_template
+        with pytest.raises(RequestError, match="onnxruntime.max_length = 128"):
+            engine.generate("x = 1\n" * 100, GenerationParams(max_new_tokens=4), threading.Event())
+        assert engine.generate("def add(a, b):\n    return", GenerationParams(max_new_tokens=4),
+                               threading.Event()).tokens >= 1
+    finally:
+        engine.close()

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from aipc_lsp.bench.corpus import corpus_text
+from aipc_lsp.config import OpenVINOSettings
 from aipc_lsp.engines.base import GenerationParams, RequestError
 from aipc_lsp.engines.openvino import OpenVINOEngine
 from aipc_lsp.models.catalogue import SMOLLM2_135M
@@ -22,7 +23,7 @@ TEXT = corpus_text()
 @pytest.fixture(scope="module")
 def engine():
     # A KV cache large enough for any of these prompts: what refuses one is the tokenizer's cut.
-    engine = OpenVINOEngine(fetch(SMOLLM2_135M), "CPU", kv_cache_tokens=32768)
+    engine = OpenVINOEngine(fetch(SMOLLM2_135M), "CPU", options=OpenVINOSettings(kv_cache_tokens=32768))
     engine.load()
     yield engine
     engine.close()

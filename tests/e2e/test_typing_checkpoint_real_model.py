@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from aipc_lsp.bench.corpus import corpus_text
+from aipc_lsp.config import OpenVINOSettings
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.engines.openvino import OpenVINOEngine
 from aipc_lsp.models.catalogue import SMOLLM2_135M
@@ -23,7 +24,7 @@ TEXT = corpus_text()
 
 
 def _engine(**kwargs) -> OpenVINOEngine:
-    engine = OpenVINOEngine(fetch(SMOLLM2_135M), "CPU", prompt_lookup_tokens=3, **kwargs)
+    engine = OpenVINOEngine(fetch(SMOLLM2_135M), "CPU", options=OpenVINOSettings(prompt_lookup_tokens=3, **kwargs))
     engine.load()
     return engine
 
@@ -167,7 +168,7 @@ def test_settle_gives_back_the_weights_pages_an_answer_read_back():
 
     # No prefix cache: every answer is computed the same way from the prompt, so the answer after
     # the pages went is comparable token for token with the one before.
-    engine = OpenVINOEngine(gguf_ir.ir_for(fetch(SMOLLM2_135M)), "CPU", prefix_caching=False)
+    engine = OpenVINOEngine(gguf_ir.ir_for(fetch(SMOLLM2_135M)), "CPU", options=OpenVINOSettings(prefix_caching=False))
     engine.load()
     try:
         weights = engine._weights.resolve()

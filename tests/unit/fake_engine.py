@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult, OnText
+from aipc_lsp.engines.base import Engine, EngineError, EngineInfo, GenerationParams, GenerationResult, OnText
 
 
 def tokenize(text: str) -> list[str]:
@@ -46,7 +46,7 @@ class GenerateCall:
 
 
 @dataclass
-class FakeEngine:
+class FakeEngine(Engine):
     # Either a fixed token list / string, or a function prompt -> output (string or tokens).
     output: str | Sequence[str] | Callable[[str], str | Sequence[str]] = "x"
     token_delay: float = 0.01
@@ -58,6 +58,9 @@ class FakeEngine:
     template: str = ""
     # Whether a prompt's KV cache outlives its request (OpenVINO with prefix caching does).
     keeps_prompt_cache: bool = False
+    # The longest prompt it declares (EngineInfo.max_prompt_tokens), and what it tells the user.
+    max_prompt_tokens: int | None = None
+    notice: str = ""
     # If set, load() waits for this event (lets a test hold the slot in "loading").
     load_gate: threading.Event | None = None
     fail_on_load: BaseException | None = None
@@ -77,7 +80,17 @@ class FakeEngine:
 
     # --- Engine protocol -------------------------------------------------------------
 
-    def load(self) -> None:
+    @property
+    def info(self) -> EngineInfo:
+        """What it says about itself: always its fields' values (a test may change them)."""
+        return EngineInfo(max_prompt_tokens=self.max_prompt_tokens, keeps_prompt_cache=self.keeps_prompt_cache,
+                          notice=self.notice, chat_template=self.template)
+
+    @info.setter
+    def info(self, value: EngineInfo) -> None:
+        pass
+
+    def load_model(self) -> EngineInfo:
         self.load_calls += 1
         if self.load_gate is not None:
             self.load_gate.wait(5)
@@ -86,6 +99,7 @@ class FakeEngine:
         if self.fail_on_load is not None:
             raise self.fail_on_load
         self.loaded = True
+        return self.info
 
     def count_tokens(self, text: str) -> int:
         return len(tokenize(text))
@@ -115,9 +129,6 @@ class FakeEngine:
             with self._lock:
                 self._active -= 1
 
-    def chat_template(self) -> str:
-        return self.template
-
     def close(self) -> None:
         self.closed = True
         self.loaded = False
@@ -142,7 +153,7 @@ class FakeEngine:
     def _decode(self, call, prompt, params, cancel, on_text) -> GenerationResult:
         if not self.loaded:
             raise EngineError("model not loaded")
-        result = GenerationResult(prompt_tokens=self.count_tokens(prompt))
+        result = GenerationResult()
         started = call.started
         text = ""
         for index, piece in enumerate(self.script_for(prompt)[: params.max_new_tokens]):

@@ -6,6 +6,7 @@ from aipc_lsp.chat_template import (
     CHATML, LLAMA3, PHI3, ChatPrompter, ChatTemplateError, StopFilter, builtin_for_model, render_jinja,
     stop_strings_for,
 )
+from aipc_lsp.engines.base import Engine, EngineInfo
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},
@@ -74,19 +75,17 @@ def test_builtin_chosen_by_model_name_and_stop_strings_by_template():
     assert stop_strings_for("{{ '<|user|>' + m + '<|end|>' }}") == PHI3.stop
 
 
-class _Engine:
+class _Engine(Engine):
     name = "stub"
-    model_path = "/models/Phi-3-mini.gguf"
 
     def __init__(self, template="", own=None):
-        self.template, self.own = template, own
-
-    def chat_template(self):
-        return self.template
+        super().__init__("/models/Phi-3-mini.gguf")
+        self.info = EngineInfo(chat_template=template)
+        self.own = own
 
     def apply_chat_template(self, messages):
         if self.own is None:
-            raise RuntimeError("no")
+            return super().apply_chat_template(messages)
         return self.own
 
 

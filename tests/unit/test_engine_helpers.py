@@ -6,14 +6,16 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 
+from aipc_lsp.config import NpuLibrarySettings
 from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult
 from aipc_lsp.engines.npu_library import NpuLibraryEngine, missing_message, probe
 from aipc_lsp.engines.templates import chat_template_from_folder
 from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
-from aipc_lsp.models import compat
+from aipc_lsp.models import compat, resolve
 from aipc_lsp.models.catalogue import QWEN_CODER_15B, SMOLLM2_135M
 from aipc_lsp.models.registry import DEFAULT_MODEL, detect_kind, list_models
 
@@ -69,7 +71,7 @@ def test_engines_get_a_model_they_can_load(tmp_path, monkeypatch, spec):
     gguf.write_bytes(b"GGUF")
     assert compat.model_for_engine(gguf, "openvino") == gguf
     assert compat.model_for_engine(gguf, "transformers") == gguf  # read directly, dequantised at load
-    with pytest.raises(EngineError, match=f"aipc-lsp prepare {spec.name} --engine onnxruntime --precision int4"):
+    with pytest.raises(compat.ModelError, match=f"aipc-lsp prepare {spec.name} --engine onnxruntime --precision int4"):
         compat.model_for_engine(gguf, "onnxruntime")
     ort = models / f"{spec.name}-onnxruntime-int4"
     ort.mkdir()
@@ -83,12 +85,12 @@ def test_engines_get_a_model_they_can_load(tmp_path, monkeypatch, spec):
     assert detect_kind(hf) == "transformers"
     assert compat.model_for_engine(gguf, "transformers") == hf
     assert {m.kind for m in list_models()} >= {"gguf", "onnxruntime-genai", "transformers"}
-    with pytest.raises(EngineError, match="prepare .*other.gguf --engine onnxruntime"):
+    with pytest.raises(compat.ModelError, match="prepare .*other.gguf --engine onnxruntime"):
         compat.model_for_engine(models / "other.gguf", "onnxruntime")
     # The same file outside the model cache is not the verified catalogue model: named by its path.
     elsewhere = tmp_path / spec.filename
     elsewhere.write_bytes(b"GGUF")
-    with pytest.raises(EngineError, match=f"prepare {elsewhere} --engine onnxruntime"):
+    with pytest.raises(compat.ModelError, match=f"prepare {elsewhere} --engine onnxruntime"):
         compat.model_for_engine(elsewhere, "onnxruntime")
 
 
@@ -104,16 +106,16 @@ def test_models_fetch_makes_what_the_configured_engines_load(tmp_path, monkeypat
     monkeypatch.setattr(gguf_ir, "ir_for", lambda path, progress=None: made.append(path) or tmp_path / "ir")
     settings = Settings(slots=[SlotSettings(engine="openvino"), SlotSettings(engine="onnxruntime"),
                                SlotSettings(engine="openvino", device="GPU")])
-    lines = compat.ready_for_engines(gguf, settings)
+    lines = resolve.ready_for_engines(gguf, settings)
     assert made == [gguf]  # once, for both openvino slots
     assert lines[0] == f"openvino loads {tmp_path / 'ir'}"
     assert lines[1].startswith("onnxruntime: ") and f"prepare {DEFAULT_MODEL.name} --engine onnxruntime" in lines[1]
     # Without openvino.gguf_as_ir a GGUF is loaded as it is, unless the GGUF reader cannot read it (Q5_0).
     settings.openvino.gguf_as_ir = False
-    assert compat.ready_for_engines(gguf, settings)[0] == f"openvino loads {tmp_path / 'ir'}" and len(made) == 2
+    assert resolve.ready_for_engines(gguf, settings)[0] == f"openvino loads {tmp_path / 'ir'}" and len(made) == 2
     small = tmp_path / "models" / SMOLLM2_135M.filename
     small.write_bytes(b"GGUF")
-    assert compat.ready_for_engines(small, settings)[0] == f"openvino loads {small}" and len(made) == 2
+    assert resolve.ready_for_engines(small, settings)[0] == f"openvino loads {small}" and len(made) == 2
     # A GGUF of the user's own is taken as readable (its types take seconds to read): OpenVINO says if not.
     assert not compat.openvino_loads_ir_of(tmp_path / "models" / "mine.Q5_0.gguf", settings)
 
@@ -128,7 +130,7 @@ def test_npu_library_probe_reports_what_is_missing(tmp_path):
         assert not found.importable and "intel_npu_acceleration_library" in found.error
         message = missing_message(found)
         assert "npu_library.python" in message and "device = \"NPU\"" in message
-        engine = NpuLibraryEngine("model", precision="int4", python=sys.executable)
+        engine = NpuLibraryEngine("model", precision="int4", options=NpuLibrarySettings(python=sys.executable))
         with pytest.raises(EngineError, match="not importable"):
             engine.load()
         pytest.skip("intel-npu-acceleration-library is not installed here (source-only, own environment): "
@@ -194,10 +196,11 @@ def test_generate_before_load_is_an_engine_error():
 
 
 def test_openvino_npu_gets_its_static_shape_limits_and_cpu_does_not():
+    from aipc_lsp.config import OpenVINOSettings
     from aipc_lsp.engines.openvino import OpenVINOEngine
 
-    npu = OpenVINOEngine("m", "NPU", npu_max_prompt_len=512, npu_min_response_len=32,
-                         ov_config={"CACHE_DIR": "cache"})._compile_properties()
+    npu = OpenVINOEngine("m", "NPU", options=OpenVINOSettings(npu_max_prompt_len=512, npu_min_response_len=32,
+                                                              config={"CACHE_DIR": "cache"}))._compile_properties()
     assert npu["MAX_PROMPT_LEN"] == 512 and npu["MIN_RESPONSE_LEN"] == 32 and npu["CACHE_DIR"] == "cache"
     assert npu["PERFORMANCE_HINT"] == "LATENCY"
     cpu = OpenVINOEngine("m", "CPU")._compile_properties()
@@ -284,3 +287,17 @@ def test_a_special_stop_token_ends_the_text_by_its_id():
     acc = TextAccumulator(lambda toks: "".join(words[t] for t in toks), GenerationParams(), result, None, ids)
     assert acc.push(1) and acc.push(2)
     assert acc.push(7) is False and result.stopped_by_caller and acc.text == "a b"
+
+
+def test_onnxruntime_declares_its_prompt_limit_and_refuses_a_longer_prompt_as_a_request():
+    from aipc_lsp.config import OnnxRuntimeSettings
+    from aipc_lsp.engines.base import RequestError, prompt_limit_of
+    from aipc_lsp.engines.onnxruntime import OnnxRuntimeGenAIEngine
+
+    engine = OnnxRuntimeGenAIEngine("m", options=OnnxRuntimeSettings(max_length=1024))
+    assert engine.max_prompt_tokens == prompt_limit_of(1024) == 512  # the rest is the answer's room
+    engine._model = object()  # loaded, as far as generate can tell; no generator may be made
+    engine._tokenizer = SimpleNamespace(encode=lambda text: list(range(len(text.split()))))
+    with pytest.raises(RequestError, match=r"the prompt is 1024 tokens.*onnxruntime.max_length = 1024"):
+        engine.generate("w " * 1024, GenerationParams(), threading.Event())
+    assert engine._generator is None  # the engine is untouched: its slot stays healthy

@@ -108,7 +108,8 @@ def test_a_missing_ir_is_made_in_a_child_process_with_its_progress(tmp_path, mon
 
 
 def test_a_failed_conversion_loads_the_gguf_itself_with_a_warning(tmp_path, monkeypatch):
-    from aipc_lsp.runtime import openvino_ir_of_gguf
+    from aipc_lsp.config import Settings
+    from aipc_lsp.models.resolve import engine_model
 
     models = _cache(tmp_path, monkeypatch)
     path = _gguf(models)
@@ -118,8 +119,10 @@ def test_a_failed_conversion_loads_the_gguf_itself_with_a_warning(tmp_path, monk
     with pytest.raises(PrepareError, match="no room\nleft on the device"):
         gguf_ir.ir_for(path)
     warnings = []
-    assert openvino_ir_of_gguf(path, lambda *a: None, warnings.append) == path
+    assert engine_model(path, "openvino", Settings(), warn=warnings.append) == path
     assert "itself" in warnings[0] and "no room" in warnings[0]
+    with pytest.raises(PrepareError, match="no room"):  # `models fetch`: no GGUF to fall back on silently
+        engine_model(path, "openvino", Settings())
     popen, _ = _child_printing(["Segmentation fault"], code=139)
     monkeypatch.setattr(gguf_ir.subprocess, "Popen", popen)
     with pytest.raises(PrepareError, match="Segmentation fault"):

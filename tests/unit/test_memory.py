@@ -82,7 +82,8 @@ def test_the_openvino_worker_gets_one_malloc_arena_unless_the_user_set_it(monkey
     from aipc_lsp.config import Settings
     from aipc_lsp.engines import create_engine
     from aipc_lsp.engines.base import GenerationParams
-    from aipc_lsp.engines.process import EngineSpec, ProcessEngine
+    from aipc_lsp.engines import EngineSpec
+    from aipc_lsp.engines.process import ProcessEngine
 
     settings = Settings()
     assert create_engine(settings.slot_list()[0], "m.gguf", settings).env == {"MALLOC_ARENA_MAX": "1"}
@@ -92,7 +93,7 @@ def test_the_openvino_worker_gets_one_malloc_arena_unless_the_user_set_it(monkey
             monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
         else:
             monkeypatch.setenv("MALLOC_ARENA_MAX", preset)
-        engine = ProcessEngine("fake", "/m", "CPU", EngineSpec("worker_engines", "EnvEngine", (), {"token_delay": 0}),
+        engine = ProcessEngine("fake", "/m", "CPU", EngineSpec("worker_engines", "EnvEngine", {"token_delay": 0}),
                                env={"MALLOC_ARENA_MAX": "1"})
         try:
             engine.load()

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from aipc_lsp.config import NpuLibrarySettings
 from aipc_lsp.engines import npu_library, npu_model
 from aipc_lsp.engines.base import EngineError, GenerationParams
-from aipc_lsp.engines.npu_library import NpuLibraryEngine, Probe, hf_folder_for
+from aipc_lsp.engines.npu_library import NpuLibraryEngine, Probe
 
 HERE = str(Path(__file__).resolve().parent)
 
@@ -55,11 +56,11 @@ def loaded(tmp_path, no_npu, request):
 
 
 def test_loads_on_the_cpu_fallback_and_says_so(loaded):
-    assert loaded.device == "CPU" and loaded.requested_device == "NPU"  # where it really runs
-    assert "sees no NPU" in loaded.notice and "CPU" in loaded.notice
+    assert loaded.info.device == "CPU" and loaded.device == "NPU"  # where it really runs, and what was asked
+    assert "sees no NPU" in loaded.info.notice and "CPU" in loaded.info.notice
     # The default without an NPU is fp16 (int4/int8 garble there); the worker ran in a folder of its own.
     workdir = Path(loaded.cwd)
-    assert loaded.chat_template() == f"{{{{ fake fp16 2 {workdir.name} }}}}"
+    assert loaded.info.chat_template == f"{{{{ fake fp16 2 {workdir.name} }}}}"
     assert workdir.name.startswith("aipc-npu-worker-")
     assert loaded.count_tokens("a b c") == 3
     loaded.close()
@@ -71,7 +72,7 @@ def test_generation_streams_pieces_and_fills_the_result(loaded):
     result = loaded.generate("one two", GenerationParams(max_new_tokens=4), threading.Event(),
                              lambda piece: pieces.append(piece) is None)
     assert pieces == ["tok1 ", "tok2 ", "tok3 ", "tok4 "]
-    assert result.text == "tok1 tok2 tok3 tok4 " and result.tokens == 4 and result.prompt_tokens == 2
+    assert result.text == "tok1 tok2 tok3 tok4 " and result.tokens == 4
     assert result.first_token_s is not None and result.total_s >= result.first_token_s
     assert not result.cancelled and not result.stopped_by_caller
 
@@ -131,7 +132,7 @@ def test_a_worker_that_dies_is_restarted_without_probing_again(loaded, no_npu):
     # in the same folder and precision; the probe (seconds in the library's interpreter) is not repeated.
     result = loaded.generate("x", GenerationParams(max_new_tokens=2), threading.Event())
     assert result.text == "tok1 tok2 " and loaded._proc.pid != first
-    assert loaded.chat_template().startswith("{{ fake fp16 2 aipc-npu-worker-")
+    assert loaded.info.chat_template.startswith("{{ fake fp16 2 aipc-npu-worker-")
     assert len(no_npu) == 1
 
 
@@ -146,7 +147,7 @@ def test_the_stall_watchdog_aborts_a_stuck_worker(loaded):
 
 
 def test_a_missing_interpreter_is_an_engine_error(tmp_path, no_npu):
-    engine = NpuLibraryEngine(_folder(tmp_path), python=str(tmp_path / "no-python"))
+    engine = NpuLibraryEngine(_folder(tmp_path), options=NpuLibrarySettings(python=str(tmp_path / "no-python")))
     with pytest.raises(EngineError, match="npu_library: could not start the worker process .*no-python"):
         engine.load()
     engine.close()
@@ -155,8 +156,7 @@ def test_a_missing_interpreter_is_an_engine_error(tmp_path, no_npu):
 def test_a_model_that_fails_to_load_leaves_no_worker(tmp_path, no_npu, monkeypatch):
     monkeypatch.setattr(npu_library, "MODEL_ENGINE", ("aipc_lsp.engines.npu_model", "NpuModelEngine"))
     engine = _engine(tmp_path)
-    (tmp_path / "hf" / "config.json").unlink()  # gone between the server's look and the worker's
-    monkeypatch.setattr(npu_library, "hf_folder_for", lambda path: path)
+    (tmp_path / "hf" / "config.json").unlink()  # not a model folder: the worker's load says so
     with pytest.raises(EngineError, match="no config.json"):
         engine.load()
     assert engine._proc is None
@@ -176,7 +176,7 @@ def test_explicit_precision_reaches_the_worker(tmp_path, no_npu):
     engine = _engine(tmp_path, precision="INT8")
     engine.load()
     try:
-        assert engine.chat_template().startswith("{{ fake int8 2 ")
+        assert engine.info.chat_template.startswith("{{ fake int8 2 ")
     finally:
         engine.close()
 
@@ -202,7 +202,7 @@ def test_the_real_worker_reports_a_missing_library(tmp_path, no_npu, monkeypatch
     if subprocess.run([sys.executable, "-c", "import intel_npu_acceleration_library"], capture_output=True).returncode == 0:
         pytest.skip("the library is importable here")  # pragma: no cover
     monkeypatch.setattr(npu_library, "MODEL_ENGINE", ("aipc_lsp.engines.npu_model", "NpuModelEngine"))
-    engine = NpuLibraryEngine(_folder(tmp_path), python=sys.executable)  # isolated, like the library's
+    engine = NpuLibraryEngine(_folder(tmp_path), options=NpuLibrarySettings(python=sys.executable))  # isolated, like the library's
     with pytest.raises(EngineError, match="npu_library: ModuleNotFoundError: .*intel_npu_acceleration_library"):
         engine.load()
     assert engine._proc is None
@@ -218,8 +218,6 @@ def test_transformers_5_rope_settings_are_passed_to_transformers_4(tmp_path):
         "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}
     (tmp_path / "config.json").write_text(json.dumps({"rope_theta": 1e4}), encoding="utf-8")
     assert npu_model.legacy_config_overrides(str(tmp_path)) == {}
-    (tmp_path / "chat_template.jinja").write_text("{{ x }}", encoding="utf-8")
-    assert npu_model.chat_template_from_folder(str(tmp_path)) == "{{ x }}"
 
 
 def test_prefill_chunks_are_powers_of_two():
@@ -229,31 +227,31 @@ def test_prefill_chunks_are_powers_of_two():
 
 # -- which model folder it loads --------------------------------------------------------------------
 
-def test_a_gguf_becomes_the_hugging_face_folder_prepare_makes(tmp_path, monkeypatch):
-    from aipc_lsp.models import convert
+def test_a_gguf_becomes_the_hugging_face_folder_prepare_makes_before_the_engine_starts(tmp_path, monkeypatch):
+    from aipc_lsp.config import Settings
+    from aipc_lsp.models import resolve
     from aipc_lsp.models.catalogue import SMOLLM2_135M
 
-    with pytest.raises(EngineError, match="no config.json"):
-        hf_folder_for(tmp_path)
-    with pytest.raises(EngineError, match="does not exist"):
-        hf_folder_for(tmp_path / "nothing")
     calls = []
     monkeypatch.setenv("AIPC_LSP_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "cache" / "models").mkdir(parents=True)
     gguf = tmp_path / "cache" / "models" / SMOLLM2_135M.filename  # a catalogue model: prepared by its name
     gguf.write_bytes(b"GGUF" + b"\0" * 32)
-    monkeypatch.setattr(convert, "prepare", lambda source, options, **kw: calls.append((source, options)) or tmp_path)
-    assert hf_folder_for(gguf) == tmp_path
+    monkeypatch.setattr(resolve, "prepare", lambda source, options, **kw: calls.append((source, options)) or tmp_path)
+    assert resolve.engine_model(gguf, "npu_library", Settings()) == tmp_path
     assert calls[0][0] == "smollm2-135m" and (calls[0][1].engine, calls[0][1].precision) == ("transformers", "fp32")
+    assert resolve.ready_for_engines(gguf, Settings(engine="npu_library")) == [f"npu_library loads {gguf}"]
+    assert len(calls) == 1  # `models fetch` makes nothing that needs extra installs
 
     def refuse(source, options, **kw):
-        raise convert.PrepareError("dequantising a GGUF needs torch")
+        raise resolve.PrepareError("dequantising a GGUF needs torch")
 
-    monkeypatch.setattr(convert, "prepare", refuse)
+    monkeypatch.setattr(resolve, "prepare", refuse)
     other = tmp_path / "other.gguf"
     other.write_bytes(b"GGUF" + b"\0" * 32)
-    with pytest.raises(EngineError, match=r"needs torch.*aipc-lsp prepare .*other.gguf --engine transformers --precision fp32"):
-        hf_folder_for(other)
+    with pytest.raises(resolve.PrepareError,
+                       match=r"needs torch.*aipc-lsp prepare .*other.gguf --engine transformers --precision fp32"):
+        resolve.engine_model(other, "npu_library", Settings())
 
 
 def test_the_default_model_uses_the_transformers_folder(tmp_path, monkeypatch):
@@ -265,7 +263,7 @@ def test_the_default_model_uses_the_transformers_folder(tmp_path, monkeypatch):
     models.mkdir()
     gguf = models / DEFAULT_MODEL.filename
     gguf.write_bytes(b"GGUF")
-    assert compat.model_for_engine(gguf, "npu_library") == gguf  # dequantised when the engine loads
+    assert compat.model_for_engine(gguf, "npu_library") == gguf  # dequantised before the engine loads
     hf = models / f"{DEFAULT_MODEL.name}-transformers-fp32"
     hf.mkdir()
     (hf / "config.json").write_text("{}")
@@ -277,8 +275,7 @@ async def test_the_scheduler_tells_the_user_what_an_engine_notices():
     from aipc_lsp.scheduler import Scheduler, Slot
     from fake_engine import FakeEngine
 
-    engine = FakeEngine()
-    engine.notice = "npu_library: no NPU here; it runs on OpenVINO's CPU device instead"
+    engine = FakeEngine(notice="npu_library: no NPU here; it runs on OpenVINO's CPU device instead")
     told = []
     scheduler = Scheduler([Slot("npu", engine)], on_problem=told.append)
     try:

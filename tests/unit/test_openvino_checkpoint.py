@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from aipc_lsp.config import OpenVINOSettings
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.engines.openvino import CHECKPOINT_HELD_TOKENS, CHECKPOINT_MIN_TOKENS, OpenVINOEngine
 
@@ -70,7 +71,7 @@ class _Pipe:
 
 
 def _engine(**kwargs) -> tuple[OpenVINOEngine, _Pipe]:
-    engine = OpenVINOEngine("m", "CPU", prompt_lookup_tokens=3, **kwargs)
+    engine = OpenVINOEngine("m", "CPU", options=OpenVINOSettings(prompt_lookup_tokens=3, **kwargs))
     pipe = _Pipe()
     engine._pipe, engine._tokenizer, engine._stepped = pipe, _Tokenizer(), True
     return engine, pipe
@@ -147,7 +148,7 @@ def test_a_request_that_comes_while_settling_skips_what_is_left():
 
 
 def test_no_checkpoint_without_prefix_caching():
-    assert not OpenVINOEngine("m", "CPU", prefix_caching=False).typing_checkpoint
+    assert not OpenVINOEngine("m", "CPU", options=OpenVINOSettings(prefix_caching=False)).typing_checkpoint
 
 
 def test_a_request_is_fitted_to_the_kv_cache_or_refused_with_what_to_change():
@@ -160,7 +161,7 @@ def test_a_request_is_fitted_to_the_kv_cache_or_refused_with_what_to_change():
     assert engine._fit(512 - held - 10, asked).max_new_tokens == 10  # cut where the cache ends
     with pytest.raises(RequestError, match=r"the prompt is 508 tokens.*kv_cache_tokens = 512"):
         engine._fit(512 - held, asked)
-    assert OpenVINOEngine("m", "CPU", prefix_caching=False)._fit(10**6, asked) is asked  # no paged cache
+    assert OpenVINOEngine("m", "CPU", options=OpenVINOSettings(prefix_caching=False))._fit(10**6, asked) is asked  # no paged cache
 
 
 def test_a_prompt_past_the_kv_cache_fails_before_the_pipeline_sees_it():

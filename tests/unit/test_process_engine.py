@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from aipc_lsp.engines import process
-from aipc_lsp.engines.base import CancelFlag, EngineError, GenerationParams
-from aipc_lsp.engines.process import EngineSpec, ProcessEngine
+from aipc_lsp.engines.base import CancelFlag, EngineError, EngineInfo, GenerationParams, RequestError
+from aipc_lsp.engines import EngineSpec
+from aipc_lsp.engines.process import ProcessEngine
 from aipc_lsp.scheduler import Job, Scheduler, Slot
 from fake_engine import FakeEngine
 
@@ -26,7 +27,7 @@ def _worker_imports_test_engines(monkeypatch):
 
 def engine(cls: str = "FakeEngine", module: str = "worker_engines", **kwargs) -> ProcessEngine:
     kwargs.setdefault("output", WORDS)
-    return ProcessEngine("fake", "/models/fake", "CPU", EngineSpec(module, cls, (), kwargs))
+    return ProcessEngine("fake", "/models/fake", "CPU", EngineSpec(module, cls, kwargs))
 
 
 @pytest.fixture
@@ -55,8 +56,10 @@ def test_streams_pieces_and_reports_the_result(loaded):
 
 
 def test_what_the_engine_declares_about_itself_crosses_to_the_proxy(loaded):
-    assert loaded(keeps_prompt_cache=True).keeps_prompt_cache is True
-    assert loaded().keeps_prompt_cache is False
+    e = loaded(keeps_prompt_cache=True, max_prompt_tokens=900, notice="on the CPU", template="{{ m }}")
+    assert e.info == EngineInfo(max_prompt_tokens=900, keeps_prompt_cache=True, notice="on the CPU",
+                                chat_template="{{ m }}")
+    assert loaded().info.keeps_prompt_cache is False
 
 
 def test_on_text_false_stops_the_worker_soon(loaded):
@@ -174,11 +177,9 @@ def test_a_worker_that_ignores_a_cancel_is_killed(loaded, monkeypatch):
     assert e._proc.wait(timeout=5) == -9
 
 
-def test_calls_the_engine_lacks_get_neutral_answers(loaded):
-    e = loaded(template="{{ messages }}")
-    assert e.chat_template() == "{{ messages }}"
-    assert e.special_tokens() == {}
-    with pytest.raises(EngineError):
+def test_what_the_engine_lacks_is_the_base_class_default(loaded):
+    e = loaded()
+    with pytest.raises(EngineError, match="no chat template renderer"):
         e.apply_chat_template([{"role": "user", "content": "hi"}])
 
 
@@ -211,16 +212,50 @@ def test_the_shared_flags_file_is_gone_once_the_worker_has_mapped_it(loaded):
     assert e.generate("p", GenerationParams(max_new_tokens=40), cancel).cancelled  # the mapping still works
 
 
-def test_the_worker_lets_the_engine_settle_after_an_answer_but_not_after_a_cancel(loaded):
-    e = loaded("SettlingEngine", token_delay=0.01)  # 40 words: 0.4 s, cancelled at 0.05 s
-    e.generate("prompt", GenerationParams(max_new_tokens=3), threading.Event())
+def _history_when(e: ProcessEngine, done) -> str:
+    """The worker engine's generate/settle history once `done(history)` (or 5 s have passed)."""
     deadline = time.monotonic() + 5
-    while e.count_tokens("") < 1 and time.monotonic() < deadline:
+    while not done(history := e.apply_chat_template([])) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert e.count_tokens("") == 1
-    cancel = CancelFlag()
-    threading.Timer(0.05, cancel.set).start()
-    result = e.generate("prompt", GenerationParams(max_new_tokens=1000), cancel)
-    assert result.cancelled
-    time.sleep(0.2)
-    assert e.count_tokens("") == 1  # a cancel means the user moved on: the next request comes now
+    return history
+
+
+def test_settle_reaches_the_engine_in_the_worker(loaded):
+    e = loaded("SettlingEngine", token_delay=0.01)
+    e.generate("prompt", GenerationParams(max_new_tokens=3), threading.Event())
+    assert e.apply_chat_template([]) == "g"  # the worker settles only when told (the scheduler decides when)
+    e.settle()
+    assert _history_when(e, lambda h: h.endswith("s")) == "gs"
+
+
+async def test_the_scheduler_settles_a_worker_engine_after_an_answer_but_not_after_a_cancel():
+    e = engine("SettlingEngine", token_delay=0.01)  # 40 words: 0.4 s
+    scheduler = Scheduler([Slot("cpu", e)])
+
+    def job(tokens: int) -> Job:
+        return Job(key=("file:///a.py", "completion"), prompt="p", params=GenerationParams(max_new_tokens=tokens))
+
+    try:
+        await asyncio.wait_for(scheduler.wait_ready(), 30)
+        await scheduler.run(job(3))
+        assert await asyncio.to_thread(_history_when, e, lambda h: h.endswith("s")) == "gs"
+        cancelled = job(1000)
+        running = asyncio.ensure_future(scheduler.run(cancelled))
+        while not scheduler.slots[0].busy_with:
+            await asyncio.sleep(0.01)
+        cancelled.abandon()
+        assert (await running).cancelled
+        await scheduler.run(job(3))
+        # A cancel means the user moved on (the next request comes now): no settle between.
+        assert await asyncio.to_thread(_history_when, e, lambda h: len(h) >= 5) == "gsggs"
+    finally:
+        scheduler.close()
+
+
+def test_a_request_error_crosses_as_one_and_the_worker_serves_on(loaded):
+    e = loaded("FussyEngine", limit=10, token_delay=0.001)
+    pid = e._proc.pid
+    with pytest.raises(RequestError, match="the prompt is 20 characters, more than 10"):
+        e.generate("x" * 20, GenerationParams(max_new_tokens=2), threading.Event())
+    assert e.generate("short", GenerationParams(max_new_tokens=2), threading.Event()).text == "w0 w1"
+    assert e._proc.pid == pid  # the same worker: nothing was wrong with it

@@ -202,17 +202,18 @@ async def test_a_typing_storm_never_runs_two_generations_for_one_document(make):
 
 
 async def test_prompt_limit_is_the_strictest_healthy_slot(make):
+    from aipc_lsp.config import OpenVINOSettings
     from aipc_lsp.engines.openvino import OpenVINOEngine
 
-    npu = OpenVINOEngine("m.gguf", "NPU", npu_max_prompt_len=512)
+    npu = OpenVINOEngine("m.gguf", "NPU", options=OpenVINOSettings(npu_max_prompt_len=512))
     assert npu.max_prompt_tokens == 512 and not npu.prefix_caching and npu.kv_capacity is None  # static LLMPipeline
     # The paged KV cache holds kv_cache_tokens (whole blocks): prompts get all but the answer's room.
     assert OpenVINOEngine("m.gguf", "CPU").max_prompt_tokens == 3072 - 512
-    assert OpenVINOEngine("m.gguf", "CPU", kv_cache_tokens=1000).max_prompt_tokens == 512  # 1024 // 2
-    assert OpenVINOEngine("m.gguf", "GPU", kv_cache_tokens=8200).kv_capacity == 8208  # 16-token blocks
-    assert OpenVINOEngine("m.gguf", "CPU", prefix_caching=False).max_prompt_tokens is None
+    assert OpenVINOEngine("m.gguf", "CPU", options=OpenVINOSettings(kv_cache_tokens=1000)).max_prompt_tokens == 512  # 1024 // 2
+    assert OpenVINOEngine("m.gguf", "GPU", options=OpenVINOSettings(kv_cache_tokens=8200)).kv_capacity == 8208  # 16-token blocks
+    assert OpenVINOEngine("m.gguf", "CPU", options=OpenVINOSettings(prefix_caching=False)).max_prompt_tokens is None
     # A prompt's KV outlives its request only with prefix caching: what makes warming a file worth it.
-    assert OpenVINOEngine("m.gguf", "CPU").keeps_prompt_cache and not npu.keeps_prompt_cache
+    assert OpenVINOEngine("m.gguf", "CPU").prefix_caching and not npu.prefix_caching
     npu, cpu = FakeEngine(output="n"), FakeEngine(output="c")
     npu.max_prompt_tokens = 512
     scheduler = make(npu, cpu, names=["npu", "cpu"])

@@ -12,10 +12,10 @@ from fake_engine import FakeEngine
 class NoisyEngine(FakeEngine):
     """Writes to stdout while loading and decoding, as native libraries do."""
 
-    def load(self) -> None:
+    def load_model(self):
         print("library banner on stdout")
         os.write(1, b"raw bytes on fd 1\n")
-        super().load()
+        return super().load_model()
 
 
 class CrashingEngine(FakeEngine):
@@ -44,7 +44,7 @@ class HangingEngine(FakeEngine):
 
 
 class FailingLoadEngine(FakeEngine):
-    def load(self) -> None:
+    def load_model(self):
         from aipc_lsp.engines.base import EngineError
 
         raise EngineError("no such model on this device")
@@ -65,20 +65,39 @@ class SilentUntilCancelledEngine(FakeEngine):
 class EnvEngine(FakeEngine):
     """Says the worker's MALLOC_ARENA_MAX: what the environment a worker is started with holds."""
 
-    def load(self) -> None:
+    def load_model(self):
         self.output = os.environ.get("MALLOC_ARENA_MAX", "unset")
-        super().load()
+        return super().load_model()
 
 
 class SettlingEngine(FakeEngine):
-    """Counts the worker's calls of `settle` (idle time after an answer); `count_tokens` says
-    how many so far, since the worker answers that call between generations."""
+    """Keeps the order of its generations ("g") and settles ("s"); `apply_chat_template` says it,
+    since the worker answers that call while its main thread works."""
 
-    settled = 0
+    history = ""
+
+    def generate(self, prompt, params, cancel, on_text=None):
+        SettlingEngine.history += "g"
+        return super().generate(prompt, params, cancel, on_text)
 
     def settle(self, busy) -> None:
         assert not busy()  # the worker settles only with nothing queued
-        SettlingEngine.settled += 1
+        SettlingEngine.history += "s"
 
-    def count_tokens(self, text: str) -> int:
-        return SettlingEngine.settled
+    def apply_chat_template(self, messages) -> str:
+        return SettlingEngine.history
+
+
+class FussyEngine(FakeEngine):
+    """Refuses prompts longer than `limit` characters as a request it cannot serve (RequestError)."""
+
+    def __init__(self, limit: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        self.limit = limit
+
+    def generate(self, prompt, params, cancel, on_text=None):
+        from aipc_lsp.engines.base import RequestError
+
+        if len(prompt) > self.limit:
+            raise RequestError(f"the prompt is {len(prompt)} characters, more than {self.limit}")
+        return super().generate(prompt, params, cancel, on_text)
