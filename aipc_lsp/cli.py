@@ -28,6 +28,8 @@ def _setup_logging(verbose: int, log_file: str | None) -> None:
     root.setLevel(max(logging.DEBUG, level))
     # pygls logs every message body at INFO; keep it for -vv.
     logging.getLogger("pygls").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    # httpx logs every request at INFO (the remote engine's token counts: one a keystroke); -vv keeps them.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 def _config_path(arg: str | None) -> Path:
@@ -248,10 +250,12 @@ def _stdout_to_stderr():
 def cmd_devices(args: argparse.Namespace) -> int:
     from aipc_lsp.config import SettingsLayers, load_file
     from aipc_lsp.engines.detect import detect, format_table
+    from aipc_lsp.engines.remote import devices_report
 
     layers = SettingsLayers()
     layers.file, _ = load_file(_config_path(args.config))
-    reports = detect(layers.settings().npu_library.python)
+    settings = layers.settings()
+    reports = detect(settings.npu_library.python) + [devices_report(settings.remote)]
     if args.json:
         print(json.dumps([r.as_dict() for r in reports], indent=2))
     else:

@@ -83,6 +83,22 @@ class NpuLibrarySettings:
 
 
 @dataclass
+class RemoteSettings:
+    """The `remote` engine's server: an OpenAI-compatible one a team runs (docs/TEAM.md)."""
+
+    url: str = _opt("", "the server's OpenAI base URL, e.g. http://team-llm:8080/v1 (llama.cpp, vLLM, Ollama) or "
+                        "http://host:8000/v3 (OpenVINO Model Server); /v1 is added when the path has no version")
+    model: str = _opt("", "the served model's name sent with each request; \"\" = the first the server lists")
+    api_key_env: str = _opt("", "name of the environment variable holding the server's API key (sent as a bearer "
+                                "token); \"\" = no key. The key itself is never a setting and never logged")
+    connect_timeout_s: float = _opt(2.0, "longest wait to connect; then the next slot serves", minimum=0.1, maximum=120.0)
+    timeout_s: float = _opt(5.0, "longest wait for the first token and between tokens; then the next slot serves",
+                            minimum=0.2, maximum=600.0)
+    retries: int = _opt(1, "times a request that failed before its first token in a way another try may cure "
+                           "(refused or dropped connection, HTTP 429/502/503/504) is sent again", minimum=0, maximum=5)
+
+
+@dataclass
 class CompletionSettings:
     enabled: bool = _opt(True, "answer inline completion and completion requests")
     max_tokens: int = _opt(64, "most tokens generated for one suggestion", minimum=1, maximum=2048)
@@ -155,6 +171,7 @@ class Settings:
     onnxruntime: OnnxRuntimeSettings = field(default_factory=OnnxRuntimeSettings)
     transformers: TransformersSettings = field(default_factory=TransformersSettings)
     npu_library: NpuLibrarySettings = field(default_factory=NpuLibrarySettings)
+    remote: RemoteSettings = field(default_factory=RemoteSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     slots: list = field(default_factory=list, metadata={
         "doc": "device slots in order of preference; empty = one slot from engine/device/model above",

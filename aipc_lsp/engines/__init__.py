@@ -31,6 +31,9 @@ class EngineKind:
     worker_env: tuple[tuple[str, str], ...] = ()
     # It runs a worker process of its own (under another interpreter): never wrapped in another.
     own_process: bool = False
+    # False: the model is a server's (remote): no model file is resolved for it, and no worker process
+    # is started (it computes nothing here; a process would only add a hop).
+    local_model: bool = True
 
 
 ENGINES: dict[str, EngineKind] = {
@@ -45,6 +48,7 @@ ENGINES: dict[str, EngineKind] = {
                                precisions=("fp32", "bf16", "fp16"), prepare_precisions=("fp32", "bf16", "fp16")),
     "npu_library": EngineKind("aipc_lsp.engines.npu_library", "NpuLibraryEngine",
                               precisions=("int4", "int8", "fp16"), own_process=True),
+    "remote": EngineKind("aipc_lsp.engines.remote", "RemoteEngine", local_model=False),
 }
 ENGINE_NAMES = tuple(ENGINES)
 # Every precision any engine takes at load or prepare makes ("" = the engine's default).
@@ -108,7 +112,7 @@ def create_engine(slot: "SlotSettings", model_path: str, settings: "Settings") -
     kind = kind_of(slot.engine)
     # npu_library is a ProcessEngine itself, whose worker runs under the library's interpreter:
     # wrapping it in another process would add a hop.
-    if settings.scheduler.engine_process and not kind.own_process:
+    if settings.scheduler.engine_process and not kind.own_process and kind.local_model:
         from aipc_lsp.engines.process import ProcessEngine
 
         return ProcessEngine(slot.engine, model_path, slot.device, spec, env=dict(kind.worker_env))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from aipc_lsp.engines import kind_of
 from aipc_lsp.models import gguf_ir
 from aipc_lsp.models.compat import ModelError, model_for_engine, openvino_loads_ir_of
 from aipc_lsp.models.convert import PrepareError, PrepareOptions, prepare
@@ -36,6 +37,8 @@ def model_for_slot(slot, settings, progress: Progress | None = None, warn: Warn 
     """What `slot`'s engine loads for its `model` setting, fetched and made first where needed
     (progress: fetching 0-50%, making 50-100%). Raises FetchError, ModelError or PrepareError."""
     progress = progress or _quiet
+    if not kind_of(slot.engine).local_model:
+        return Path(settings.remote.model or "the served model")  # a server's model (remote.url): nothing here
 
     def half(low: int) -> Progress:
         return lambda message, percent: progress(message, None if percent is None else low + percent // 2)
@@ -85,6 +88,9 @@ def ready_for_engines(path: Path, settings, progress: Progress | None = None) ->
     pay for it. One line per engine for the user. Raises PrepareError."""
     lines = []
     for engine in dict.fromkeys(slot.engine for slot in settings.slot_list()):
+        if not kind_of(engine).local_model:
+            lines.append(f"{engine}: the model is the server's (remote.url); nothing to make here")
+            continue
         try:
             target = engine_model(path, engine, settings, progress, dequantise=False)
         except ModelError as exc:

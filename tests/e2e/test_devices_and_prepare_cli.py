@@ -17,7 +17,9 @@ def test_devices_lists_every_engine_with_versions_and_devices():
     done = _run("devices", "--json")
     assert done.returncode == 0, done.stderr
     reports = {r["engine"]: r for r in json.loads(done.stdout)}
-    assert set(reports) == {"openvino", "onnxruntime", "transformers", "npu_library"}
+    assert set(reports) == {"openvino", "onnxruntime", "transformers", "npu_library", "remote"}
+    # No team server configured: the remote engine says which setting names one.
+    assert reports["remote"]["available"] and "remote.url" in reports["remote"]["note"], reports["remote"]
     # The engines the dev extra installs import here and see the CPU.
     for engine in ("openvino", "onnxruntime", "transformers"):
         assert reports[engine]["available"], reports[engine]
