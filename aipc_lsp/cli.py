@@ -28,6 +28,10 @@ def _setup_logging(verbose: int, log_file: str | None) -> None:
     root.setLevel(max(logging.DEBUG, level))
     # pygls logs every message body at INFO; keep it for -vv.
     logging.getLogger("pygls").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    # The user's code reaches the log only when -vv asks for the message bodies too.
+    from aipc_lsp.log_privacy import allow_document_text
+
+    allow_document_text(verbose >= 2)
     # httpx logs every request at INFO (the remote engine's token counts: one a keystroke); -vv keeps them.
     logging.getLogger("httpx").setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 

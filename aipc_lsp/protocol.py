@@ -36,6 +36,9 @@ from pygls.io_ import StdoutWriter
 from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.protocol.json_rpc import RPCError, RPCNotification, RPCRequest, RPCResponse
 
+from aipc_lsp.documents import LspWorkspace
+from aipc_lsp.log_privacy import shown
+
 logger = logging.getLogger(__name__)
 
 # Bigger messages are skipped, not buffered: an editor opening a huge file must not make the
@@ -109,7 +112,7 @@ class AipcProtocol(LanguageServerProtocol):
         if not isinstance(message, (_Malformed, RPCRequest, RPCNotification, RPCResponse, RPCError)):
             # Not a JSON-RPC message at all: no "jsonrpc" member, a batch, a bare value.
             msg_id = message.get("id") if isinstance(message, dict) else None
-            logger.error("Invalid JSON-RPC message: %.200r", message)
+            logger.error("Invalid JSON-RPC message: %s", shown(message))
             self._send_error(msg_id, types.ErrorCodes.InvalidRequest, "Invalid Request: not a JSON-RPC 2.0 message")
             return
 
@@ -171,6 +174,13 @@ class AipcProtocol(LanguageServerProtocol):
             self._send_error(None, types.ErrorCodes.InvalidRequest, f"Invalid Request: {message.problem}")
 
     # -- documents ------------------------------------------------------------------------------
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params: types.InitializeParams):
+        result = yield from super().lsp_initialize(params)
+        # pygls's documents drift from the editor's (line breaks, ends of lines, URIs): documents.py.
+        self._workspace = LspWorkspace.replacing(self._workspace)
+        return result
+
     @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
     def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
         # pygls splices a reversed range as start..start + text + end.. , duplicating the text in
@@ -324,7 +334,7 @@ def _frames(stream, stop_event: threading.Event):
             match = _CONTENT_LENGTH.search(line)
             if match is None:
                 if b":" not in line:
-                    logger.warning("Ignoring malformed header line %.80r", line)
+                    logger.warning("Ignoring malformed header line %s", shown(line))
                 continue
             value = match.group(1)
             # isdigit on bytes is ASCII-only; 20 digits keep int() cheap and bounded.

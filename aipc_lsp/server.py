@@ -220,9 +220,10 @@ def create_server(config_path: Path | None = None, status_port: int | None = Non
         ls.shutting_down = True
         ls.runtime.close()
 
-    from aipc_lsp.features import chat, completion, status
+    from aipc_lsp.features import chat, completion, debug, status
 
     completion.register(server)
     chat.register(server)
     status.register(server)
+    debug.register(server)
     return server

@@ -28,6 +28,7 @@ from aipc_lsp import fim
 from aipc_lsp.context import CHARS_PER_TOKEN, CompletionContext, LineCountCache, build_completion_context
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
+from aipc_lsp.log_privacy import shown
 from aipc_lsp.runtime import ModelRuntime
 from aipc_lsp.scheduler import Job
 
@@ -309,7 +310,7 @@ class Suggester:
         total_ms = (now - started) * 1000
         self.recent.append({"uri": uri, "version": version, "source": source, "firstTokenMs": first_ms,
                             "totalMs": total_ms, "tokens": tokens})
-        log.debug("suggestion for %s@%s (%s): %r (%.0f ms)", uri, version, source, text, total_ms)
+        log.debug("suggestion for %s@%s (%s): %s (%.0f ms)", uri, version, source, shown(text), total_ms)
         return Suggestion(text=text, first_token_ms=first_ms, total_ms=total_ms, tokens=tokens, source=source)
 
 
