@@ -8,12 +8,13 @@ answer's first code block becomes the replacement for the selection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import textwrap
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from aipc_lsp.chat_template import ChatPrompter, StopFilter
@@ -67,7 +68,6 @@ class ChatRequest:
     mode: str | None = None  # "edit" / "ask"; None = guess from the instruction
     history: list[dict] | None = None  # given by the client; None = the server's own
     version: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def guess_mode(instruction: str) -> str:
@@ -121,6 +121,7 @@ class ChatService:
         return list(self._histories.get(uri, []))
 
     def _prompter(self, engine) -> ChatPrompter:
+        """The engine's prompter, made once (asks the engine for its template: not on the loop)."""
         key = id(engine)
         if key not in self._prompters:
             self._prompters = {key: ChatPrompter(engine)}  # one engine at a time is plenty
@@ -154,13 +155,17 @@ class ChatService:
         scheduler = await self.runtime.scheduler()
         # Template and token counts from a loaded slot (all slots serve the same model family).
         engine = next((s for s in scheduler.slots if s.ready), scheduler.slots[0]).engine
-        prompter = self._prompter(engine)
         mode = request.mode or guess_mode(request.instruction)
         user = user_message(request, mode)
         history = request.history if request.history is not None else self.history(request.uri)
-        prompt, kept, prompt_tokens = self._fit(
-            prompter, engine, SYSTEM_EDIT if mode == "edit" else SYSTEM_ASK, history, user, settings,
-            scheduler.prompt_limit())
+        system, limit = SYSTEM_EDIT if mode == "edit" else SYSTEM_ASK, scheduler.prompt_limit()
+
+        def fitted() -> tuple[ChatPrompter, str, list[dict], int]:
+            # The engine's template, renderer and token counts: each a round trip to its worker.
+            prompter = self._prompter(engine)
+            return prompter, *self._fit(prompter, engine, system, history, user, settings, limit)
+
+        prompter, prompt, kept, prompt_tokens = await asyncio.to_thread(fitted)
         stream = StopFilter(prompter.stop)
         received: list[str] = []
 

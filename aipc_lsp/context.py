@@ -159,13 +159,21 @@ def _round_up(value: int, step: int) -> int:
     return -(-value // step) * step
 
 
+class NotCounted(LookupError):
+    """A count that needs the tokenizer was asked of `LineCountCache.cached_only`."""
+
+
 class LineCountCache:
     """Token counts for prompts that grow keystroke by keystroke: the text up to the last
     newline is counted once and remembered; the cursor's line is bounded by its UTF-8 length
     (a token is at least one byte) instead of counted, so a keystroke that stays on its line
     asks the tokenizer nothing (with the engine in a worker process, a count is a round trip
     to it on every keystroke). A long cursor line is counted. The sum can be high by a few
-    tokens (BPE also merges across that newline): fine for a budget."""
+    tokens (BPE also merges across that newline): fine for a budget.
+
+    `cached_only` answers from what is remembered and raises NotCounted instead of asking the
+    tokenizer: the event loop builds a prompt with it, and hands the work to a thread only when
+    a count is missing."""
 
     def __init__(self, count_tokens: Callable[[str], int], size: int = 16):
         self._count = count_tokens
@@ -173,15 +181,25 @@ class LineCountCache:
         self._size = size
 
     def __call__(self, text: str) -> int:
+        return self._counted(text, self._count)
+
+    def cached_only(self, text: str) -> int:
+        return self._counted(text, _not_counted)
+
+    def _counted(self, text: str, count: Callable[[str], int]) -> int:
         cut = text.rfind("\n") + 1
         if cut == 0:
-            return self._count(text)
+            return count(text)
         head, tail = text[:cut], text[cut:]
         n = self._heads.get(head)
         if n is None:
-            n = self._count(head)
+            n = count(head)
             if len(self._heads) >= self._size:
-                self._heads.pop(next(iter(self._heads)))
+                self._heads.pop(next(iter(self._heads)), None)  # another thread may have dropped it
             self._heads[head] = n
         tail_bytes = len(tail.encode("utf-8", "surrogatepass"))
-        return n + (tail_bytes if tail_bytes <= BOUNDED_LINE_BYTES else self._count(tail))
+        return n + (tail_bytes if tail_bytes <= BOUNDED_LINE_BYTES else count(tail))
+
+
+def _not_counted(text: str) -> int:
+    raise NotCounted(len(text))

@@ -22,10 +22,11 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 from aipc_lsp.config import CompletionSettings
 from aipc_lsp import fim
-from aipc_lsp.context import CHARS_PER_TOKEN, CompletionContext, LineCountCache, build_completion_context
+from aipc_lsp.context import CHARS_PER_TOKEN, CompletionContext, LineCountCache, NotCounted, build_completion_context
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
 from aipc_lsp.log_privacy import shown
@@ -33,6 +34,7 @@ from aipc_lsp.runtime import ModelRuntime
 from aipc_lsp.scheduler import Job
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COMPLETION = "completion"
 WARM = "warm"
@@ -132,15 +134,12 @@ class Suggester:
             budget = self._prepare(scheduler, settings)
             template = await self._template(scheduler, settings)
             if offset is None:
-                end = _first_window_end(text, budget)
-                while end > 0 and (count := self._count(text[:end])) > budget:
-                    # Denser code than CHARS_PER_TOKEN: back to a line end within the budget.
-                    end = text.rfind("\n", 0, int(end * budget / count * 0.95)) + 1
-                ctx = self._context(text, end, budget, settings, template, uri, snippets, language_id)
+                end = await self._counted(lambda count: _first_window_end(text, budget, count))
+                ctx = await self._context(text, end, budget, settings, template, uri, snippets, language_id)
                 if ctx.window_start_line != 0 or not ctx.prompt:
                     return  # no cursor's window would start at the document's beginning
             else:
-                ctx = self._context(text, offset, budget, settings, template, uri, snippets, language_id)
+                ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id)
                 if not ctx.prompt or ctx.prompt == self._last_computed:
                     return  # cached: the last suggestion's, or the client said it twice
             prompt = ctx.prompt
@@ -212,7 +211,7 @@ class Suggester:
         scheduler = await self.runtime.scheduler()
         budget = self._prepare(scheduler, settings)
         template = await self._template(scheduler, settings)
-        ctx = self._context(text, offset, budget, settings, template, uri, snippets, language_id)
+        ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id)
         if not ctx.window.strip() and not ctx.suffix_window.strip():
             return None  # an empty document: no code to go on (other files' snippets alone are not its code)
         before, after = text[:offset], text[offset:]
@@ -282,10 +281,19 @@ class Suggester:
                      if self._fim[settings.fim] else "the code before the cursor")
         return self._fim[settings.fim]
 
-    def _context(self, text: str, offset: int, budget: int, settings: CompletionSettings,
-                 template: fim.FimTemplate | None, uri: str, snippets, language_id: str) -> CompletionContext:
+    async def _counted(self, work: Callable[[Callable[[str], int]], T]) -> T:
+        """`work(count)`, on the event loop when every token count it asks for is remembered (a
+        keystroke on the line of the last request), else in a thread: a count the cache lacks is
+        a round trip to the engine's worker, which answers between two decode steps."""
+        try:
+            return work(self._count.cached_only)
+        except NotCounted:
+            return await asyncio.to_thread(work, self._count)
+
+    async def _context(self, text: str, offset: int, budget: int, settings: CompletionSettings,
+                       template: fim.FimTemplate | None, uri: str, snippets, language_id: str) -> CompletionContext:
         """The prompt at `offset`: other files first (when enabled), then the FIM body or the code
-        before the cursor."""
+        before the cursor. The other files' header is picked here, on the loop that feeds the ring."""
         header = ""
         if snippets is not None and settings.other_files and settings.other_files_tokens:
             near = int(budget * CHARS_PER_TOKEN)
@@ -295,8 +303,9 @@ class Suggester:
                 path = snippets.path_of(uri) if hasattr(snippets, "path_of") else uri.rsplit("/", 1)[-1]
                 header = (template.header(chosen, path) if template is not None
                           else fim.comment_header(chosen, fim.comment_prefix(language_id)))
-        return build_completion_context(text, offset, budget_tokens=budget, count_tokens=self._count, fim=template,
-                                        suffix_tokens=settings.suffix_tokens, header=header)
+        return await self._counted(lambda count: build_completion_context(
+            text, offset, budget_tokens=budget, count_tokens=count, fim=template,
+            suffix_tokens=settings.suffix_tokens, header=header))
 
     def _remember(self, key: tuple, text: str) -> None:
         self._results[key] = text
@@ -314,11 +323,12 @@ class Suggester:
         return Suggestion(text=text, first_token_ms=first_ms, total_ms=total_ms, tokens=tokens, source=source)
 
 
-def _first_window_end(text: str, budget_tokens: int) -> int:
-    """The end of the last whole line within the budget counted from the document's start, by
-    the context builder's own chars-per-token estimate (so a cursor there gets a window from
-    line 0; the caller checks the real count)."""
+def _first_window_end(text: str, budget_tokens: int, count: Callable[[str], int]) -> int:
+    """The end of the last whole line within the budget counted from the document's start (so
+    a cursor there gets a window from line 0): first by the context builder's own chars-per-token
+    estimate, then back by the real count where the code is denser."""
     limit = int(budget_tokens * CHARS_PER_TOKEN)
-    if len(text) <= limit:
-        return len(text)
-    return text.rfind("\n", 0, limit) + 1
+    end = len(text) if len(text) <= limit else text.rfind("\n", 0, limit) + 1
+    while end > 0 and (tokens := count(text[:end])) > budget_tokens:
+        end = text.rfind("\n", 0, int(end * budget_tokens / tokens * 0.95)) + 1
+    return end
