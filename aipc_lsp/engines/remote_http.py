@@ -117,12 +117,12 @@ class Server:
     def _json(self, method: str, path: str, body: dict | None, root: bool, quick: bool = False) -> dict:
         url = (self.root if root else self.base) + path
         # A quick request (a token count, on the keystroke's path) waits at most QUICK_TIMEOUT_S.
-        timeout = httpx.Timeout(min(self.timeout_s, QUICK_TIMEOUT_S), connect=min(self.connect_timeout_s, QUICK_TIMEOUT_S)) \
-            if quick else httpx.USE_CLIENT_DEFAULT
+        waits = (min(self.timeout_s, QUICK_TIMEOUT_S), min(self.connect_timeout_s, QUICK_TIMEOUT_S)) if quick else None
+        timeout = httpx.Timeout(waits[0], connect=waits[1]) if waits else httpx.USE_CLIENT_DEFAULT
         try:
             response = self.client.request(method, url, json=body, timeout=timeout)
         except httpx.HTTPError as exc:
-            raise EngineError(self._transport_message(exc, path)) from None
+            raise EngineError(self._transport_message(exc, path, waits)) from None
         if response.status_code >= 400:
             raise self._status_error(response.status_code, _detail(response.text), path)
         try:
@@ -145,11 +145,14 @@ class Server:
 
     # --- errors -------------------------------------------------------------------------------------
 
-    def _transport_message(self, exc: httpx.HTTPError, path: str) -> str:
+    def _transport_message(self, exc: httpx.HTTPError, path: str, waits: tuple[float, float] | None = None) -> str:
+        """`waits`: the (read, connect) timeouts of a quick request, when they were not the settings'."""
         if isinstance(exc, httpx.ConnectTimeout):
-            return f"no connection to {self.label} within {self.connect_timeout_s:g} s (remote.connect_timeout_s)"
+            wait = f"{waits[1]:g} s" if waits else f"{self.connect_timeout_s:g} s (remote.connect_timeout_s)"
+            return f"no connection to {self.label} within {wait}"
         if isinstance(exc, httpx.TimeoutException):
-            return f"{self.label}{path} sent nothing for {self.timeout_s:g} s (remote.timeout_s)"
+            wait = f"{waits[0]:g} s" if waits else f"{self.timeout_s:g} s (remote.timeout_s)"
+            return f"{self.label}{path} sent nothing for {wait}"
         if isinstance(exc, httpx.ConnectError):
             return f"cannot reach {self.label}: {_reason(exc)}"
         return f"{self.label}{path}: the connection failed: {_reason(exc)}"

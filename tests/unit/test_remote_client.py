@@ -43,12 +43,15 @@ class Server:
         self.n_ctx = n_ctx
         self.streams: list = []  # bytes, an int status, or an exception to raise
         self.requests: list[httpx.Request] = []
+        self.counts_silent = False  # the tokenizer endpoint times out
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path = request.url.path
         if path == "/v1/models":
             return httpx.Response(200, json={"data": [{"id": m} for m in self.models]})
+        if path == "/extras/tokenize/count" and self.counts_silent:
+            raise httpx.ReadTimeout("timed out")
         if path == "/extras/tokenize/count" and self.tokenize:
             text = json.loads(request.content)["input"]
             return httpx.Response(200, json={"count": len(text.split()) + text.count("<fim_prefix>")})
@@ -369,3 +372,16 @@ def test_a_strict_server_that_refuses_llama_cpp_fields_is_asked_without_them():
     first, second, third = server.bodies("/v1/completions")
     assert first["cache_prompt"] is True and "cache_prompt" not in second and "cache_prompt" not in third
     assert first["stop"] == list(stop[:4])  # OpenAI's limit of four, which OpenVINO Model Server keeps
+
+
+def test_a_count_the_server_does_not_answer_is_estimated_until_it_answers_again():
+    server = Server(tokenize=True)
+    remote = engine(server)
+    server.counts_silent = True
+    assert remote.count_tokens("a b c d e") == remote.estimate("a b c d e")
+    asked = len(server.requests)
+    assert remote.count_tokens("f g h") == remote.estimate("f g h") and len(server.requests) == asked  # not asked again
+    server.counts_silent = False
+    server.streams.append(sse(*pieces(["ok"])))
+    run(remote, "x")  # the server answers: exact counts again
+    assert remote.count_tokens("f g h") == 3
