@@ -10,11 +10,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from aipc_lsp.config import validate
+from aipc_lsp.config import Settings, validate
+
+# Settings of no section (`engine=remote` compares a local configuration with the team server's).
+TOP_LEVEL = frozenset(name for name, value in vars(Settings()).items() if isinstance(value, (str, int, float)))
 
 
 def parse_sets(pairs: list[str]) -> dict:
-    """`completion.suffix_tokens=64`, or a completion setting without its section (`fim=off`).
+    """`completion.suffix_tokens=64`, a top-level setting (`engine=remote`), or a completion setting
+    without its section (`fim=off`).
     Values are read as TOML (64, true, "x"), else as text. Raises ValueError saying what is wrong."""
     options: dict = {}
     for pair in pairs:
@@ -22,7 +26,7 @@ def parse_sets(pairs: list[str]) -> dict:
         if not sep or not key.strip():
             raise ValueError(f"--set expects key=value, got {pair!r}")
         path = key.strip().split(".")
-        path = ["completion", *path] if len(path) == 1 else path
+        path = ["completion", *path] if len(path) == 1 and path[0] not in TOP_LEVEL else path
         try:
             value = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:

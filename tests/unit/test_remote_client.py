@@ -385,3 +385,11 @@ def test_a_count_the_server_does_not_answer_is_estimated_until_it_answers_again(
     server.streams.append(sse(*pieces(["ok"])))
     run(remote, "x")  # the server answers: exact counts again
     assert remote.count_tokens("f g h") == 3
+
+
+def test_bench_and_eval_can_switch_a_run_to_the_remote_engine():
+    from aipc_lsp.setting_pairs import parse_sets
+
+    assert parse_sets(["engine=remote", "fim=off"]) == {"engine": "remote", "completion": {"fim": "off"}}
+    with pytest.raises(ValueError, match="not one of"):
+        parse_sets(["engine=cloud"])
