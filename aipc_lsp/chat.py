@@ -21,11 +21,11 @@ from aipc_lsp.chat_template import ChatPrompter, StopFilter
 from aipc_lsp.config import ChatSettings
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.runtime import ModelRuntime
-from aipc_lsp.scheduler import Job
+from aipc_lsp.scheduler import Job, JobKind
 
 log = logging.getLogger(__name__)
 
-CHAT = "chat"
+CHAT = JobKind.CHAT
 ROLES = ("system", "user", "assistant")
 _QUESTION = re.compile(
     r"^\s*(why|what|how|explain|describe|does|do|is|are|can|could|should|where|when|which|who|tell)\b", re.I)
@@ -179,9 +179,8 @@ class ChatService:
 
         params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature,
                                   stop=prompter.stop)
-        # Preemptible: generated in chunks so completions typed meanwhile can take the slot.
-        job = Job(key=(request.uri, CHAT), prompt=prompt, params=params, version=request.version,
-                  on_text=on_text, preemptible=True)
+        # A chat job is generated in chunks so completions typed meanwhile can take the slot.
+        job = Job(key=(request.uri, CHAT), prompt=prompt, params=params, version=request.version, on_text=on_text)
         result = await scheduler.run(job)
         if result.cancelled:
             raise ChatSuperseded("superseded by a newer chat on this document, or the document was closed")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from aipc_lsp import __version__
+from aipc_lsp.engines import PREPARE_PRECISIONS  # the engines table: what prepare makes for which engine
 
 GIL_SWITCH_INTERVAL_S = 0.001
 
@@ -302,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="convert a checkpoint (HF folder, hub id, GGUF file or a model name) for an engine")
     prep.add_argument("source", help="Hugging Face folder, hub id (owner/name), .gguf file, or a model `models list` "
                                      "shows (\"default\": the default model)")
-    prep.add_argument("--engine", required=True, choices=["openvino", "onnxruntime", "transformers"])
-    prep.add_argument("--precision", required=True, choices=["int4", "int8", "fp16", "bf16", "fp32"])
+    prep.add_argument("--engine", required=True, choices=list(PREPARE_PRECISIONS))
+    prep.add_argument("--precision", required=True,
+                      choices=list(dict.fromkeys(p for ps in PREPARE_PRECISIONS.values() for p in ps)))
     prep.add_argument("--output", help="output folder (default: the model cache, listed by `models list`)")
     prep.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "dml"],
                       help="onnxruntime execution provider the model is built for (default cpu)")

@@ -29,7 +29,6 @@ from aipc_lsp.engines.base import (CancelFlag, Engine, EngineError, GenerationPa
 log = logging.getLogger(__name__)
 _job_ids = itertools.count(1)
 
-COMPLETION = "completion"
 # Until a slot has measured itself, estimates use these (a small model on a CPU).
 PRIOR_TTFT_MS = 150.0
 PRIOR_TOKENS_PER_S = 20.0
@@ -38,46 +37,75 @@ PRIOR_COMPLETION_TOKENS = 24.0
 PREFILL_STALL_FACTOR = 3.0
 
 
+class JobKind(str, enum.Enum):
+    """What a job is for, which says how it is run (a str: it is the second half of a job's key)."""
+
+    # A suggestion: what the user waits for while typing; runs first, on the slot that answers soonest.
+    COMPLETION = "completion"
+    # An inline chat answer: long, so it runs in chunks that completions can cut in between; prefers
+    # the accelerator (slots are in preference order).
+    CHAT = "chat"
+    # Background work (warming a document's KV cache): runs only when nothing else waits, and is
+    # stopped as soon as another job does (within the engine's step in flight; the prefix cache
+    # keeps what it computed).
+    WARM = "warm"
+
+    def __str__(self) -> str:  # its value in logs and messages (Python 3.10 has no StrEnum)
+        return self.value
+
+    @property
+    def priority(self) -> int:
+        """Lower runs first."""
+        return _PRIORITY[self]
+
+    @property
+    def preemptible(self) -> bool:
+        return self is JobKind.CHAT
+
+    @property
+    def yields(self) -> bool:
+        return self is JobKind.WARM
+
+
+_PRIORITY = {JobKind.COMPLETION: 0, JobKind.CHAT: 1, JobKind.WARM: 2}
+
+
 @dataclass(eq=False)
 class Job:
+    """One generation a feature asks for. What the scheduler keeps while running it is its `_Run`."""
+
     # (document uri, kind): a newer job with the same key supersedes this one.
-    key: tuple[str, str]
+    key: tuple[str, JobKind]
     prompt: str
     params: GenerationParams
     version: int | None = None
     # Called in the slot's thread with each new piece; False stops generation.
     on_text: OnText | None = None
-    # Long jobs (chat) run in chunks so that completions can take the slot in between.
-    preemptible: bool = False
-    # Background work (warming a document's KV cache): runs only when nothing else waits, and
-    # is stopped as soon as another job does (within the engine's step in flight; the prefix
-    # cache keeps what it computed).
-    yields: bool = False
     cancel: threading.Event = field(default_factory=threading.Event)
     id: int = field(default_factory=lambda: next(_job_ids))
     superseded: bool = False
     created: float = field(default_factory=time.perf_counter)
-    # Set by the scheduler.
+    # The slot it runs on (aipc/status).
     slot_name: str | None = None
-    _future: asyncio.Future | None = field(default=None, repr=False)
-    _attempt: threading.Event | None = field(default=None, repr=False)
-    _excluded: set = field(default_factory=set, repr=False)
-    _result: GenerationResult = field(default_factory=GenerationResult, repr=False)
-    _tokens_now: int = 0
-    _last_progress: float = 0.0
     # When the job was first told to stop (perf_counter): cancel -> slot free is timed from here.
     cancelled_at: float | None = None
+    _run: "_Run | None" = field(default=None, repr=False)
 
     @property
-    def kind(self) -> str:
-        return self.key[1]
+    def kind(self) -> JobKind:
+        return JobKind(self.key[1])
 
     @property
     def priority(self) -> int:
-        """Lower runs first: completions are what the user waits for while typing."""
-        if self.yields:
-            return 2
-        return 0 if self.kind == COMPLETION else 1
+        return self.kind.priority
+
+    @property
+    def preemptible(self) -> bool:
+        return self.kind.preemptible
+
+    @property
+    def yields(self) -> bool:
+        return self.kind.yields
 
     def abandon(self, *, superseded: bool = False) -> None:
         """Stop the job: the engine stops within a decode step, its awaiter returns at once."""
@@ -85,11 +113,31 @@ class Job:
         if self.cancelled_at is None:
             self.cancelled_at = time.perf_counter()
         self.cancel.set()
-        if self._attempt is not None:
-            self._attempt.set()
-        future = self._future
-        if future is not None and not future.done() and not future.get_loop().is_closed():
-            future.set_result(dataclasses.replace(self._result, cancelled=True))
+        if self._run is not None:
+            self._run.stop()
+
+
+@dataclass(eq=False)
+class _Run:
+    """The scheduler's state of a job it runs (Scheduler.run made it)."""
+
+    future: asyncio.Future
+    # The cancel of the job's generation in flight; None once the watchdog wrote that one off.
+    attempt: CancelFlag | None = None
+    # Slots that failed this job: it is retried elsewhere.
+    excluded: set = field(default_factory=set)
+    # What its chunks have generated so far.
+    result: GenerationResult = field(default_factory=GenerationResult)
+    # Pieces of the generation in flight, and when the last one came (perf_counter).
+    tokens_now: int = 0
+    last_progress: float = 0.0
+
+    def stop(self) -> None:
+        if self.attempt is not None:
+            self.attempt.set()
+        future = self.future
+        if not future.done() and not future.get_loop().is_closed():
+            future.set_result(dataclasses.replace(self.result, cancelled=True))
 
 
 @dataclass
@@ -360,11 +408,11 @@ class Scheduler:
             # OpenVINO would fail on it as on a broken engine.
             return GenerationResult()
         self._live[job.key] = job
-        job._future = asyncio.get_running_loop().create_future()
+        job._run = _Run(asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._dispatch()
         try:
-            result = await job._future
+            result = await job._run.future
         except asyncio.CancelledError:
             job.abandon()
             raise
@@ -378,7 +426,7 @@ class Scheduler:
 
     # -- routing --------------------------------------------------------------------------------
     def _expected_tokens(self, job: Job) -> float:
-        if job.kind == COMPLETION:
+        if job.kind is JobKind.COMPLETION:
             return min(self._completion_tokens, job.params.max_new_tokens)
         return float(min(job.params.max_new_tokens, self.chunk_tokens if job.preemptible else job.params.max_new_tokens))
 
@@ -386,8 +434,8 @@ class Scheduler:
         job = slot.busy_with
         if job is None:
             return 0.0
-        left = max(0.0, self._expected_tokens(job) - job._tokens_now)
-        return (0.0 if job._tokens_now else slot.expected_ttft_ms()) + 1000 * left / slot.expected_tokens_per_s()
+        left = max(0.0, self._expected_tokens(job) - job._run.tokens_now)
+        return (0.0 if job._run.tokens_now else slot.expected_ttft_ms()) + 1000 * left / slot.expected_tokens_per_s()
 
     def _dispatch(self) -> None:
         """Assign pending jobs to slots. A job waits for a busy slot only when it would still
@@ -407,14 +455,14 @@ class Scheduler:
                 continue
             if self._running.get(job.key):
                 continue  # the key's previous generation is still stopping (one decode step)
-            candidates = [s for s in ready if s.name not in job._excluded]
+            candidates = [s for s in ready if s.name not in job._run.excluded]
             if not candidates:
-                if not any(s.health is Health.LOADING or (s.ready and s.name not in job._excluded) for s in self.slots):
+                if not any(s.health is Health.LOADING or (s.ready and s.name not in job._run.excluded) for s in self.slots):
                     self._pending.remove(job)
                     self._fail(job, EngineError("no healthy slot can serve: " + "; ".join(
                         f"{s.name}: {s.error or s.health.value}" for s in self.slots)))
                 continue
-            if job.priority == 1:
+            if job.kind is JobKind.CHAT:
                 best = candidates[0]  # chat prefers the accelerator (slots are in preference order)
             else:
                 tokens = self._expected_tokens(job)
@@ -429,30 +477,30 @@ class Scheduler:
                 wait[best.name] += best.service_ms(self._expected_tokens(job))
 
     def _fail(self, job: Job, error: Exception) -> None:
-        if job._future is not None and not job._future.done():
-            job._future.set_exception(error)
+        if not job._run.future.done():
+            job._run.future.set_exception(error)
 
     def _start(self, job: Job, slot: Slot) -> None:
         loop = asyncio.get_running_loop()
         job.slot_name = slot.name
-        job._attempt = attempt = CancelFlag()  # an engine may pass a cancel on the moment it is set
+        job._run.attempt = attempt = CancelFlag()  # an engine may pass a cancel on the moment it is set
         if job.cancel.is_set():
             attempt.set()
-        job._tokens_now = 0
-        job._last_progress = time.perf_counter()
+        job._run.tokens_now = 0
+        job._run.last_progress = time.perf_counter()
         slot.busy_with = job
         self._attempts[attempt] = job.key
         self._running[job.key] = self._running.get(job.key, 0) + 1
         self.max_generations_per_key = max(self.max_generations_per_key, self._running[job.key])
         params = job.params
         if job.preemptible:
-            left = params.max_new_tokens - job._result.tokens
+            left = params.max_new_tokens - job._run.result.tokens
             params = dataclasses.replace(params, max_new_tokens=max(1, min(self.chunk_tokens, left)))
-        prompt = job.prompt + job._result.text  # a resumed chunk continues the text so far
+        prompt = job.prompt + job._run.result.text  # a resumed chunk continues the text so far
 
         def on_text(piece: str) -> bool:
-            job._tokens_now += 1
-            job._last_progress = time.perf_counter()
+            job._run.tokens_now += 1
+            job._run.last_progress = time.perf_counter()
             return job.on_text(piece) if job.on_text is not None else True
 
         def work() -> GenerationResult:
@@ -468,10 +516,10 @@ class Scheduler:
         if slot.busy_with is job:
             slot.busy_with = None
             slot.stats.freed_at = time.monotonic()
-        if job.cancelled_at is not None and job.cancelled_at >= started and job._attempt is attempt:
+        if job.cancelled_at is not None and job.cancelled_at >= started and job._run.attempt is attempt:
             slot.stats.cancel_to_free_ms.append(round((time.perf_counter() - job.cancelled_at) * 1000, 2))
         self._forget_attempt(attempt)
-        stale = job._attempt is not attempt  # the watchdog moved the job elsewhere
+        stale = job._run.attempt is not attempt  # the watchdog moved the job elsewhere
         error = None if future.cancelled() else future.exception()
         if isinstance(error, RequestError):
             # The request, not the slot: the job fails with the engine's word on what to change.
@@ -484,7 +532,7 @@ class Scheduler:
             log.warning("job %d on slot %s failed: %s", job.id, slot.name, error)
             self._mark_unhealthy(slot, f"failed while generating: {error}")
             if not stale and not job.cancel.is_set():
-                job._excluded.add(slot.name)
+                job._run.excluded.add(slot.name)
                 self._pending.append(job)  # retried on the next slot
         elif not stale:
             self._account(job, slot, future.result(), params, started)
@@ -516,7 +564,7 @@ class Scheduler:
                 del self._running[key]
 
     def _account(self, job: Job, slot: Slot, chunk: GenerationResult, params: GenerationParams, started: float) -> None:
-        total = job._result
+        total = job._run.result
         if chunk.first_token_s is not None and total.first_token_s is None:
             total.first_token_s = started - job.created + chunk.first_token_s
         total.text += chunk.text
@@ -544,10 +592,10 @@ class Scheduler:
             # Next chunk: right away, unless a more urgent job wants a slot.
             self._pending.append(job)
             return
-        if job.kind == COMPLETION and outcome != "cancelled":
+        if job.kind is JobKind.COMPLETION and outcome != "cancelled":
             self._completion_tokens = 0.8 * self._completion_tokens + 0.2 * max(1, total.tokens)
-        if job._future is not None and not job._future.done():
-            job._future.set_result(total)
+        if not job._run.future.done():
+            job._run.future.set_result(total)
 
     async def _watch(self) -> None:
         """A slot whose generation makes no progress for `stall_timeout_s` is unhealthy; its
@@ -559,16 +607,16 @@ class Scheduler:
                 job = slot.busy_with
                 # Before its first token a job is prefilling its prompt: a code model's cold 1.5k-token
                 # prompt took over 20 s on 2 busy cores (measured with the eval), so that gets longer.
-                limit = self.stall_timeout_s * (PREFILL_STALL_FACTOR if job is not None and not job._tokens_now else 1)
+                limit = self.stall_timeout_s * (PREFILL_STALL_FACTOR if job is not None and not job._run.tokens_now else 1)
                 if (job is None or job.cancel.is_set() or job.slot_name != slot.name
-                        or now - job._last_progress < limit):
+                        or now - job._run.last_progress < limit):
                     continue
-                log.warning("job %d: no token from slot %s for %.1fs", job.id, slot.name, now - job._last_progress)
-                if job._attempt is not None:
-                    job._attempt.set()
-                    self._forget_attempt(job._attempt)
-                job._attempt = None  # whatever that thread returns now is ignored
-                job._excluded.add(slot.name)
+                log.warning("job %d: no token from slot %s for %.1fs", job.id, slot.name, now - job._run.last_progress)
+                if job._run.attempt is not None:
+                    job._run.attempt.set()
+                    self._forget_attempt(job._run.attempt)
+                job._run.attempt = None  # whatever that thread returns now is ignored
+                job._run.excluded.add(slot.name)
                 self._pending.append(job)
                 self._mark_unhealthy(slot, f"produced no token for {limit:.0f}s")
                 slot.engine.abort()  # a worker process stuck in a native call is killed; the retry reloads it

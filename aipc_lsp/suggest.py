@@ -31,13 +31,12 @@ from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
 from aipc_lsp.log_privacy import shown
 from aipc_lsp.runtime import ModelRuntime
-from aipc_lsp.scheduler import Job
+from aipc_lsp.scheduler import Job, JobKind
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-COMPLETION = "completion"
-WARM = "warm"
+COMPLETION, WARM = JobKind.COMPLETION, JobKind.WARM
 RESULT_CACHE_SIZE = 128
 RECENT_SIZE = 64
 # A burst of opens (a restored session, a search result preview) warms only the last document.
@@ -143,7 +142,7 @@ class Suggester:
                 if not ctx.prompt or ctx.prompt == self._last_computed:
                     return  # cached: the last suggestion's, or the client said it twice
             prompt = ctx.prompt
-            job = Job(key=("", WARM), prompt=prompt, params=GenerationParams(max_new_tokens=1), yields=True)
+            job = Job(key=("", WARM), prompt=prompt, params=GenerationParams(max_new_tokens=1))  # yields to any other
             cancelled = (await scheduler.run(job)).cancelled
             self._last_computed = None if cancelled else prompt
         except asyncio.CancelledError:

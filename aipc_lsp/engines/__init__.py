@@ -51,6 +51,8 @@ ENGINES: dict[str, EngineKind] = {
     "remote": EngineKind("aipc_lsp.engines.remote", "RemoteEngine", local_model=False),
 }
 ENGINE_NAMES = tuple(ENGINES)
+# What `aipc-lsp prepare` makes, per engine it makes something for.
+PREPARE_PRECISIONS = {name: kind.prepare_precisions for name, kind in ENGINES.items() if kind.prepare_precisions}
 # Every precision any engine takes at load or prepare makes ("" = the engine's default).
 PRECISIONS = ("", *dict.fromkeys(p for kind in ENGINES.values() for p in (*kind.precisions, *kind.prepare_precisions)))
 

@@ -1,4 +1,4 @@
-"""Generated token ids to text, piece by piece, for the OpenVINO engine.
+"""Generated token ids to text, piece by piece (textstream.py runs every engine's through here).
 
 Through OpenVINO GenAI's detokenizer a piece is two inferences of the detokenizer model: ~0.5 ms
 together during a generation (the engine's pinned threads hold both cores), 4% of the decode
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,12 @@ class ByteDetokenizer:
 
 
 class WindowDetokenizer:
-    """Incremental detokenization through the tokenizer's own decode: decodes only the tokens
-    since the last printed piece (plus the ones before it, so a tokenizer that treats a leading
-    space specially decodes both windows alike). Decoding all tokens every step is O(n^2)."""
+    """Incremental detokenization through a tokenizer's own `decode(ids) -> str`: decodes only the
+    tokens since the last printed piece (plus the ones before it, so a tokenizer that treats a
+    leading space specially decodes both windows alike). Decoding all tokens every step is O(n^2)."""
 
-    def __init__(self, tokenizer):
-        self._tokenizer = tokenizer
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self._decode = decode
         self._tokens: list[int] = []
         self._prefix_at = self._read_at = 0
         self._prefix_text = ""
@@ -100,11 +101,11 @@ class WindowDetokenizer:
     def push(self, ids) -> str:
         """Add token ids; returns the newly printable text ("" while a character is incomplete)."""
         self._tokens.extend(int(i) for i in ids)
-        window = self._tokenizer.decode(self._tokens[self._prefix_at:])
+        window = self._decode(self._tokens[self._prefix_at:])
         if window.endswith("\ufffd") or len(window) <= len(self._prefix_text):
             return ""
         piece = window[len(self._prefix_text):]
         self.text += piece
         self._prefix_at, self._read_at = self._read_at, len(self._tokens)
-        self._prefix_text = self._tokenizer.decode(self._tokens[self._prefix_at:self._read_at])
+        self._prefix_text = self._decode(self._tokens[self._prefix_at:self._read_at])
         return piece

@@ -20,7 +20,8 @@ from aipc_lsp.config import OnnxRuntimeSettings
 from aipc_lsp.engines.base import (Engine, EngineError, EngineInfo, GenerationParams, GenerationResult, OnText,
                                    RequestError, prompt_limit_of)
 from aipc_lsp.engines.templates import chat_template_from_folder
-from aipc_lsp.engines.textstream import TextAccumulator, common_prefix, special_stop_ids
+from aipc_lsp.engines.detokenize import WindowDetokenizer
+from aipc_lsp.engines.textstream import TextStream, common_prefix, special_stop_ids
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +180,13 @@ class OnnxRuntimeGenAIEngine(Engine):
             raise RequestError(f"onnxruntime: the prompt is {len(ids)} tokens, more than a generator holds "
                                f"(onnxruntime.max_length = {self.max_length}): lower the prompt budget "
                                f"(completion.context_tokens / chat.context_tokens) or raise onnxruntime.max_length")
-        # Whole-sequence decoding keeps spacing and multi-byte text right (see textstream.py).
-        pieces = TextAccumulator(lambda toks: self._tokenizer.decode(toks), params, result, on_text,
-                                 special_stop_ids(self._tokenizer.encode, params.stop))
+        pieces = TextStream(WindowDetokenizer(self._tokenizer.decode), params, result, on_text,
+                            special_stop_ids(self._tokenizer.encode, params.stop))
         try:
             generator, reused = self._prepare_generator(ids, params)
             if not self._prefill(generator, ids, reused, cancel):
                 result.cancelled = True
-            while not result.cancelled and len(pieces.tokens) < params.max_new_tokens and not generator.is_done():
+            while not result.cancelled and pieces.count < params.max_new_tokens and not generator.is_done():
                 if cancel.is_set():
                     result.cancelled = True
                     break
@@ -196,7 +196,7 @@ class OnnxRuntimeGenAIEngine(Engine):
                     result.first_token_s = time.perf_counter() - started
                 if generator.is_done() and token in self._eos_ids():
                     break
-                if not pieces.push(token):
+                if not pieces.push([token]):
                     break
             self._sequence = [int(t) for t in generator.get_sequence(0)]
         except EngineError:
@@ -206,7 +206,7 @@ class OnnxRuntimeGenAIEngine(Engine):
             self._sequence = []
             raise EngineError(f"onnxruntime generation failed: {exc}") from exc
         result.text = pieces.text
-        result.tokens = len(pieces.tokens)
+        result.tokens = pieces.count
         result.total_s = time.perf_counter() - started
         return result
 

@@ -15,6 +15,7 @@ from aipc_lsp.engines.base import (Engine, EngineError, EngineInfo, GenerationPa
                                    RequestError, prompt_limit_of)
 from aipc_lsp.engines.detokenize import ByteDetokenizer, WindowDetokenizer, byte_table
 from aipc_lsp.engines.pages import Releasing, release
+from aipc_lsp.engines.textstream import TextStream
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +257,11 @@ class OpenVINOEngine(Engine):
         except Exception as exc:
             raise EngineError(f"OpenVINO generation failed: {exc}") from exc
 
-    def _detokenizer(self):
-        return ByteDetokenizer(self._byte_table) if self._byte_table is not None else WindowDetokenizer(self._tokenizer)
+    def _text_stream(self, params: GenerationParams, result: GenerationResult, on_text: OnText | None) -> TextStream:
+        """Stop tokens are the pipeline's (`stop_token_ids`); the stream applies the other stop rules."""
+        tokenizer = self._tokenizer
+        detok = ByteDetokenizer(self._byte_table) if self._byte_table is not None else WindowDetokenizer(tokenizer.decode)
+        return TextStream(detok, params, result, on_text)
 
     def _generate_stepped(self, prompt, params, cancel, on_text) -> GenerationResult:
         """Our own decode loop over the pipeline's step(): no streamer thread, and the cancel
@@ -267,7 +271,6 @@ class OpenVINOEngine(Engine):
         started = time.perf_counter()
         # An older prompt's checkpoint cached after this answer would shadow this one's (settle()).
         self._checkpoint = None
-        detok = self._detokenizer()
         input_ids = self._tokenizer.encode(prompt).input_ids
         if self._cut(prompt, input_ids):
             # Its beginning (a chat's system prompt and question) would be lost without a word.
@@ -276,6 +279,7 @@ class OpenVINOEngine(Engine):
                 f"takes ({int(input_ids.shape[1])}): lower the prompt budget (completion.context_tokens / "
                 f"chat.context_tokens)")
         params = self._fit(int(input_ids.data.shape[-1]), params)
+        stream = self._text_stream(params, result, on_text)
         handle = self._pipe.add_request(next(self._request_ids), input_ids, self._generation_config(params))
         ended = False
         decode_steps = 0
@@ -290,13 +294,12 @@ class OpenVINOEngine(Engine):
             for output in handle.read().values():
                 if result.first_token_s is None and output.generated_ids:
                     result.first_token_s = time.perf_counter() - started
-                piece = detok.push(output.generated_ids)
-                if piece and self._wants_stop(piece, detok.text, params, on_text, result):
+                if not stream.push(output.generated_ids):
                     handle.stop()  # keeps the KV blocks for the prefix cache
                     ended = True
                     break
-        result.text = detok.text
-        result.tokens = detok.count
+        result.text = stream.text
+        result.tokens = stream.count
         result.total_s = time.perf_counter() - started
         # Wider than one token: prompt-lookup decode steps (4), or a prompt's prefill with no decode
         # step after it (a warm-up, an answer of one piece).
@@ -393,22 +396,13 @@ class OpenVINOEngine(Engine):
             self._pipe.step()
         del handle  # held until it ran: a dropped handle drops its request
 
-    @staticmethod
-    def _wants_stop(piece, text, params, on_text, result) -> bool:
-        if params.stop and any(s in text for s in params.stop):
-            result.stopped_by_caller = True
-        elif on_text is not None and on_text(piece) is False:
-            result.stopped_by_caller = True
-        return result.stopped_by_caller
-
     def _generate_streamed(self, prompt, params, cancel, on_text) -> GenerationResult:
         """LLMPipeline with a token-level streamer (devices without paged attention, e.g. NPU)."""
         import openvino_genai as og
 
         result = GenerationResult()
         started = time.perf_counter()
-        detok = self._detokenizer()
-        wants_stop = self._wants_stop
+        stream = self._text_stream(params, result, on_text)
 
         class _Streamer(og.StreamerBase):
             # Token-level: the library's text streamer holds tokens back until whole words
@@ -419,8 +413,7 @@ class OpenVINOEngine(Engine):
                     return og.StreamingStatus.CANCEL
                 if result.first_token_s is None:
                     result.first_token_s = time.perf_counter() - started
-                piece = detok.push(token if isinstance(token, list) else [token])
-                if piece and wants_stop(piece, detok.text, params, on_text, result):
+                if not stream.push(token if isinstance(token, list) else [token]):
                     return og.StreamingStatus.STOP
                 return og.StreamingStatus.RUNNING
 
@@ -428,8 +421,8 @@ class OpenVINOEngine(Engine):
                 pass
 
         self._pipe.generate(prompt, self._generation_config(params), _Streamer())
-        result.text = detok.text
-        result.tokens = detok.count
+        result.text = stream.text
+        result.tokens = stream.count
         result.total_s = time.perf_counter() - started
         return result
 

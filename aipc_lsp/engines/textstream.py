@@ -1,13 +1,14 @@
 """Turn a stream of token ids into text pieces, and apply the caller's stop rules.
 
-Shared by the engines that decode token by token in Python (ONNX Runtime GenAI,
-transformers): decoding the whole sequence and diffing keeps multi-byte characters and
-word-piece spacing right, at a cost that is negligible for suggestion-sized outputs.
+Every engine that decodes in Python goes through `TextStream`: its detokenizer (detokenize.py:
+a table of each token's bytes for byte-level BPE vocabularies, else the tokenizer's own decode
+on a sliding window) and the same stop rules (a stop token's id, a stop string in the text, the
+caller's `on_text` saying it has seen enough).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from aipc_lsp.engines.base import GenerationParams, GenerationResult, OnText
 
@@ -23,36 +24,41 @@ def special_stop_ids(encode: Callable[[str], list[int]], stop: tuple[str, ...]) 
     return ids
 
 
-class TextAccumulator:
-    def __init__(self, decode: Callable[[list[int]], str], params: GenerationParams,
-                 result: GenerationResult, on_text: OnText | None, stop_ids: set[int] = frozenset()):
-        self._decode = decode
+class TextStream:
+    """Pushes ids through `detokenizer` (its `push(ids) -> new text`, `text`, `count`) and says
+    when the caller's stop rules end generation (`result.stopped_by_caller` is then set)."""
+
+    def __init__(self, detokenizer, params: GenerationParams, result: GenerationResult, on_text: OnText | None,
+                 stop_ids: Iterable[int] = frozenset()):
+        self._detokenizer = detokenizer
         self._params = params
-        self._stop_ids = stop_ids
         self._result = result
         self._on_text = on_text
-        self.tokens: list[int] = []
-        self.text = ""
+        self._stop_ids = frozenset(stop_ids)
 
-    def push(self, token: int) -> bool:
-        """Add one token; False when the caller's stop rules say generation should end."""
-        if int(token) in self._stop_ids:
+    @property
+    def text(self) -> str:
+        return self._detokenizer.text
+
+    @property
+    def count(self) -> int:
+        """Tokens decoded so far (a stop token is not one)."""
+        return self._detokenizer.count
+
+    def push(self, ids: Iterable[int]) -> bool:
+        """Add token ids; False when the caller's stop rules say generation should end."""
+        ids = [int(t) for t in ids]
+        if self._stop_ids and any(t in self._stop_ids for t in ids):
             self._result.stopped_by_caller = True
             return False
-        self.tokens.append(int(token))
-        decoded = self._decode(self.tokens)
-        if decoded.endswith("\ufffd"):
-            return True  # a multi-byte character is still incomplete
-        piece, self.text = decoded[len(self.text):], decoded
+        piece = self._detokenizer.push(ids)
         if not piece:
-            return True
+            return True  # nothing printable yet (a multi-byte character still incomplete)
         if self._params.stop and any(s in self.text for s in self._params.stop):
             self._result.stopped_by_caller = True
-            return False
-        if self._on_text is not None and self._on_text(piece) is False:
+        elif self._on_text is not None and self._on_text(piece) is False:
             self._result.stopped_by_caller = True
-            return False
-        return True
+        return not self._result.stopped_by_caller
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from aipc_lsp.engines.base import (Engine, EngineError, EngineInfo, GenerationParams, GenerationResult, OnText,
                                    RequestError, prompt_limit_of)
-from aipc_lsp.engines.textstream import TextAccumulator, common_prefix, special_stop_ids
+from aipc_lsp.engines.detokenize import WindowDetokenizer
+from aipc_lsp.engines.textstream import TextStream, common_prefix, special_stop_ids
 
 if TYPE_CHECKING:
     from aipc_lsp.config import TransformersSettings
@@ -184,8 +185,8 @@ class TransformersEngine(Engine):
                                f"({self._context}): lower the prompt budget (completion.context_tokens / "
                                f"chat.context_tokens)")
         stop_ids = special_stop_ids(lambda text: self._tokenizer.encode(text, add_special_tokens=False), params.stop)
-        pieces = TextAccumulator(lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True),
-                                 params, result, on_text, stop_ids)
+        pieces = TextStream(WindowDetokenizer(lambda toks: self._tokenizer.decode(toks, skip_special_tokens=True)),
+                            params, result, on_text, stop_ids)
         try:
             with torch.inference_mode():
                 cache, reused = self._start(ids)
@@ -203,7 +204,7 @@ class TransformersEngine(Engine):
                     self._cache, self._sequence = cache, ids[:offset]
                 sequence = list(ids)
                 feed = torch.tensor([ids[-1:]], device=self._torch_device)
-                while not result.cancelled and len(pieces.tokens) < params.max_new_tokens:
+                while not result.cancelled and pieces.count < params.max_new_tokens:
                     if cancel.is_set():
                         result.cancelled = True
                         break
@@ -221,14 +222,14 @@ class TransformersEngine(Engine):
                     if token in self._eos:
                         break
                     sequence.append(token)
-                    if not pieces.push(token):
+                    if not pieces.push([token]):
                         break
                     feed = torch.tensor([[token]], device=self._torch_device)
         except Exception as exc:
             self._cache, self._sequence = None, []
             raise EngineError(f"{self.name} generation failed: {exc}") from exc
         result.text = pieces.text
-        result.tokens = len(pieces.tokens)
+        result.tokens = pieces.count
         result.total_s = time.perf_counter() - started
         return result
 

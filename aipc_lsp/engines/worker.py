@@ -60,9 +60,6 @@ class SharedFlag:
             return True
         return False
 
-    def set(self) -> None:
-        self.event.set()
-
 # Methods the parent may call outside a generation (answered by the reader thread, so they
 # are served while a generation runs, as they are in-process).
 CALLABLE = ("count_tokens", "apply_chat_template")

@@ -38,13 +38,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from aipc_lsp.engines import ENGINES as ENGINE_KINDS
+from aipc_lsp.engines import PREPARE_PRECISIONS
+from aipc_lsp.models import hashing
 from aipc_lsp.models.registry import KIND_GGUF, detect_kind, lookup, models_dir
 
 Progress = Callable[[str, "int | None"], None]
 MANIFEST = "aipc-prepare.json"
-# What prepare makes, per engine: the engines table's `prepare_precisions`.
-PRECISIONS = {name: kind.prepare_precisions for name, kind in ENGINE_KINDS.items() if kind.prepare_precisions}
+# What prepare makes, per engine: the engines table's.
+PRECISIONS = PREPARE_PRECISIONS
 ENGINES = tuple(PRECISIONS)
 PROVIDERS = ("cpu", "cuda", "dml")
 # Text architectures the ONNX Runtime GenAI 0.18 model builder knows (config.json "architectures").
@@ -115,16 +116,6 @@ class Source:
     label: str | None = None  # what the manifest records, when not the location (a downloaded hub id)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    block = bytearray(1 << 20)  # one buffer: the server's process checksums the GGUF it loads (gguf_ir)
-    view = memoryview(block)
-    with path.open("rb") as f:
-        while n := f.readinto(block):
-            digest.update(view[:n])
-    return digest.hexdigest()
-
-
 def _folder_checksum(path: Path) -> str:
     """Cheap identity of a model folder: names, sizes and modification times."""
     digest = hashlib.sha256()
@@ -154,7 +145,7 @@ def resolve_source(source: str, progress: Progress = _quiet) -> Source:
             raise PrepareError(f"{path} is not a GGUF file; give a GGUF file, a Hugging Face model folder or a hub id")
         progress(f"checksumming {path.name}", None)
         stem = re.sub(r"\.(q\d\w*|f16|f32|bf16)$", "", path.stem, flags=re.I)
-        return Source("gguf", str(path.resolve()), _slug(stem), _sha256(path))
+        return Source("gguf", str(path.resolve()), _slug(stem), hashing.sha256_of(path))
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise PrepareError(f"{path} is not a Hugging Face model folder (no config.json)")

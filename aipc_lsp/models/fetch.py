@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import filelock
+from . import hashing
 from .registry import DEFAULT_MODEL, ModelPart, ModelSpec, lookup, models_dir, part_path, parts_dir
 
 logger = logging.getLogger(__name__)
@@ -66,14 +67,6 @@ def default_model_path() -> Path:
     return models_dir() / DEFAULT_MODEL.filename
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify(path: str | os.PathLike[str], spec: ModelSpec, *, checksum: bool = True) -> None:
     """Raise FetchError unless `path` is exactly the file `spec` describes."""
     p = Path(path)
@@ -93,7 +86,7 @@ def verify(path: str | os.PathLike[str], spec: ModelSpec, *, checksum: bool = Tr
         if magic != GGUF_MAGIC:
             raise FetchError(f"model file {p} is not a GGUF file (starts with {magic!r})")
         if checksum:
-            actual = _sha256(p)
+            actual = hashing.sha256_of(p)
             if actual != spec.sha256.lower():
                 raise FetchError(
                     f"model file {p} failed the checksum (sha256 {actual}, expected {spec.sha256})"
@@ -288,7 +281,7 @@ def _assemble(spec: ModelSpec, out: Path) -> str:
     files = [part_path(spec, part) for part in spec.parts]
     if len(files) == 1:  # nothing to concatenate: move it, then hash it
         os.replace(files[0], out)
-        return _sha256(out)
+        return hashing.sha256_of(out)
     digest = hashlib.sha256()
     with out.open("wb") as dst:
         for file in files:

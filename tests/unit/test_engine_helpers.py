@@ -14,7 +14,8 @@ from aipc_lsp.config import NpuLibrarySettings
 from aipc_lsp.engines.base import EngineError, GenerationParams, GenerationResult
 from aipc_lsp.engines.npu_library import NpuLibraryEngine, missing_message, probe
 from aipc_lsp.engines.templates import chat_template_from_folder
-from aipc_lsp.engines.textstream import TextAccumulator, common_prefix
+from aipc_lsp.engines.detokenize import WindowDetokenizer
+from aipc_lsp.engines.textstream import TextStream, common_prefix
 from aipc_lsp.models import compat, resolve
 from aipc_lsp.models.catalogue import QWEN_CODER_15B, SMOLLM2_135M
 from aipc_lsp.models.registry import DEFAULT_MODEL, detect_kind, list_models
@@ -27,24 +28,27 @@ def _decode(tokens):
     return raw.decode("utf-8", errors="replace")
 
 
+def _stream(params: GenerationParams, result: GenerationResult, on_text=None, stop_ids=()) -> TextStream:
+    return TextStream(WindowDetokenizer(_decode), params, result, on_text, stop_ids)
+
+
 def test_pieces_are_streamed_and_incomplete_characters_held_back():
     seen = []
     result = GenerationResult()
-    acc = TextAccumulator(_decode, GenerationParams(), result, lambda piece: seen.append(piece) is None)
+    stream = _stream(GenerationParams(), result, lambda piece: seen.append(piece) is None)
     for token in (1, 2, 5, 6, 3):
-        assert acc.push(token)
+        assert stream.push([token])
     assert seen == ["def", " f", "\u20ac", "():"]
-    assert acc.text == "def f\u20ac():"
+    assert stream.text == "def f\u20ac():" and stream.count == 5
 
 
 def test_stop_strings_and_on_text_false_end_the_stream():
     result = GenerationResult()
-    acc = TextAccumulator(_decode, GenerationParams(stop=("\n",)), result, None)
-    assert acc.push(1) and not acc.push(4)
+    stream = _stream(GenerationParams(stop=("\n",)), result)
+    assert stream.push([1]) and not stream.push([4])
     assert result.stopped_by_caller
     result = GenerationResult()
-    acc = TextAccumulator(_decode, GenerationParams(), result, lambda piece: False)
-    assert not acc.push(1) and result.stopped_by_caller
+    assert not _stream(GenerationParams(), result, lambda piece: False).push([1]) and result.stopped_by_caller
 
 
 def test_common_prefix():
@@ -277,16 +281,17 @@ def test_byte_table_is_used_only_where_the_detokenizer_agrees():
 def test_a_special_stop_token_ends_the_text_by_its_id():
     """FIM end markers are special tokens that decoders skip: the stop is found by id."""
     from aipc_lsp.engines.base import GenerationParams, GenerationResult
-    from aipc_lsp.engines.textstream import TextAccumulator, special_stop_ids
+    from aipc_lsp.engines.textstream import special_stop_ids
 
     vocab = {"<|endoftext|>": [7], "<|fim_pad|>": [8], "```": [9, 9, 9]}
     ids = special_stop_ids(lambda text: vocab[text], ("<|endoftext|>", "<|fim_pad|>", "```"))
     assert ids == {7, 8}
     result = GenerationResult()
     words = {1: "a", 2: " b", 7: ""}
-    acc = TextAccumulator(lambda toks: "".join(words[t] for t in toks), GenerationParams(), result, None, ids)
-    assert acc.push(1) and acc.push(2)
-    assert acc.push(7) is False and result.stopped_by_caller and acc.text == "a b"
+    stream = TextStream(WindowDetokenizer(lambda toks: "".join(words[t] for t in toks)), GenerationParams(), result,
+                        None, ids)
+    assert stream.push([1]) and stream.push([2])
+    assert stream.push([7]) is False and result.stopped_by_caller and stream.text == "a b" and stream.count == 2
 
 
 def test_onnxruntime_declares_its_prompt_limit_and_refuses_a_longer_prompt_as_a_request():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aipc_lsp.models import convert, gguf_ir, gguf_requant
+from aipc_lsp.models import convert, gguf_ir, gguf_requant, hashing
 from aipc_lsp.models.catalogue import SMOLLM2_135M
 from aipc_lsp.models.convert import PrepareError, PrepareOptions
 
@@ -71,7 +71,7 @@ def test_a_catalogue_models_ir_is_found_without_hashing_it(tmp_path, monkeypatch
     out.mkdir()
     (out / "openvino_model.xml").write_text("<net/>")
     (out / convert.MANIFEST).write_text(json.dumps(convert._manifest(src, chosen.options, chosen)))
-    monkeypatch.setattr(convert, "_sha256", lambda path: pytest.fail("hashed a catalogue model"))
+    monkeypatch.setattr(hashing, "sha256_of", lambda path: pytest.fail("hashed a catalogue model"))
     assert gguf_ir.cached(fetched) == out == models / "smollm2-135m-openvino-int4"
 
 

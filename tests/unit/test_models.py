@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aipc_lsp.models import fetch as fetch_mod
-from aipc_lsp.models import filelock, registry
+from aipc_lsp.models import filelock, hashing, registry
 from aipc_lsp.models.catalogue import QWEN_CODER_05B, QWEN_CODER_15B, SMOLLM2_135M, ModelPart, lookup
 from aipc_lsp.models.fetch import FetchError, fetch, resolve_model, verify
 from aipc_lsp.models.registry import DEFAULT_MODEL, KNOWN_MODELS, ModelSpec, detect_kind, list_models, models_dir
@@ -299,7 +299,7 @@ def test_fetch_second_call_skips_hashing(cache, spec, downloader, monkeypatch):
     def no_hash(path):
         raise AssertionError("should have trusted the sidecar")
 
-    monkeypatch.setattr(fetch_mod, "_sha256", no_hash)
+    monkeypatch.setattr(hashing, "sha256_of", no_hash)
     fetch(spec)
     assert downloader.calls == 1
 

@@ -94,7 +94,7 @@ async def test_chat_prefers_the_accelerator_even_when_the_cpu_is_free(make):
     await ready(scheduler)
     busy = asyncio.ensure_future(scheduler.run(job("file:///a.py", prompt="busy")))
     await until(lambda: accel.calls)
-    chat = await scheduler.run(job("file:///b.py", kind="chat", preemptible=True))
+    chat = await scheduler.run(job("file:///b.py", kind="chat"))
     await busy
     assert chat.text == "a" and [c.prompt for c in accel.calls] == ["busy", "p"] and cpu.calls == []
 
@@ -117,7 +117,7 @@ async def test_chat_runs_in_chunks_and_a_completion_cuts_in(make):
     engine = FakeEngine(output=lambda p: ["done"] if p == "complete me" else continuing(story)(p), token_delay=DELAY)
     scheduler = make(engine, chunk_tokens=4)
     await ready(scheduler)
-    chat = asyncio.ensure_future(scheduler.run(job("file:///a.py", kind="chat", prompt="Q:", preemptible=True)))
+    chat = asyncio.ensure_future(scheduler.run(job("file:///a.py", kind="chat", prompt="Q:")))
     await until(lambda: engine.calls and engine.calls[0].tokens >= 2)
     started = time.perf_counter()
     completion = await scheduler.run(job("file:///a.py", prompt="complete me"))

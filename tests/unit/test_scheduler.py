@@ -497,7 +497,7 @@ async def test_cancel_right_after_dispatch_does_not_leak_the_slot(make_scheduler
 async def test_a_yielding_job_gives_way_to_a_completion_within_a_step(make_scheduler):
     engine = FakeEngine(output=by_prompt({"warm": LONG, "c": SHORT}), token_delay=DELAY)
     scheduler = make_scheduler(engine)
-    warm = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="warm", yields=True)))
+    warm = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="warm")))
     await started(engine)
     asked = time.perf_counter()
     result = await asyncio.wait_for(scheduler.run(job(URI_A, prompt="c")), 2.0)
@@ -513,9 +513,10 @@ async def test_a_yielding_job_gives_way_to_a_completion_within_a_step(make_sched
 async def test_a_yielding_job_waits_for_an_idle_slot_and_never_delays_other_work(make_scheduler):
     engine = FakeEngine(output=by_prompt({"warm": "w1 w2", "chat": LONG}), token_delay=DELAY)
     scheduler = make_scheduler(engine)
-    chat = asyncio.ensure_future(scheduler.run(job(URI_A, "chat", prompt="chat")))
+    # One long job (a completion: a chat job would run in chunks, each served on its own).
+    chat = asyncio.ensure_future(scheduler.run(job(URI_A, COMPLETION, prompt="chat")))
     await started(engine)
-    warm = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="warm", yields=True)))
+    warm = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="warm")))
     await asyncio.sleep(DELAY * 3)
     assert len(engine.calls) == 1  # not queued behind the busy slot's work: it waits for idle
     assert not (await chat).cancelled  # and the work it would have cut into was not stopped
@@ -527,10 +528,10 @@ async def test_a_yielding_job_waits_for_an_idle_slot_and_never_delays_other_work
 async def test_a_newer_warm_up_supersedes_the_previous_one(make_scheduler):
     engine = FakeEngine(output=LONG, token_delay=DELAY)
     scheduler = make_scheduler(engine)
-    first = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="a", yields=True)))
+    first = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="a")))
     await started(engine)
-    second = await asyncio.wait_for(scheduler.run(job("", "warm", prompt="b", params=GenerationParams(max_new_tokens=1),
-                                                      yields=True)), 2.0)
+    second = await asyncio.wait_for(scheduler.run(job("", "warm", prompt="b", params=GenerationParams(max_new_tokens=1))),
+                                    2.0)
     assert (await first).cancelled and not second.cancelled
     assert engine.prompts == ["a", "b"]
 
