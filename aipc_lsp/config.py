@@ -2,16 +2,20 @@
 
 Every layer is validated on its own so a problem names where it came from (file and line,
 or the LSP message) and the key; a bad value falls back to the value of the layers below,
-and the server carries on.
+and the server carries on. A layer is read by a cattrs converter over the dataclasses below
+(their metadata: choices and limits), whose section hook takes camelCase keys (LSP clients) as
+well as snake_case ones (TOML).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import re
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+import cattrs
 import platformdirs
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
+from cattrs.gen import make_dict_structure_fn, override
 
 from aipc_lsp.engines import ENGINE_NAMES, PRECISIONS  # the one table of engines and their precisions
 
@@ -173,9 +180,8 @@ class Settings:
     npu_library: NpuLibrarySettings = field(default_factory=NpuLibrarySettings)
     remote: RemoteSettings = field(default_factory=RemoteSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
-    slots: list = field(default_factory=list, metadata={
-        "doc": "device slots in order of preference; empty = one slot from engine/device/model above",
-        "item": SlotSettings})
+    slots: list[SlotSettings] = field(default_factory=list, metadata={
+        "doc": "device slots in order of preference; empty = one slot from engine/device/model above"})
 
     def slot_list(self) -> list[SlotSettings]:
         """The slots to run: the configured ones, or one made of the top-level settings."""
@@ -217,84 +223,210 @@ def _snake(key: str) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
 
 
+# --- reading a layer: a cattrs converter over the dataclasses above -----------------------------
+
+
+class _BadValue(ValueError):
+    """A value a setting cannot take: the setting keeps the layers below's value."""
+
+
+class _BadShape(ValueError):
+    """A section or a list of sections given something else: dropped whole."""
+
+    def __init__(self, expected: str, value: Any):
+        super().__init__(expected)
+        self.expected, self.value = expected, value
+
+
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+# A list entry found wrong in an earlier round: skipped, so the entries after it keep their index.
+_DROPPED = object()
 
 
-def _check_value(f: dataclasses.Field, value: Any) -> tuple[Any, str | None]:
-    kind = f.type if isinstance(f.type, type) else {"bool": bool, "int": int, "float": float, "str": str, "dict": dict}[f.type]
-    meta = f.metadata
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        return None, f"expected {_TYPE_NAMES[kind]}, got {value!r}"
-    if meta.get("choices") and (value.lower() if isinstance(value, str) else value) not in meta["choices"]:
-        return None, f"{value!r} is not one of {', '.join(meta['choices'])}"
-    if meta.get("min") is not None and value < meta["min"]:
-        return None, f"{value!r} is below the minimum {meta['min']}"
-    if meta.get("max") is not None and value > meta["max"]:
-        return None, f"{value!r} is above the maximum {meta['max']}"
-    if isinstance(value, str) and meta.get("choices"):
-        value = value.lower()
-    if isinstance(value, str) and meta.get("upper"):
-        value = value.upper()
-    return value, None
+def _scalar(kind: type):
+    def structure(value: Any, _type) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if kind is int and isinstance(value, float) and value.is_integer():
+            value = int(value)  # TOML's 2048.0
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise _BadValue(f"expected {_TYPE_NAMES[kind]}, got {value!r}")
+        return value
+    return structure
 
 
-def validate(raw: Any, source: str, *, text: str | None = None, cls=Settings,
-             prefix: str = "", written_prefix: str = "") -> tuple[dict, list[Problem]]:
-    """Check one layer. Returns the valid part (nested dicts) and the problems found.
-    `prefix` is the dotted snake_case path, `written_prefix` the path as the user wrote it
-    (camelCase perhaps), which is what the TOML text must be searched for."""
-    problems: list[Problem] = []
-    if raw is None:
-        return {}, problems
-    if not isinstance(raw, dict):
-        where = _where(source, text, written_prefix.rstrip("."))
-        return {}, [Problem(where, prefix.rstrip("."), f"expected a table of settings, got {raw!r}")]
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    clean: dict = {}
-    for key, value in raw.items():
-        name = _snake(str(key))
-        dotted = prefix + name
-        where = _where(source, text, written_prefix + str(key))
-        f = fields.get(name)
-        if f is None:
-            hint = RENAMED.get(dotted)
-            problems.append(Problem(where, dotted, f"renamed: {hint}" if hint else
-                                    f"unknown setting (known: {', '.join(fields)})"))
-            continue
-        if _is_section(f):
-            sub, sub_problems = validate(value, source, text=text, cls=f.default_factory,
-                                         prefix=dotted + ".", written_prefix=f"{written_prefix}{key}.")
-            clean[name] = sub
-            problems.extend(sub_problems)
-            continue
-        if f.metadata.get("item"):
-            if not isinstance(value, list):
-                problems.append(Problem(where, dotted, f"expected a list of tables ([[{dotted}]]), got {value!r}"))
+def _checked(converter: cattrs.Converter, f: dataclasses.Field, type_: Any):
+    """The field's type, then the limits its metadata sets (choices, minimum, maximum, case)."""
+    meta, structure = f.metadata, converter.get_structure_hook(type_)
+
+    def hook(value: Any, _type) -> Any:
+        value = structure(value, type_)
+        if meta.get("choices") and (value.lower() if isinstance(value, str) else value) not in meta["choices"]:
+            raise _BadValue(f"{value!r} is not one of {', '.join(meta['choices'])}")
+        if meta.get("min") is not None and value < meta["min"]:
+            raise _BadValue(f"{value!r} is below the minimum {meta['min']}")
+        if meta.get("max") is not None and value > meta["max"]:
+            raise _BadValue(f"{value!r} is above the maximum {meta['max']}")
+        if isinstance(value, str) and meta.get("choices"):
+            value = value.lower()
+        if isinstance(value, str) and meta.get("upper"):
+            value = value.upper()
+        return value
+    return hook
+
+
+def _section(converter: cattrs.Converter, cls: type):
+    """A section: a table whose keys are written as LSP clients write them (camelCase) or as
+    TOML does (snake_case); keys the section lacks are errors (ForbiddenExtraKeysError)."""
+    hints = typing.get_type_hints(cls)
+    structure = make_dict_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True, **{
+        f.name: override(struct_hook=_checked(converter, f, hints[f.name])) for f in dataclasses.fields(cls)
+        if not dataclasses.is_dataclass(hints[f.name]) and typing.get_origin(hints[f.name]) is not list})
+
+    def hook(value: Any, _type) -> Any:
+        if not isinstance(value, dict):
+            raise _BadShape("a table of settings", value)
+        return structure({_snake(str(key)): item for key, item in value.items()}, cls)
+    return hook
+
+
+def _sections(converter: cattrs.Converter, list_type: Any):
+    """A list of sections ([[slots]])."""
+    item_type = typing.get_args(list_type)[0]
+
+    def hook(value: Any, _type) -> list:
+        if not isinstance(value, list):
+            raise _BadShape("a list of tables", value)
+        items, errors = [], []
+        for index, entry in enumerate(value):
+            if entry is _DROPPED:
                 continue
-            items = []
-            for index, entry in enumerate(value):
-                sub, sub_problems = validate(entry, source, text=text, cls=f.metadata["item"],
-                                             prefix=f"{dotted}[{index}].", written_prefix=f"{written_prefix}{key}[{index}].")
-                problems.extend(sub_problems)
-                if isinstance(entry, dict):
-                    items.append(sub)
-            clean[name] = items
+            try:
+                items.append(converter.structure(entry, item_type))
+            except Exception as exc:
+                exc.__notes__ = [*getattr(exc, "__notes__", []),
+                                 IterableValidationNote(f"Structuring {list_type} @ index {index}", index, item_type)]
+                errors.append(exc)
+        if errors:
+            raise IterableValidationError(f"While structuring {list_type}", errors, list_type)
+        return items
+    return hook
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(detailed_validation=True)
+    for kind in _TYPE_NAMES:
+        converter.register_structure_hook(kind, _scalar(kind))
+    converter.register_structure_hook_factory(dataclasses.is_dataclass, lambda cls: _section(converter, cls))
+    converter.register_structure_hook_factory(
+        lambda t: typing.get_origin(t) is list and dataclasses.is_dataclass((typing.get_args(t) or (None,))[0]),
+        lambda t: _sections(converter, t))
+    return converter
+
+
+_CONVERTER = _make_converter()
+
+
+def validate(raw: Any, source: str, *, text: str | None = None) -> tuple[dict, list[Problem]]:
+    """Check one layer. Returns the valid part (nested dicts, snake_case keys, values as the
+    settings hold them) and the problems found. `text`: the TOML the layer was read from, to
+    name each problem's line. The converter stops at the first wrong value of each section, so
+    the wrong ones are reported and taken out, and the rest read again."""
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, dict):
+        return {}, [Problem(source, "", f"expected a table of settings, got {raw!r}")]
+    layer = copy.deepcopy(raw)
+    problems: list[Problem] = []
+    while True:
+        try:
+            settings = _CONVERTER.structure(layer, Settings)
+        except Exception as exc:  # noqa: BLE001 - every failure is a problem of the layer
+            found = [_take_out(layer, path, error, source, text) for path, error in _failures(exc)]
+            if not found:
+                raise
+            problems.extend(p for batch in found for p in batch)
             continue
-        checked, error = _check_value(f, value)
-        if error:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            problems.append(Problem(where, dotted, f"{error}; ignored (the default {default!r} or an earlier layer's value applies)"))
+        return _present(layer, settings), problems
+
+
+def _failures(exc: BaseException, path: tuple = ()):
+    """(path, error) of each failure cattrs collected: paths of attribute names and list indices."""
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        with_notes, without = exc.group_exceptions()
+        for sub, note in with_notes:
+            yield from _failures(sub, path + ((note.index,) if isinstance(note, IterableValidationNote) else (note.name,)))
+        for sub in without:
+            yield from _failures(sub, path)
+    else:
+        yield path, exc
+
+
+def _take_out(layer: dict, path: tuple, error: BaseException, source: str, text: str | None) -> list[Problem]:
+    """The problems `error` at `path` makes, its values taken out of `layer`."""
+    if isinstance(error, ForbiddenExtraKeysError):
+        known = ", ".join(f.name for f in dataclasses.fields(error.cl))
+        return [_take_out_key(layer, (*path, name), source, text,
+                              f"renamed: {RENAMED[dotted]}" if (dotted := _dotted((*path, name))) in RENAMED
+                              else f"unknown setting (known: {known})")
+                for name in sorted(error.extra_fields)]
+    if isinstance(error, _BadShape):
+        expected = (f"a list of tables ([[{_dotted(path)}]])" if error.expected == "a list of tables"
+                    else error.expected)
+        return [_take_out_key(layer, path, source, text, f"expected {expected}, got {error.value!r}")]
+    f = _field_at(path)
+    default = "" if f is None else f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return [_take_out_key(layer, path, source, text, f"{error}; ignored (the default {default!r} or an "
+                                                     "earlier layer's value applies)")]
+
+
+def _take_out_key(layer: dict, path: tuple, source: str, text: str | None, message: str) -> Problem:
+    node, written = layer, ""
+    for depth, step in enumerate(path):
+        if isinstance(step, int):
+            key, written = step, f"{written}[{step}]"
+        else:  # the key as written: camelCase or snake_case
+            key = [k for k in node if _snake(str(k)) == step][-1]
+            written = f"{written}.{key}" if written else str(key)
+        if depth < len(path) - 1:
+            node = node[key]
+    if isinstance(key, int):
+        node[key] = _DROPPED
+    else:
+        del node[key]
+    return Problem(_where(source, text, written), _dotted(path), message)
+
+
+def _dotted(path: tuple) -> str:
+    return "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path).lstrip(".")
+
+
+def _field_at(path: tuple) -> dataclasses.Field | None:
+    cls, found = Settings, None
+    for step in path:
+        if isinstance(step, int):
+            continue  # cls is the list's item type already
+        found = {f.name: f for f in dataclasses.fields(cls)}.get(step) if dataclasses.is_dataclass(cls) else None
+        if found is None:
+            return None
+        hint = typing.get_type_hints(cls)[step]
+        cls = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
+    return found
+
+
+def _present(layer: dict, read: Any) -> dict:
+    """The keys the layer set (snake_case), with the values as `read` (its structured form) holds them."""
+    out: dict = {}
+    for key, given in layer.items():
+        name = _snake(str(key))
+        value = getattr(read, name)
+        if dataclasses.is_dataclass(value):
+            out[name] = _present(given, value)
+        elif isinstance(value, list) and isinstance(given, list):
+            out[name] = [_present(g, v) for g, v in zip([g for g in given if g is not _DROPPED], value)]
         else:
-            clean[name] = checked
-    return clean, problems
-
-
-def _is_section(f: dataclasses.Field) -> bool:
-    return f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+            out[name] = value
+    return out
 
 
 def _where(source: str, text: str | None, dotted: str) -> str:
@@ -343,24 +475,11 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def build(layers: list[dict]) -> Settings:
+    """The settings of validated layers, a later one over the earlier ones."""
     merged: dict = {}
     for layer in layers:
         merged = merge(merged, layer)
-    return _instantiate(Settings, merged)
-
-
-def _instantiate(cls, values: dict):
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        if _is_section(f):
-            kwargs[f.name] = _instantiate(f.default_factory, values[f.name])
-        elif f.metadata.get("item"):
-            kwargs[f.name] = [_instantiate(f.metadata["item"], item) for item in values[f.name]]
-        else:
-            kwargs[f.name] = values[f.name]
-    return cls(**kwargs)
+    return _CONVERTER.structure(merged, Settings)
 
 
 def load_file(path: Path) -> tuple[dict, list[Problem]]:

@@ -8,7 +8,9 @@ exits with status 0 after an `exit` that was not preceded by `shutdown`, and app
 problem arises:
 
 - message structuring (`structure_message`) turns a message that does not deserialize into a
-  record the dispatcher can answer, instead of an exception the reader loop swallows;
+  record the dispatcher can answer, instead of an exception the reader loop swallows; the custom
+  messages are structured by their own types (messages.py), so the -32602 answer and its wording
+  (`invalid_params`) come from here for every method;
 - dispatch (`handle_message`) enforces the initialize / shutdown lifecycle and answers what
   cannot be served with the right error code;
 - `didChange` normalizes reversed ranges before the workspace applies them;
@@ -25,21 +27,34 @@ import os
 import re
 import sys
 import threading
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal, Type, Union, get_args, get_origin
 
 import attrs
 from cattrs import transform_error
 from cattrs.errors import ClassValidationError
+from cattrs.v import format_exception
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInternalError
+from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
 from pygls.io_ import StdoutWriter
 from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.protocol.json_rpc import RPCError, RPCNotification, RPCRequest, RPCResponse
 
+from aipc_lsp import messages
 from aipc_lsp.documents import LspWorkspace
 from aipc_lsp.log_privacy import shown
 
 logger = logging.getLogger(__name__)
+
+
+class _NoStructuringTracebacks(logging.Filter):
+    """pygls logs a traceback for every message whose params do not structure; AipcProtocol answers
+    those (-32602, or a warning for a notification) with one line saying what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Unable to deserialize message")
+
+
+logging.getLogger("pygls.protocol.json_rpc").addFilter(_NoStructuringTracebacks())
 
 # Bigger messages are skipped, not buffered: an editor opening a huge file must not make the
 # server allocate whatever a header claims.
@@ -72,17 +87,58 @@ def _valid_id(msg_id: Any) -> Any:
     return msg_id if isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool) else None
 
 
+def invalid_params(method: str | None, problem: str) -> JsonRpcInvalidParams:
+    """The -32602 answer, worded the same for params that do not structure and for params a
+    handler cannot serve (e.g. a document that is not open)."""
+    return JsonRpcInvalidParams(f"Invalid params for {method!r}: {problem}")
+
+
 def _describe(exc: BaseException | None) -> str:
+    """What is wrong, by the names the client wrote: `textDocument.uri: required field missing`."""
     if isinstance(exc, ClassValidationError):
-        return "; ".join(transform_error(exc))
+        return "; ".join(_at_json_path(line) for line in transform_error(exc, format_exception=_format))
     if exc is None:
         return "unknown error"
     return str(exc) or type(exc).__name__
 
 
+def _format(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, messages.ParamError):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    given = [arg for arg in get_args(type_) if arg is not type(None)]
+    if get_origin(type_) is Union and len(given) == 1:  # Optional[X]: a value was given, not X
+        type_ = given[0]
+    if get_origin(type_) is Literal:
+        return "must be one of " + ", ".join(repr(choice) for choice in get_args(type_))
+    if attrs.has(type_):
+        return "must be an object"
+    return format_exception(exc, type_)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _at_json_path(line: str) -> str:
+    """cattrs' `problem @ $.params.text_document.uri` as `textDocument.uri: problem`."""
+    problem, _, path = line.rpartition(" @ ")
+    if not problem:
+        return line
+    path = path.removeprefix("$").removeprefix(".")
+    path = path.removeprefix("params.") if path != "params" else path
+    return f"{_NAME.sub(lambda m: _camel(m.group(0)), path) or 'message'}: {problem}"
+
+
+def _camel(name: str) -> str:
+    """lsprotocol's attribute names back to the protocol's (its converter's own rule)."""
+    first, *rest = name.rstrip("_").split("_")
+    return first + "".join(part.title() for part in rest)
+
+
 class AipcProtocol(LanguageServerProtocol):
     def __init__(self, server, converter):
-        super().__init__(server, converter)
+        super().__init__(server, messages.register_hooks(converter))
         self._initialize_seen = False
         # pygls frames stdio messages in pygls.io_.run_async, a module function that
         # JsonRPCServer._start_io_async calls with no protocol hook between reading the
@@ -99,6 +155,17 @@ class AipcProtocol(LanguageServerProtocol):
                          "error": {"code": int(code), "message": message}})
 
     # -- structuring ----------------------------------------------------------------------------
+    def get_message_type(self, method: str) -> Type[Any] | None:
+        custom = messages.MESSAGE_TYPES.get(method)
+        return custom[0] if custom else super().get_message_type(method)
+
+    def structure_params(self, method: str, value: Any, cls: type):
+        """`value` as `cls` (e.g. a command's arguments as its request's params), or -32602."""
+        try:
+            return self._converter.structure(value, cls)
+        except Exception as exc:
+            raise invalid_params(method, _describe(exc)) from None
+
     def structure_message(self, data: dict[str, Any]):
         # pygls raises here, from inside json.loads' object_hook, so the reader loop only logs it
         # and the request is never answered. Hand the dispatcher something it can answer.
@@ -159,8 +226,7 @@ class AipcProtocol(LanguageServerProtocol):
         method = message.method
         if is_request:
             logger.error("Invalid params for %r (id %r): %s", method, message.id, message.problem)
-            self._send_error(message.id, types.ErrorCodes.InvalidParams,
-                             f"Invalid params for {method!r}: {message.problem}")
+            self._send_error(message.id, types.ErrorCodes.InvalidParams, invalid_params(method, message.problem).message)
         elif method is not None:
             logger.warning("Ignoring notification %r with invalid params: %s", method, message.problem)
         elif hasattr(message, "id"):

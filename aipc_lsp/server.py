@@ -112,6 +112,9 @@ class AipcServer(LanguageServer):
         # Settings problems found before the client can be shown messages (initialize).
         self.pending_problems: list[Problem] = []
         self._told: set[str] = set()  # tell_user_once's keys
+        # How many times settings took effect (initialized, each didChangeConfiguration): aipc/status
+        # says it, so a client can tell its change was applied.
+        self.settings_applied = 0
 
     def end_of_input(self) -> None:
         """The client's stream ended (`exit`, or the editor went away): no job may start or
@@ -160,6 +163,7 @@ class AipcServer(LanguageServer):
         if not (self.settings.completion.enabled and self.settings.completion.other_files):
             self.snippets.clear()  # nothing of the user's files kept that no prompt will use
         self.runtime.configure(self.settings)
+        self.settings_applied += 1
 
     async def pull_workspace_settings(self) -> list[Problem]:
         caps = self.client_capabilities.workspace

@@ -14,60 +14,19 @@ from typing import Any
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcRequestCancelled
 
-from aipc_lsp.chat import ROLES, ChatAnswer, ChatRequest, ChatSuperseded, ChatTooLong, fit_code
+from aipc_lsp.chat import ChatAnswer, ChatRequest, ChatSuperseded, ChatTooLong, fit_code
 from aipc_lsp.engines.base import RequestError
-from aipc_lsp.lsp_client import converter, plain
+from aipc_lsp.lsp_client import plain
+from aipc_lsp.messages import CHAT_CHUNK, INLINE_CHAT, ChatChunkParams, InlineChatParams
+from aipc_lsp.protocol import invalid_params
 from aipc_lsp.runtime import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
-INLINE_CHAT = "aipc/inlineChat"
-CHAT_CHUNK = "aipc/chatChunk"
 CHAT_COMMAND = "aipc.chat"
 REQUEST_FAILED = int(types.LSPErrorCodes.RequestFailed)
 # Lines before an empty selection shown to the model as "where the cursor is".
 SURROUNDING_LINES = 30
-
-
-def _invalid(message: str) -> JsonRpcInvalidParams:
-    return JsonRpcInvalidParams(f"Invalid params for {INLINE_CHAT!r}: {message}")
-
-
-def _token(raw: dict, name: str) -> int | str | None:
-    value = raw.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise _invalid(f"{name} must be an integer or a string")
-    return value
-
-
-def parse_params(raw: Any) -> dict:
-    """Check the request's params by hand: custom methods reach us without a schema."""
-    raw = plain(raw)
-    if not isinstance(raw, dict):
-        raise _invalid("params must be an object")
-    document = raw.get("textDocument")
-    if not isinstance(document, dict) or not isinstance(document.get("uri"), str):
-        raise _invalid("textDocument.uri must be a string")
-    try:
-        selection = converter().structure(raw.get("range"), types.Range)
-    except Exception:
-        raise _invalid("range must be {start: {line, character}, end: {line, character}}") from None
-    instruction = raw.get("instruction")
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise _invalid("instruction must be a non-empty string")
-    history = raw.get("history")
-    if history is not None:
-        if not isinstance(history, list) or not all(
-                isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in history):
-            raise _invalid(f"history must be a list of {{role: {'|'.join(ROLES)}, content: string}}")
-        history = [{"role": m["role"], "content": m["content"]} for m in history]
-    mode = raw.get("mode")
-    if mode not in (None, "edit", "ask"):
-        raise _invalid('mode must be "edit" or "ask"')
-    return {"uri": document["uri"], "range": selection, "instruction": instruction, "history": history,
-            "mode": mode, "partial": _token(raw, "partialResultToken"), "work": _token(raw, "workDoneToken")}
 
 
 def _pos_key(position: types.Position) -> tuple[int, int]:
@@ -77,14 +36,14 @@ def _pos_key(position: types.Position) -> tuple[int, int]:
 class _Target:
     """The selection in the open document, and where an edit replacing it goes."""
 
-    def __init__(self, ls, uri: str, selection: types.Range):
+    def __init__(self, ls, method: str, uri: str, selection: types.Range):
         document = ls.workspace.text_documents.get(uri)
         if document is None:
-            raise _invalid(f"{uri} is not open (send textDocument/didOpen first)")
+            raise invalid_params(method, f"{uri} is not open (send textDocument/didOpen first)")
         if _pos_key(selection.end) < _pos_key(selection.start):
-            raise _invalid("range ends before it starts")
+            raise invalid_params(method, "range ends before it starts")
         if selection.end.line > len(document.lines):
-            raise _invalid(f"range ends at line {selection.end.line}; the document has {len(document.lines)}")
+            raise invalid_params(method, f"range ends at line {selection.end.line}; the document has {len(document.lines)}")
         self.document = document
         self.version = document.version
         source = document.source
@@ -115,25 +74,26 @@ class _Target:
         return types.WorkspaceEdit(changes={self.document.uri: [text_edit]})
 
 
-async def run_chat(ls, raw: Any, msg_id: Any) -> tuple[dict, types.WorkspaceEdit | None]:
-    params = parse_params(raw)
-    target = _Target(ls, params["uri"], params["range"])
+async def run_chat(ls, method: str, params: InlineChatParams, msg_id: Any) -> tuple[dict, types.WorkspaceEdit | None]:
+    uri = params.text_document.uri
+    target = _Target(ls, method, uri, params.range)
     loop = asyncio.get_running_loop()
     done = False
-    work = params["work"]
+    work = params.work_done_token
 
     def send(piece: str) -> None:
         if done:
             return  # a piece decoded after the answer (or its cancellation) went out
-        if params["partial"] is not None:
-            ls.progress(types.ProgressParams(token=params["partial"], value={"text": piece}))
+        if params.partial_result_token is not None:
+            ls.progress(types.ProgressParams(token=params.partial_result_token, value={"text": piece}))
         else:
-            ls.protocol.notify(CHAT_CHUNK, {"id": msg_id, "text": piece})
+            ls.protocol.notify(CHAT_CHUNK, ChatChunkParams(id=msg_id, text=piece))
 
+    history = None if params.history is None else [{"role": t.role, "content": t.content} for t in params.history]
     request = ChatRequest(
-        uri=params["uri"], instruction=params["instruction"], selection=target.text,
+        uri=uri, instruction=params.instruction, selection=target.text,
         language_id=target.document.language_id or "", surrounding=target.surrounding,
-        mode=params["mode"], history=params["history"], version=target.version)
+        mode=params.mode, history=history, version=target.version)
     task = asyncio.current_task()
     if work is not None:
         ls.work_done_progress.begin(work, types.WorkDoneProgressBegin(title="aipc: chat", cancellable=True))
@@ -164,14 +124,14 @@ async def run_chat(ls, raw: Any, msg_id: Any) -> tuple[dict, types.WorkspaceEdit
     edit = None
     dropped = None
     if answer.code is not None:
-        if ls.workspace.text_documents.get(params["uri"]) is not target.document or target.document.version != target.version:
+        if ls.workspace.text_documents.get(uri) is not target.document or target.document.version != target.version:
             dropped = "the document changed while the answer was generated"
         else:
             edit = target.edit(ls, answer.code)
     result = {
         "text": answer.text,
         "mode": answer.mode,
-        "edit": converter().unstructure(edit) if edit is not None else None,
+        "edit": edit,  # unstructured by the protocol's converter as the response is written
         "firstTokenMs": answer.first_token_ms,
         "totalMs": answer.total_ms,
         "promptTokens": answer.prompt_tokens,
@@ -194,8 +154,8 @@ def _finish(ls, work, outcome: str) -> None:
 
 def register(server) -> None:
     @server.feature(INLINE_CHAT)
-    async def inline_chat(ls, params) -> dict:
-        result, _ = await run_chat(ls, params, ls.protocol.msg_id)
+    async def inline_chat(ls, params: InlineChatParams) -> dict:
+        result, _ = await run_chat(ls, INLINE_CHAT, params, ls.protocol.msg_id)
         return result
 
     @server.command(CHAT_COMMAND)
@@ -203,8 +163,9 @@ def register(server) -> None:
         if len(args) != 3:
             raise JsonRpcInvalidParams(f"{CHAT_COMMAND} takes 3 arguments (uri, range, instruction), got {len(args)}")
         uri, selection, instruction = (plain(a) for a in args)
-        raw = {"textDocument": {"uri": uri}, "range": selection, "instruction": instruction}
-        result, edit = await run_chat(ls, raw, ls.protocol.msg_id)
+        params = ls.protocol.structure_params(CHAT_COMMAND, {
+            "textDocument": {"uri": uri}, "range": selection, "instruction": instruction}, InlineChatParams)
+        result, edit = await run_chat(ls, CHAT_COMMAND, params, ls.protocol.msg_id)
         result["applied"] = False
         caps = ls.client_capabilities.workspace
         if edit is not None and caps is not None and caps.apply_edit:

@@ -10,13 +10,11 @@ from lsprotocol import types
 from pygls.workspace import TextDocument
 
 from aipc_lsp.engines.base import RequestError
-from aipc_lsp.lsp_client import converter, plain
+from aipc_lsp.messages import WARM, WarmParams
 from aipc_lsp.suggest import Suggestion
 
 log = logging.getLogger(__name__)
 _WORD_TAIL = re.compile(r"[\w$]*$")
-# Notification, client -> server: where the cursor rests (docs/PROTOCOL.md).
-WARM = "aipc/warm"
 
 
 def _open_at(ls, uri: str, position: types.Position) -> tuple[TextDocument, int] | None:
@@ -148,25 +146,16 @@ def register(server) -> None:
                               language_id=document.language_id or "")
 
     @server.feature(WARM)
-    def warm_at_cursor(ls, params) -> None:
+    def warm_at_cursor(ls, params: WarmParams) -> None:
         """aipc/warm (notification): the client says where the cursor rests in a document the user
-        looks at (brought to the front, a jump). Malformed params are logged: a notification has
-        no answer."""
+        looks at (brought to the front, a jump). Malformed params are logged by the protocol: a
+        notification has no answer."""
         settings = ls.settings.completion
         ring = _ring(ls)
         warm = settings.enabled and settings.warm_at_cursor and not ls.shutting_down
         if not (warm or ring):
             return
-        raw = plain(params)
-        try:
-            uri = raw["textDocument"]["uri"]
-            position = converter().structure(raw["position"], types.Position)
-            if not isinstance(uri, str):
-                raise TypeError("textDocument.uri must be a string")
-        except Exception as exc:
-            log.warning("%s: ignored, params must be {textDocument: {uri}, position: {line, character}} (%s)",
-                        WARM, exc)
-            return
+        uri, position = params.text_document.uri, params.position
         found = _open_at(ls, uri, position)
         if found is None:
             return

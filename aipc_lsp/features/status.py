@@ -7,13 +7,33 @@ Also served on an optional loopback port (`aipc-lsp serve --status-port N`) so t
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
+import threading
+
+from pygls.client import JsonRPCClient
+from pygls.exceptions import JsonRpcException
+from pygls.io_ import run_async
+from pygls.protocol import JsonRPCProtocol, JsonRPCRequestMessage, default_converter
+from pygls.server import JsonRPCServer
 
 from aipc_lsp import __version__
+from aipc_lsp.lsp_client import converter
+from aipc_lsp.messages import STATUS, StatusParams
 
 log = logging.getLogger(__name__)
-STATUS = "aipc/status"
+# A status query is a few dozen bytes: a longer message ends the connection (pygls would read
+# whatever length a header claims).
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+@functools.cache
+def _serving_converter():
+    """pygls' converter (built once: ~30 ms), but a request may leave out its params, as JSON-RPC allows."""
+    serving = default_converter()
+    serving.register_structure_hook(JsonRPCRequestMessage, lambda obj, cls: cls(
+        id=obj["id"], method=obj["method"], jsonrpc=obj["jsonrpc"], params=obj.get("params")))
+    return serving
 
 
 def collect(ls) -> dict:
@@ -25,6 +45,8 @@ def collect(ls) -> dict:
         "device": ls.settings.device,
         "ready": scheduler is not None,
         "error": ls.runtime.error,
+        # Times the settings took effect (initialized, then each workspace/didChangeConfiguration).
+        "settingsApplied": ls.settings_applied,
         "slots": [slot.status() for slot in scheduler.slots] if scheduler else [],
         "liveJobs": [
             {"uri": job.key[0], "kind": job.kind, "version": job.version, "slot": job.slot_name}
@@ -46,47 +68,35 @@ def collect(ls) -> dict:
 
 def register(server) -> None:
     @server.feature(STATUS)
-    def status(ls, params) -> dict:
+    def status(ls, params: StatusParams | None) -> dict:
         return collect(ls)
 
 
-async def read_message(reader: asyncio.StreamReader) -> dict | None:
-    """One Content-Length framed JSON-RPC message, or None at end of stream."""
-    length = None
-    while True:
-        line = await reader.readline()
-        if not line:
-            return None
-        if line in (b"\r\n", b"\n"):
-            break
-        name, _, value = line.decode("ascii", "replace").partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value.strip())
-    if length is None or length > 1 << 20:
-        return None
-    return json.loads(await reader.readexactly(length))
+class _Bounded:
+    """An asyncio StreamReader as pygls' reader, refusing a body longer than MAX_MESSAGE_BYTES."""
 
+    def __init__(self, reader: asyncio.StreamReader):
+        self._reader = reader
 
-def frame(message: dict) -> bytes:
-    body = json.dumps(message).encode("utf-8")
-    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+    def readline(self):
+        return self._reader.readline()  # bounded by the StreamReader's own line limit
+
+    async def readexactly(self, n: int) -> bytes:
+        if n > MAX_MESSAGE_BYTES:
+            raise ConnectionError(f"a {n} byte message (at most {MAX_MESSAGE_BYTES} on the status port)")
+        return await self._reader.readexactly(n)
 
 
 async def serve_status(ls, port: int) -> asyncio.base_events.Server:
     """A loopback endpoint that answers `aipc/status` and nothing else."""
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # pygls' JSON-RPC framing and dispatch, as on the LSP connection; another method gets -32601.
+        endpoint = JsonRPCServer(JsonRPCProtocol, _serving_converter)
+        endpoint.protocol.fm.feature(STATUS)(lambda params: collect(ls))
+        endpoint.protocol.set_writer(writer)
         try:
-            while (message := await read_message(reader)) is not None:
-                if "id" not in message:
-                    continue
-                if message.get("method") == STATUS:
-                    reply = {"jsonrpc": "2.0", "id": message["id"], "result": collect(ls)}
-                else:
-                    reply = {"jsonrpc": "2.0", "id": message["id"],
-                             "error": {"code": -32601, "message": f"only {STATUS} is served on this port"}}
-                writer.write(frame(reply))
-                await writer.drain()
+            await run_async(threading.Event(), _Bounded(reader), endpoint.protocol, log)
         except (ValueError, asyncio.IncompleteReadError, ConnectionError) as exc:
             log.debug("status connection closed: %s", exc)
         finally:
@@ -97,14 +107,17 @@ async def serve_status(ls, port: int) -> asyncio.base_events.Server:
     return server
 
 
-async def query_status(port: int, timeout: float = 5.0) -> dict:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+async def query_status(port: int, timeout: float = 5.0, host: str = "127.0.0.1") -> dict:
+    """A running server's aipc/status, asked on its status port (pygls' JSON-RPC client)."""
+    client = JsonRPCClient(JsonRPCProtocol, converter)  # results as plain JSON values
+    await asyncio.wait_for(client.start_tcp(host, port), timeout)
     try:
-        writer.write(frame({"jsonrpc": "2.0", "id": 1, "method": STATUS, "params": {}}))
-        await writer.drain()
-        reply = await asyncio.wait_for(read_message(reader), timeout)
+        state = await asyncio.wait_for(client.protocol.send_request_async(STATUS, {}), timeout)
+    except JsonRpcException as exc:
+        raise ConnectionError(f"the status port answered an error: {exc}") from None
     finally:
-        writer.close()
-    if reply is None or "result" not in reply:
-        raise ConnectionError(f"unexpected reply: {reply}")
-    return reply["result"]
+        client.protocol.writer.close()  # the server's end sees EOF; the client's reader ends
+        await client.stop()
+    if not isinstance(state, dict):
+        raise ConnectionError(f"unexpected reply: {state!r}")
+    return state

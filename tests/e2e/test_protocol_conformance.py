@@ -255,6 +255,35 @@ def test_invalid_params_get_invalid_params_with_the_request_id(shared):
     shared.expect_log("Ignoring notification 'textDocument/didOpen' with invalid params")
 
 
+def test_custom_messages_are_checked_by_their_types(shared):
+    # Every problem named by the field the client wrote (camelCase), with what it must be.
+    reply = shared.call("aipc/inlineChat", {
+        "textDocument": {}, "range": {"start": {"line": 0, "character": 0}}, "instruction": " ", "mode": "rewrite",
+        "history": [{"role": "robot", "content": "x"}], "partialResultToken": True}, msg_id=50)
+    message = shared.error(reply, INVALID_PARAMS)["message"]
+    assert message.startswith("Invalid params for 'aipc/inlineChat': "), message
+    for problem in ("textDocument.uri: required field missing", "range.end: required field missing",
+                    "instruction: must be a non-empty string", "mode: must be one of 'edit', 'ask'",
+                    "history[0].role: must be one of 'system', 'user', 'assistant'",
+                    "partialResultToken: must be an integer or a string"):
+        assert problem in message, message
+    for method in ("aipc/inlineChat", "aipc/status"):
+        assert "params: must be an object" in shared.error(shared.call(method, [1, 2]), INVALID_PARAMS)["message"]
+    # Well-formed, but not servable: the handler answers -32602 in the same words.
+    selection = {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 1}}
+    reply = shared.call("aipc/inlineChat", {"textDocument": {"uri": "file:///never-opened.py"}, "range": selection,
+                                            "instruction": "Explain"})
+    assert shared.error(reply, INVALID_PARAMS)["message"] == (
+        "Invalid params for 'aipc/inlineChat': file:///never-opened.py is not open (send textDocument/didOpen first)")
+    # aipc/status takes an empty object or nothing.
+    assert shared.call("aipc/status")["result"]["version"]
+    # A notification cannot be answered: logged, with what was wrong.
+    logged = shared.log_of(lambda: shared.notify("aipc/warm", {"position": {"line": "x"}}))
+    assert ("Ignoring notification 'aipc/warm' with invalid params: textDocument: required field missing; "
+            "position.line: invalid value for type, expected int; position.character: required field missing") in logged
+    shared.assert_alive()
+
+
 def test_unknown_method_gets_method_not_found(shared):
     reply = shared.call("aipc/noSuchMethod", {}, msg_id=11)
     assert reply["id"] == 11 and "aipc/noSuchMethod" in shared.error(reply, METHOD_NOT_FOUND)["message"]

@@ -376,3 +376,12 @@ def test_a_renamed_setting_says_what_to_write_instead():
     assert clean == {"openvino": {}}
     assert [p.key for p in problems] == ["openvino.kv_cache_mb"]
     assert "renamed: use openvino.kv_cache_tokens" in problems[0].message
+
+
+def test_a_layer_with_many_problems_keeps_every_valid_value_and_names_every_problem():
+    # The converter stops at the first problem of a section: each is named, taken out, and the rest read again.
+    clean, problems = validate({"completion": {"maxTokens": "many", "maxLines": 0, "fim": "off", "x": 1},
+                                "chat": {"historyTurns": 3}, "colour": "red"}, "initializationOptions")
+    assert sorted(p.key for p in problems) == ["colour", "completion.max_lines", "completion.max_tokens", "completion.x"]
+    assert clean == {"completion": {"fim": "off"}, "chat": {"history_turns": 3}}
+    assert validate(clean, "initializationOptions") == (clean, [])  # what it keeps reads back unchanged

@@ -49,3 +49,12 @@ def test_changing_a_slot_reloads_models_but_completion_settings_do_not():
     tuned = Settings(slots=[SlotSettings(device="NPU"), SlotSettings(device="CPU")])
     tuned.completion.max_tokens = 5
     assert base.model_key() == tuned.model_key()
+
+
+def test_a_slot_that_is_not_a_table_is_dropped_and_the_others_keep_their_index():
+    clean, problems = validate({"slots": [5, {"threads": "x"}, {"device": "gpu"}]}, "initializationOptions")
+    assert [(p.key, p.message.split(";")[0]) for p in problems] == [
+        ("slots[0]", "expected a table of settings, got 5"),
+        ("slots[1].threads", "expected an integer, got 'x'"),
+    ]
+    assert clean == {"slots": [{}, {"device": "GPU"}]}
