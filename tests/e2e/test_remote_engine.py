@@ -249,7 +249,8 @@ async def test_a_cancel_closes_the_stream_and_the_server_stops(client: LanguageC
 
     async def server_saw_it():
         return llama.output().count("Disconnected from client") > gone
-    await _until(server_saw_it, "the llama.cpp server saw the client go (and stopped generating)", 10)
+    # Deadline roomy for a busy box: the server notices between two steps, after a prefill perhaps.
+    await _until(server_saw_it, "the llama.cpp server saw the client go (and stopped generating)", 60)
     assert _slot(await status(client), "team")["state"] == "ready"
 
 
