@@ -46,15 +46,33 @@ def _config_path(arg: str | None) -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aipc_lsp.server import create_server
 
-    server = create_server(config_path=_config_path(args.config), status_port=args.status_port)
+    if args.tcp is not None or args.status_port is not None:
+        _warn_unless_loopback(args.host)
+    server = create_server(config_path=_config_path(args.config), status_port=args.status_port,
+                           status_host=args.host)
     # The protocol loop, the slot threads and the engine-reply readers hand Python's lock to
     # each other for every piece and cancel: 1 ms turns instead of the default 5 ms.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     if args.tcp is not None:
-        server.start_tcp("127.0.0.1", args.tcp)
+        server.start_tcp(args.host, args.tcp)
     else:
         server.start_io()
     return 0
+
+
+def _warn_unless_loopback(host: str) -> None:
+    """Whoever can connect to the server reads the documents it is sent and runs the model: listening
+    beyond this machine is the user's explicit choice (--host), and said out loud."""
+    import ipaddress
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        loopback = False
+    if not loopback:
+        logging.getLogger("aipc_lsp").warning(
+            "listening on %s, not only on this machine (127.0.0.1): anyone who can reach that address can "
+            "send documents to the server and read its answers and status; there is no authentication", host)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -279,9 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="run the language server (stdio by default)")
     serve.add_argument("--stdio", action="store_true", help="talk over stdin/stdout (the default)")
-    serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead")
+    serve.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead (see --host)")
     serve.add_argument("--status-port", type=int, metavar="PORT",
-                       help="also answer aipc/status on 127.0.0.1:PORT (for `aipc-lsp status`)")
+                       help="also answer aipc/status on 127.0.0.1:PORT (for `aipc-lsp status`; see --host)")
+    serve.add_argument("--host", default="127.0.0.1", metavar="ADDRESS",
+                       help="the address --tcp and --status-port listen on (default 127.0.0.1, this machine only; "
+                            "another address is reachable from the network, with a warning)")
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser("status", parents=[common], help="show a running server's slots (see serve --status-port)")

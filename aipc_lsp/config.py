@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import re
 import sys
@@ -82,6 +83,9 @@ class OnnxRuntimeSettings:
 @dataclass
 class TransformersSettings:
     prefix_reuse: bool = _opt(True, "crop and reuse the KV cache of the prefix a new prompt shares with the last one")
+    trust_remote_code: bool = _opt(False, "run the Python code a model folder ships (transformers' trust_remote_code), "
+                                          "for models whose architecture transformers lacks; honoured only in the "
+                                          "user's settings.toml, with a warning (docs/SECURITY.md)")
 
 
 @dataclass
@@ -513,4 +517,20 @@ class SettingsLayers:
     workspace: dict = field(default_factory=dict)
 
     def settings(self) -> Settings:
-        return build([self.file, self.init_options, self.workspace])
+        return build([self.file, *(_without_file_only(layer) for layer in (self.init_options, self.workspace))])
+
+
+# Settings that let a model run code of its own: only the user's settings file may turn them on, never
+# the editor's messages, which may carry a workspace's settings, written by whoever wrote its code.
+FILE_ONLY = (("transformers", "trust_remote_code"),)
+
+
+def _without_file_only(layer: dict) -> dict:
+    layer = dict(layer)
+    for section, key in FILE_ONLY:
+        if isinstance(layer.get(section), dict) and key in layer[section]:
+            layer[section] = {k: v for k, v in layer[section].items() if k != key}
+            logging.getLogger(__name__).warning(
+                "%s.%s is only read from settings.toml (it lets a model run code); ignored where the editor sent it",
+                section, key)
+    return layer

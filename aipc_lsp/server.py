@@ -14,7 +14,7 @@ from typing import Any
 from lsprotocol import types
 from pygls.lsp.server import LanguageServer
 
-from aipc_lsp import __version__
+from aipc_lsp import __version__, parent_watch
 from aipc_lsp.chat import ChatService
 from aipc_lsp.config import Problem, Settings, SettingsLayers, load_file, validate
 from aipc_lsp.runtime import ModelRuntime
@@ -96,10 +96,12 @@ class LspReporter:
 
 
 class AipcServer(LanguageServer):
-    def __init__(self, config_path: Path | None = None, status_port: int | None = None, **kwargs):
+    def __init__(self, config_path: Path | None = None, status_port: int | None = None,
+                 status_host: str = "127.0.0.1", **kwargs):
         super().__init__("aipc-lsp", __version__, **kwargs)
         self.config_path = config_path
         self.status_port = status_port
+        self.status_host = status_host
         self.status_endpoint = None
         self.layers = SettingsLayers()
         self.settings = Settings()
@@ -180,10 +182,12 @@ class AipcServer(LanguageServer):
         return problems
 
 
-def create_server(config_path: Path | None = None, status_port: int | None = None) -> AipcServer:
+def create_server(config_path: Path | None = None, status_port: int | None = None,
+                  status_host: str = "127.0.0.1") -> AipcServer:
     from aipc_lsp.protocol import AipcProtocol
 
-    server = AipcServer(config_path=config_path, status_port=status_port, protocol_cls=AipcProtocol)
+    server = AipcServer(config_path=config_path, status_port=status_port, status_host=status_host,
+                        protocol_cls=AipcProtocol)
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: AipcServer, params: types.InitializeParams) -> None:
@@ -193,6 +197,9 @@ def create_server(config_path: Path | None = None, status_port: int | None = Non
         # Snippets show paths relative to the workspace folder holding the file.
         folders = [folder.uri for folder in params.workspace_folders or []]
         ls.snippets.set_roots(folders or [root for root in (params.root_uri, params.root_path) if root][:1])
+        if params.process_id is not None:  # the editor gone with stdin left open: exit (parent_watch.py)
+            pid = params.process_id
+            parent_watch.watch(pid, lambda: parent_watch.exit_now(f"the client's process {pid} exited"))
 
     @server.feature(types.INITIALIZED)
     async def on_initialized(ls: AipcServer, params: types.InitializedParams) -> None:
@@ -200,9 +207,9 @@ def create_server(config_path: Path | None = None, status_port: int | None = Non
             from aipc_lsp.features.status import serve_status
 
             try:
-                ls.status_endpoint = await serve_status(ls, ls.status_port)
+                ls.status_endpoint = await serve_status(ls, ls.status_port, ls.status_host)
             except OSError as exc:
-                ls.tell_user(f"aipc-lsp: cannot serve status on 127.0.0.1:{ls.status_port}: {exc}")
+                ls.tell_user(f"aipc-lsp: cannot serve status on {ls.status_host}:{ls.status_port}: {exc}")
         problems = ls.pending_problems + await ls.pull_workspace_settings()
         ls.pending_problems = []
         ls.report_problems(problems)

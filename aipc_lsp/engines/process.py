@@ -39,7 +39,9 @@ log = logging.getLogger(__name__)
 # comes; a CancelFlag wakes it instead, and the wait only bounds the cancel's grace period check.
 CANCEL_POLL_S = 0.005
 WAKE_POLL_S = 0.25
-CALL_TIMEOUT_S = 60.0
+# A call (a token count, a chat template) the worker has not answered in this long: it is stuck in a native
+# call, and is killed so the next request starts a new one (as the stall watchdog does to a generation).
+CALL_TIMEOUT_S = 20.0
 # A worker still generating this long after a cancel or a stop is stuck (a native call that does
 # not return): it is killed, as the scheduler's stall watchdog (20 s by default) kills one that
 # makes no progress. Longer than one decode step or prefill chunk of any engine here.
@@ -69,7 +71,8 @@ class ProcessEngine(Engine):
         self.cwd = cwd
         self.env = dict(env or {})
         self._proc: subprocess.Popen | None = None
-        self._wanted = False  # between load() and close(): generate() starts a worker that is gone
+        self._wanted = False  # between load() and close(): a worker that is gone is started again
+        self._restart_lock = threading.Lock()  # generate (slot thread) and calls (other threads) both restart
         self._ids = itertools.count(1)
         self._waiting: dict[int, queue.Queue] = {}
         self._write_lock = threading.Lock()
@@ -193,7 +196,9 @@ class ProcessEngine(Engine):
         try:
             message = replies.get(timeout=timeout)
         except queue.Empty:
-            raise EngineError(f"{self.name}: the worker process did not answer within {timeout:.0f}s") from None
+            self.abort()
+            raise EngineError(f"{self.name}: the worker process did not answer within {timeout:.0f}s; killed it "
+                              "(a new one starts on the next request)") from None
         finally:
             self._waiting.pop(rid, None)
         if "error" in message:
@@ -222,7 +227,19 @@ class ProcessEngine(Engine):
             self._unlink_flags()  # both processes have it mapped by now: nothing left behind on a kill
         return EngineInfo.from_json(info)
 
+    def _ensure_worker(self, *, crashed_only: bool = False) -> None:
+        """A worker that crashed or was killed since (or whose restart failed) is replaced before it is
+        asked anything: a generation (the scheduler's retry probe lands here), a token count, a chat
+        template. Without this, a worker killed between generations failed every keystroke's token
+        count, so no generation ever came to restart it (tests/e2e/test_faults.py)."""
+        with self._restart_lock:
+            died = self._proc is not None and self._proc.poll() is not None
+            if self._wanted and (died or (not crashed_only and not self._alive())):
+                log.warning("%s: restarting its worker process", self.name)
+                self._start()
+
     def _call(self, method: str, *args):
+        self._ensure_worker(crashed_only=True)  # one whose load failed waits for the scheduler's retry
         rid, replies = self._open({"op": "call", "method": method, "args": list(args)})
         return self._reply(rid, replies, CALL_TIMEOUT_S)["value"]
 
@@ -244,11 +261,7 @@ class ProcessEngine(Engine):
                  on_text: OnText | None = None) -> GenerationResult:
         if cancel.is_set():
             return GenerationResult(cancelled=True)
-        if self._wanted and not self._alive():
-            # Crashed or killed since, or its restart failed: a new worker (the scheduler's retry
-            # probe lands here).
-            log.warning("%s: restarting its worker process", self.name)
-            self._start()
+        self._ensure_worker()
         fields = dataclasses.asdict(params)
         started = time.perf_counter()
         first_piece_s = None

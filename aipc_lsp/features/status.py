@@ -87,8 +87,8 @@ class _Bounded:
         return await self._reader.readexactly(n)
 
 
-async def serve_status(ls, port: int) -> asyncio.base_events.Server:
-    """A loopback endpoint that answers `aipc/status` and nothing else."""
+async def serve_status(ls, port: int, host: str = "127.0.0.1") -> asyncio.base_events.Server:
+    """An endpoint (loopback unless `serve --host` names another address) that answers `aipc/status` only."""
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # pygls' JSON-RPC framing and dispatch, as on the LSP connection; another method gets -32601.
@@ -102,8 +102,8 @@ async def serve_status(ls, port: int) -> asyncio.base_events.Server:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(connection, "127.0.0.1", port)
-    log.info("status endpoint on 127.0.0.1:%d", port)
+    server = await asyncio.start_server(connection, host, port)
+    log.info("status endpoint on %s:%d", host, port)
     return server
 
 

@@ -323,6 +323,8 @@ def fetch(
     if not force and _is_ready(dest, spec):
         _report(progress, "ready", 100)
         return dest
+    if dest.exists() and not force:  # _is_ready logged why
+        _report(progress, f"{dest.name} is incomplete or damaged: fetching it again", 0)
 
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -429,4 +431,23 @@ def resolve_model(
                 "`aipc-lsp models list` shows), or remove it to use the default model"
             ),
         )
+    _check_whole(path)
     return path.resolve()
+
+
+def _check_whole(path: Path) -> None:
+    """A user's model file or IR that is cut short or not a model is named here, before an engine
+    crashes on it (integrity.py)."""
+    from .integrity import DamagedModel, check_gguf, check_openvino_ir
+    from .registry import KIND_GGUF, KIND_OPENVINO_IR, detect_kind
+
+    kind = detect_kind(path)
+    try:
+        if kind == KIND_GGUF:
+            check_gguf(path)
+        elif kind == KIND_OPENVINO_IR:
+            check_openvino_ir(path)
+    except DamagedModel as exc:
+        raise FetchError(str(exc), hint=(
+            "download or copy the model again (a name `aipc-lsp models list` shows is fetched and checked for you), "
+            "or remove the `model` setting to use the default model")) from exc

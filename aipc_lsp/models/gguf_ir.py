@@ -25,6 +25,7 @@ from pathlib import Path
 
 from aipc_lsp.models.convert import (ROUTE_GGUF_READER, PrepareError, PrepareOptions, Source, gguf_precision,
                                      output_for, prepare, read_manifest, resolve_source)
+from aipc_lsp.models.integrity import DamagedModel, check_openvino_ir
 from aipc_lsp.models.registry import catalogue_model_of, models_dir
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,17 @@ def _source(gguf: Path) -> Source:
 def _reader_build_of(folder: Path, src: Source) -> bool:
     manifest = read_manifest(folder)
     return (manifest.get("route") == ROUTE_GGUF_READER and manifest.get("source_checksum") == src.checksum
-            and (folder / "openvino_model.xml").is_file())
+            and (folder / "openvino_model.xml").is_file() and _whole(folder))
+
+
+def _whole(folder: Path) -> bool:
+    """A build whose weights file was cut short (a disk that filled up, a copy) is made again."""
+    try:
+        check_openvino_ir(folder)
+    except DamagedModel as exc:
+        log.warning("%s; making it again", exc)
+        return False
+    return True
 
 
 def cached(gguf: Path) -> Path | None:

@@ -39,6 +39,9 @@ class ServerProcess(RawServer):
             self.notify("initialized", {})
         return reply["result"]
 
+    def call(self, method: str, params=None, msg_id=None, timeout: float = conformance.TIMEOUT) -> dict:
+        return self.response(self.request(method, params, msg_id), timeout)
+
     def wait_ready(self, timeout: float = 240) -> None:
         """Until the model is loaded (the first start may fetch it and make its IR)."""
         deadline = time.monotonic() + timeout
