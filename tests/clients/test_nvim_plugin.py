@@ -191,10 +191,11 @@ def test_closing_a_chat_cancels_it(nvim: Nvim):
     chat = "require('aipc.chat').current"
     nvim.wait(f"{chat} and {chat}.chunks", 60, "the first streamed piece")
     nvim.send(":AipcChatDiscard<CR>")
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30
     while (state := nvim.lua(STATUS))["slots"][0]["busy"]:
         assert time.monotonic() < deadline, "the generation kept running after the chat was closed"
         time.sleep(0.1)
+    # Stopped by the discard (counted as cancelled), not run to its end.
     assert state["liveJobs"] == [] and state["slots"][0]["cancelled"] >= 1
     assert nvim.lua(chat) is None
 

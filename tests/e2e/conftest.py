@@ -9,6 +9,7 @@ from lsprotocol import types
 from pytest_lsp import ClientServerConfig, LanguageClient
 
 from aipc_lsp.lsp_client import plain  # noqa: F401  (tests import it from here)
+from waiting import until
 
 SERVER = [sys.executable, "-m", "aipc_lsp", "serve", "-v"]
 
@@ -79,24 +80,41 @@ async def wait_ready(client: LanguageClient, timeout: float = 180) -> dict:
 
 
 async def configure(client: LanguageClient, aipc: dict) -> None:
-    """Replace the client's `aipc` settings and tell the server (it pulls them)."""
+    """Replace the client's `aipc` settings, tell the server (it pulls them) and wait until they took effect."""
+    applied = (await status(client))["settingsApplied"]
     client.set_configuration({"aipc": aipc})
     client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.3)
+    await until(lambda: _settings_applied_since(client, applied), "the settings to take effect")
 
 
-async def cancel_and_expect_slot_free(client: LanguageClient, request, msg_id, within: float = 2.0) -> None:
-    """Send $/cancelRequest for a running request: it must answer -32800 and the slot must be
-    free again well before the generation could have finished by itself."""
-    import time
+async def _settings_applied_since(client: LanguageClient, applied: int) -> bool:
+    return (await status(client))["settingsApplied"] > applied
 
+
+async def busy(client: LanguageClient) -> bool:
+    """Whether any slot is generating."""
+    return any(slot["busy"] for slot in (await status(client))["slots"])
+
+
+async def cancelled(client: LanguageClient) -> int:
+    """Generations the slots stopped because they were told to (cancel, supersede, a change)."""
+    return sum(slot["cancelled"] for slot in (await status(client))["slots"])
+
+
+async def cancel_and_expect_slot_free(client: LanguageClient, request, msg_id, within: float = 30.0) -> None:
+    """Send $/cancelRequest for a running request: it must answer -32800, and the slot must be
+    freed by the cancel (its generation stopped and counted as cancelled), not by the generation
+    ending by itself. `within`: how long the slot may take to be free before the test fails."""
     import pytest
 
-    cancelled_at = time.monotonic()
+    before = await cancelled(client)
     client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
     with pytest.raises(Exception) as error:
-        await asyncio.wait_for(asyncio.wrap_future(request), 10)
+        await asyncio.wait_for(asyncio.wrap_future(request), within)
     assert getattr(error.value, "code", None) == -32800, error.value
-    while (await status(client))["slots"][0]["busy"]:
-        assert time.monotonic() - cancelled_at < within, "generation kept running after $/cancelRequest"
-        await asyncio.sleep(0.01)
+    await until(lambda: _free(client), "the slot to be free after $/cancelRequest", timeout=within)
+    assert await cancelled(client) > before, "the generation ran to its end instead of stopping"
+
+
+async def _free(client: LanguageClient) -> bool:
+    return not await busy(client)

@@ -49,12 +49,10 @@ def test_models_fetch_gets_the_code_model_and_makes_its_ir():
     manifest = json.loads((ir / "aipc-prepare.json").read_text())
     assert manifest["route"] == "openvino-genai-gguf" and manifest["source_checksum"] == DEFAULT_MODEL.sha256
 
-    started = time.monotonic()
     again = subprocess.run([*CLI, "models", "fetch", "default"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.strip() == str(path), again.stderr[-3000:]
     assert "downloading" not in again.stderr and "making an OpenVINO IR" not in again.stderr  # nothing redone
     assert f"openvino loads {ir}" in again.stderr
-    assert time.monotonic() - started < 30
 
     listed = json.loads(subprocess.run([*CLI, "models", "list", "--json"], capture_output=True, text=True,
                                        timeout=60).stdout)

@@ -143,9 +143,8 @@ async def test_cancel_request_stops_the_generation_within_a_step(client: Languag
     while not (await status(client))["slots"][0]["busy"]:
         assert time.monotonic() < deadline, "generation never started"
         await asyncio.sleep(0.02)
-    await asyncio.sleep(1.0)  # into the prefill or the decode loop
-    # A decode step of the CPU fallback takes ~0.3 s here, a prefill chunk up to ~1.5 s.
-    await cancel_and_expect_slot_free(client, request, msg_id, within=3.0)
+    # Busy: the generation runs in the library's worker (its prefill or its decode loop).
+    await cancel_and_expect_slot_free(client, request, msg_id)
     slot = (await status(client))["slots"][0]
     assert slot["cancelled"] >= 1 and slot["state"] == "ready", slot
     await configure(client, {})

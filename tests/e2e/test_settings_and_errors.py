@@ -11,7 +11,7 @@ from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
 from aipc_lsp.bench.corpus import corpus_text
-from conftest import end_position, inline, open_document, server_config, status, wait_ready
+from conftest import configure, end_position, inline, open_document, server_config, status, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 DATA = Path(__file__).parent / "data"
@@ -88,9 +88,7 @@ async def test_invalid_toml_and_missing_model_are_shown_and_requests_still_answe
         text_document=types.TextDocumentIdentifier(uri=uri), position=end_position(CODE, "utf-8")))
     assert len(result.items) == 0
     # Fixing the setting at run time brings the model up without a restart.
-    invalid_toml.set_configuration({"aipc": {"model": "smollm2-135m"}})
-    invalid_toml.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=None))
-    await asyncio.sleep(0.2)
+    await configure(invalid_toml, {"model": "smollm2-135m"})
     state = await wait_ready(invalid_toml)
     assert state["ready"], state
     assert (await inline(invalid_toml, uri, end_position(CODE, "utf-8")))

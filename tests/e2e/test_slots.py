@@ -76,15 +76,12 @@ async def test_completion_moves_to_the_cpu_slot_while_the_accelerator_is_busy(cl
         assert time.monotonic() < deadline
         await asyncio.sleep(0.02)
     # A suggestion for another document while "accel" streams a long generation.
-    started = time.monotonic()
     suggestion = await inline(client, "file:///project/stack.py", end_position(STACK, "utf-8"))
-    elapsed = time.monotonic() - started
     during = await status(client)
     assert suggestion and suggestion[0].strip()
     assert _slot(during, "accel")["busy"], "the long generation should still be running"
     assert _slot(during, "cpu")["served"] == _slot(before, "cpu")["served"] + 1, during
     assert not long_job.done()
-    assert elapsed < 10
     # Closing the document stops its generation at once.
     client.text_document_did_close(types.DidCloseTextDocumentParams(
         text_document=types.TextDocumentIdentifier(uri="file:///project/long.py")))

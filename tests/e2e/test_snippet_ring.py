@@ -4,7 +4,6 @@ empties it. No model is loaded (the model setting names a file that does not exi
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 import pytest_lsp
@@ -33,7 +32,7 @@ async def client(lsp_client: LanguageClient):
 
 
 async def ring(client: LanguageClient) -> list[tuple[str, str]]:
-    await asyncio.sleep(0.1)  # notifications have no answer: let the server read them
+    # The server handles messages in order: the notifications sent before this request are read.
     return [(c["path"], c["kind"]) for c in (await status(client))["otherFiles"]]
 
 

@@ -1,11 +1,12 @@
-"""Warming an opened document (completion.warm_on_open) on the real server and the real model:
-the first suggestion after the warm-up skips the cold prefill, and a request arriving while a
-warm-up runs is not held up by it."""
+"""Warming an opened document (completion.warm_on_open) and a cursor the client reports (aipc/warm)
+on the real server and the real model: the window a suggestion there will send is computed while
+the model is idle, and a request arriving while a warm-up runs takes the slot from it. What that
+saves (the first suggestion without the cold prefill) is measured by `aipc-lsp bench`
+(docs/BENCHMARKS.md: cold, warm and cursor-first figures), not asserted here."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import pytest
@@ -16,6 +17,12 @@ from pytest_lsp import LanguageClient, client_capabilities
 from aipc_lsp.bench.corpus import corpus_text
 from conftest import (configure, end_position, inline, open_document, replace_document, server_config, status,
                       wait_ready)
+from waiting import until
+
+# Past the server's warm-up delay (0.3 s after an open or aipc/warm): a window in which a warm-up
+# that should not happen would have begun. Observing that nothing happens takes a while; nothing
+# waits on it to go on.
+NOTHING_HAPPENS_S = 1.0
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -41,13 +48,10 @@ async def client(lsp_client: LanguageClient):
 
 
 async def warmed(client: LanguageClient, uri: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [w for w in (await status(client))["warmups"] if w["uri"] == uri]
-        if found:
-            return found[-1]
-        assert time.monotonic() < deadline, "no warm-up recorded"
-        await asyncio.sleep(0.05)
+    async def record():
+        return next((w for w in reversed((await status(client))["warmups"]) if w["uri"] == uri), None)
+
+    return await until(record, f"a warm-up of {uri}", timeout=timeout)
 
 
 async def first_token_ms(client: LanguageClient, uri: str, at: str | types.Position) -> float:
@@ -58,48 +62,38 @@ async def first_token_ms(client: LanguageClient, uri: str, at: str | types.Posit
     return record["firstTokenMs"]
 
 
-async def test_the_first_suggestion_after_a_warm_up_skips_the_cold_prefill(client: LanguageClient):
+async def test_an_opened_document_is_warmed_only_with_its_setting_on(client: LanguageClient):
     cold_text, warm_text = document(), document()
     await configure(client, {"completion": {"max_tokens": 8, "warm_on_open": False}})
     open_document(client, "file:///project/cold.py", cold_text)
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(NOTHING_HAPPENS_S)
     assert not [w for w in (await status(client))["warmups"] if w["uri"] == "file:///project/cold.py"]
     cold = await first_token_ms(client, "file:///project/cold.py", cold_text)
 
     await configure(client, {"completion": {"max_tokens": 8}})
     open_document(client, "file:///project/warm.py", warm_text)
     record = await warmed(client, "file:///project/warm.py")
+    # The whole document (it fits the budget): every cursor's prompt in it begins with this one.
     assert not record["cancelled"] and record["promptChars"] >= len(warm_text) - 1, record
     warm = await first_token_ms(client, "file:///project/warm.py", warm_text)
-    # The whole window is cached: the first token needs one forward pass, not a 1.2k-token prefill.
-    assert warm < cold / 3, (warm, cold)
+    print(f"\nfirst token: {cold:.0f} ms cold, {warm:.0f} ms after the warm-up")
 
 
 async def test_a_request_during_a_warm_up_is_not_held_up_by_it(client: LanguageClient):
     await configure(client, {"completion": {"max_tokens": 2, "warm_on_open": False}})
-    reference = document()
-    open_document(client, "file:///project/reference.py", reference)
-    started = time.monotonic()
-    await inline(client, "file:///project/reference.py", end_position(reference))
-    cold_s = time.monotonic() - started  # what a warm-up of a document that size takes
-
     small = "def add(a, b):\n    return "
     open_document(client, "file:///project/small.py", small)
     await inline(client, "file:///project/small.py", end_position(small))  # small's KV is cached now
     await configure(client, {"completion": {"max_tokens": 2}})
     open_document(client, "file:///project/big.py", document())
-    deadline = time.monotonic() + 20
-    while not any(job["kind"] == "warm" and job["slot"] for job in (await status(client))["liveJobs"]):
-        assert time.monotonic() < deadline, "the warm-up never started"
-        await asyncio.sleep(0.01)
+    async def warming() -> bool:
+        return any(job["kind"] == "warm" and job["slot"] for job in (await status(client))["liveJobs"])
+
+    await until(warming, "the warm-up to run")
     replace_document(client, "file:///project/small.py", small + "a", version=2)
-    asked = time.monotonic()
     await inline(client, "file:///project/small.py", end_position(small + "a"))
-    waited = time.monotonic() - asked
-    assert (await warmed(client, "file:///project/big.py"))["cancelled"]  # it gave way
-    # Had it waited for the warm-up it would have waited about a cold prefill; it waited for the
-    # engine's step in flight (one prefill chunk) and its own short answer.
-    assert waited < 0.6 * cold_s, (waited, cold_s)
+    # The request took the slot: the warm-up was stopped in its prefill, not waited for.
+    assert (await warmed(client, "file:///project/big.py"))["cancelled"]
 
 
 # Longer than one window: a cursor near its end has a window that does not start at line 0.
@@ -132,9 +126,9 @@ async def test_a_cursor_the_client_reports_is_warmed_and_its_first_suggestion_sk
     warm_at(client, "file:///project/cursor.py", at)
     record = await warmed(client, "file:///project/cursor.py")
     assert record["at"] == "cursor" and not record["cancelled"], record
+    assert record["promptChars"] > 0, record
     warm = await first_token_ms(client, "file:///project/cursor.py", at)
-    # The window at the cursor is cached: one forward pass, not a prefill of the whole window.
-    assert warm < cold / 3, (warm, cold)
+    print(f"\nfirst token at the cursor: {cold:.0f} ms cold, {warm:.0f} ms after aipc/warm")
 
 
 async def test_cursor_warm_ups_are_off_with_their_setting_and_bad_params_are_ignored(client: LanguageClient):
@@ -148,6 +142,6 @@ async def test_cursor_warm_ups_are_off_with_their_setting_and_bad_params_are_ign
                 [1, 2], None):
         client.protocol.notify("aipc/warm", bad)
     warm_at(client, "file:///project/never-opened.py", at)
-    await asyncio.sleep(1.0)  # past the warm-up delay
+    await asyncio.sleep(NOTHING_HAPPENS_S)
     assert not [w for w in (await status(client))["warmups"] if w["uri"].endswith(("/off.py", "/never-opened.py"))]
     await first_token_ms(client, "file:///project/off.py", at)  # and the server serves on

@@ -8,6 +8,7 @@ from aipc_lsp.chat import ChatRequest, ChatService, ChatSuperseded, ChatTooLong,
 from aipc_lsp.config import ChatSettings
 from aipc_lsp.scheduler import Scheduler, Slot
 from fake_engine import FakeEngine
+from waiting import until
 
 SMOL = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
         "'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -97,7 +98,7 @@ async def test_a_newer_chat_on_the_same_document_supersedes():
     engine = FakeEngine(output="word " * 200, template=SMOL, token_delay=0.01)
     service = ChatService(_Runtime(engine))
     first = asyncio.ensure_future(service.answer(_request(instruction="why?"), ChatSettings()))
-    await asyncio.sleep(0.1)
+    await until(lambda: engine.calls and engine.calls[0].tokens, "the first chat's first token")
     second = await service.answer(_request(instruction="what?", mode="ask"), ChatSettings(max_tokens=3))
     with pytest.raises(ChatSuperseded):
         await first

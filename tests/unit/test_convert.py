@@ -242,12 +242,8 @@ def test_a_hub_id_without_a_hub_fails_at_once_and_leaves_nothing(tmp_path, monke
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # in case it was imported before the variable was set
     monkeypatch.setattr(convert, "_optimum_available", lambda: True)
-    import time
-
-    started = time.monotonic()
     with pytest.raises(PrepareError, match=r"could not download microsoft/Phi-3-mini-4k-instruct .*pass the folder"):
         prepare("microsoft/Phi-3-mini-4k-instruct", PrepareOptions("openvino", "int4"))
-    assert time.monotonic() - started < 30
     assert list((tmp_path / "cache" / "models").iterdir()) == []  # no download folder left behind
 
 

@@ -76,23 +76,20 @@ def test_cancel_ends_a_generation_within_a_step(loaded):
     e = loaded(token_delay=0.02)
     cancel = threading.Event()
     threading.Timer(0.2, cancel.set).start()
-    started = time.perf_counter()
     result = e.generate("p", GenerationParams(max_new_tokens=40), cancel)
     assert result.cancelled and result.tokens < 40
-    assert time.perf_counter() - started < 0.2 + 0.5
 
 
 def test_a_cancel_flag_reaches_a_silent_worker_without_polling(loaded, monkeypatch):
     # No piece comes while the worker prefills; with polling switched off, only the flag's
     # callback (shared flag written + the waiting thread woken) can end this generation.
-    monkeypatch.setattr(process, "CANCEL_POLL_S", 60.0)
-    monkeypatch.setattr(process, "WAKE_POLL_S", 60.0)
+    # (Polling an hour apart: without the callback this test runs into pytest's timeout.)
+    monkeypatch.setattr(process, "CANCEL_POLL_S", 3600.0)
+    monkeypatch.setattr(process, "WAKE_POLL_S", 3600.0)
     e = loaded("SilentUntilCancelledEngine")
     cancel = CancelFlag()
     threading.Timer(0.2, cancel.set).start()
-    started = time.perf_counter()
     assert e.generate("p", GenerationParams(max_new_tokens=40), cancel).cancelled
-    assert time.perf_counter() - started < 10
 
 
 def test_cancel_flag_calls_back_once_and_at_once_when_already_set():
@@ -159,10 +156,8 @@ def test_abort_frees_a_generation_stuck_in_native_code(loaded):
     cancel = threading.Event()
     threading.Timer(0.3, cancel.set).start()  # ignored by the engine
     threading.Timer(0.6, e.abort).start()
-    started = time.perf_counter()
-    with pytest.raises(EngineError, match="exited"):
+    with pytest.raises(EngineError, match="exited"):  # without the abort it would hang for good
         e.generate("p", GenerationParams(max_new_tokens=5), cancel)
-    assert time.perf_counter() - started < 5
 
 
 def test_a_worker_that_ignores_a_cancel_is_killed(loaded, monkeypatch):
@@ -170,10 +165,8 @@ def test_a_worker_that_ignores_a_cancel_is_killed(loaded, monkeypatch):
     e = loaded("HangingEngine")
     cancel = threading.Event()
     threading.Timer(0.2, cancel.set).start()
-    started = time.perf_counter()
     with pytest.raises(EngineError, match="did not stop within 0s of a cancel; killed it"):
         e.generate("p", GenerationParams(max_new_tokens=5), cancel)
-    assert time.perf_counter() - started < 3
     assert e._proc.wait(timeout=5) == -9
 
 

@@ -22,3 +22,9 @@ def test_readme_opens_with_two_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert _commands()[1] in ci.splitlines()
+
+
+def test_readme_names_the_fast_tier_below_the_set_up_commands():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = readme.split("\n## ", 1)[1]
+    assert 'python -m pytest -m "not model"' in body

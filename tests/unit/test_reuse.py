@@ -13,6 +13,7 @@ from aipc_lsp.scheduler import Scheduler, Slot
 from aipc_lsp.suggest import Suggester
 
 from fake_engine import FakeEngine
+from waiting import until
 
 SETTINGS = CompletionSettings(max_tokens=32)
 URI = "file:///project/a.py"
@@ -124,14 +125,13 @@ async def test_undo_and_revisit_are_answered_from_the_result_cache(make):
 async def test_the_running_generation_serves_the_next_keystroke(make):
     s, engine = make(script({"total =": " compute(alpha, beta, gamma, delta)\n"}), delay=0.03)
     first = asyncio.ensure_future(ask(s, "total = ", 1))
-    while len(engine.calls) < 1 or engine.calls[0].tokens < 2:
-        await asyncio.sleep(0.005)
+    await until(lambda: engine.calls and engine.calls[0].tokens >= 2, "two tokens")
     # The user types what is already predicted: the old request is answered with nothing
     # at once, the generation goes on and answers the new one.
     s.document_changed(URI, "total = comp")
     second = asyncio.ensure_future(ask(s, "total = comp", 2))
-    assert await asyncio.wait_for(first, 0.5) is None
-    got = await asyncio.wait_for(second, 5)
+    assert await first is None  # answered with nothing, not made to wait for the generation
+    got = await second
     assert got.source == "typed-ahead" and got.text == "ute(alpha, beta, gamma, delta)"
     assert len(engine.calls) == 1 and not engine.calls[0].result.cancelled
 
@@ -139,11 +139,10 @@ async def test_the_running_generation_serves_the_next_keystroke(make):
 async def test_typing_off_a_running_prediction_stops_it_at_once(make):
     s, engine = make(script({"total =": " compute(alpha, beta, gamma, delta)\n", "total = x": "y\n"}), delay=0.03)
     first = asyncio.ensure_future(ask(s, "total = ", 1))
-    while len(engine.calls) < 1 or engine.calls[0].tokens < 1:
-        await asyncio.sleep(0.005)
+    await until(lambda: engine.calls and engine.calls[0].tokens >= 1, "the first token")
     s.document_changed(URI, "total = x")
-    assert await asyncio.wait_for(first, 0.5) is None
-    got = await asyncio.wait_for(ask(s, "total = x", 2), 5)
+    assert await first is None  # answered with nothing, not made to wait for the generation
+    got = await ask(s, "total = x", 2)
     assert got.text == "y" and got.source == "generated"
     assert engine.calls[0].result.cancelled
     assert engine.calls[0].tokens < 5  # stopped long before its 8 tokens
@@ -152,15 +151,11 @@ async def test_typing_off_a_running_prediction_stops_it_at_once(make):
 async def test_a_cancelled_request_stops_its_generation(make):
     s, engine = make(script({"x =": " " + " ".join(f"w{i}" for i in range(60)) + "\n"}), delay=0.02)
     request = asyncio.ensure_future(ask(s, "x = ", 1))
-    while not engine.calls or engine.calls[0].tokens < 1:
-        await asyncio.sleep(0.005)
+    await until(lambda: engine.calls and engine.calls[0].tokens >= 1, "the first token")
     request.cancel()
     with pytest.raises(asyncio.CancelledError):
         await request
-    for _ in range(100):
-        if engine.calls[0].ended is not None:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: engine.calls[0].ended is not None, "the generation to end")
     assert engine.calls[0].result.cancelled and engine.calls[0].tokens < 20
 
 
@@ -194,13 +189,17 @@ async def test_nothing_from_a_previous_model_is_served(make):
 # --- warming an opened document -------------------------------------------------------------
 
 
+async def warm_ups_ended() -> None:
+    """Wait for every warm-up task there is to end: one postponed rather than stopped would run
+    to its end here (and be recorded)."""
+    tasks = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Suggester._warm"]
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def warm_and_wait(s: Suggester, text: str, budget: int = 1536):
     s.warm(URI, text, CompletionSettings(context_tokens=budget))
-    for _ in range(200):
-        if s.warmups:
-            return s.warmups[-1]
-        await asyncio.sleep(0.01)
-    return None
+    await warm_ups_ended()
+    return s.warmups[-1] if s.warmups else None
 
 
 @pytest.mark.parametrize("keeps", [True, False])
@@ -235,7 +234,7 @@ async def test_a_request_stops_a_pending_warm_up(make):
     engine.keeps_prompt_cache = True
     s.warm("file:///project/other.py", "x = 1\n" * 50, SETTINGS)
     answer = await ask(s, "def add(a, b):\n    return ", version=1)
-    await asyncio.sleep(0.5)  # past the warm-up's delay: it was stopped, not postponed
+    await warm_ups_ended()  # it was stopped, not postponed
     assert answer.text == "a + b" and len(engine.prompts) == 1 and not s.warmups
 
 
@@ -247,10 +246,7 @@ async def test_a_cursor_warm_up_computes_the_prompt_a_request_there_sends_unless
     cursor = len("".join(lines[:300]))  # far beyond the first window of a 256-token budget
     settings = CompletionSettings(context_tokens=256)
     s.warm(URI, text, settings, cursor)
-    for _ in range(200):
-        if s.warmups:
-            break
-        await asyncio.sleep(0.01)
+    await warm_ups_ended()
     assert s.warmups[-1]["at"] == "cursor" and not s.warmups[-1]["cancelled"]
     (warmed,) = engine.prompts
     assert warmed.endswith(text[:cursor][-40:]) and engine.calls[0].params.max_new_tokens == 1
@@ -260,11 +256,8 @@ async def test_a_cursor_warm_up_computes_the_prompt_a_request_there_sends_unless
     # The client reports the cursor where the user stopped typing: the last prompt computed is
     # not computed again; another place is.
     s.warm(URI, text, settings, cursor)
-    await asyncio.sleep(0.5)
+    await warm_ups_ended()
     assert len(engine.prompts) == 2 and len(s.warmups) == 1
     s.warm(URI, text, settings, cursor - len(lines[299]))
-    for _ in range(200):
-        if len(s.warmups) == 2:
-            break
-        await asyncio.sleep(0.01)
+    await warm_ups_ended()
     assert len(engine.prompts) == 3 and s.warmups[-1]["at"] == "cursor"
