@@ -520,17 +520,21 @@ class SettingsLayers:
         return build([self.file, *(_without_file_only(layer) for layer in (self.init_options, self.workspace))])
 
 
-# Settings that let a model run code of its own: only the user's settings file may turn them on, never
-# the editor's messages, which may carry a workspace's settings, written by whoever wrote its code.
-FILE_ONLY = (("transformers", "trust_remote_code"),)
+# Settings only the user's settings file may set, never the editor's messages, which may carry a
+# workspace's settings, written by whoever wrote its code; with why.
+FILE_ONLY = {
+    ("transformers", "trust_remote_code"): "it lets a model run code",
+    # A workspace could send its code, or any environment variable as a "key", to a server of its choosing.
+    ("remote", "url"): "it says where the code goes",
+    ("remote", "api_key_env"): "it says which environment variable is sent",
+}
 
 
 def _without_file_only(layer: dict) -> dict:
     layer = dict(layer)
-    for section, key in FILE_ONLY:
+    for (section, key), why in FILE_ONLY.items():
         if isinstance(layer.get(section), dict) and key in layer[section]:
             layer[section] = {k: v for k, v in layer[section].items() if k != key}
             logging.getLogger(__name__).warning(
-                "%s.%s is only read from settings.toml (it lets a model run code); ignored where the editor sent it",
-                section, key)
+                "%s.%s is only read from settings.toml (%s); ignored where the editor sent it", section, key, why)
     return layer

@@ -393,3 +393,16 @@ def test_bench_and_eval_can_switch_a_run_to_the_remote_engine():
     assert parse_sets(["engine=remote", "fim=off"]) == {"engine": "remote", "completion": {"fim": "off"}}
     with pytest.raises(ValueError, match="not one of"):
         parse_sets(["engine=cloud"])
+
+
+def test_where_code_goes_and_which_variable_is_sent_come_from_the_settings_file_only(caplog):
+    # A workspace's settings (workspace/configuration) or the client's initializationOptions cannot
+    # send the code, or an environment variable as a "key", to a server of their choosing.
+    layers = SettingsLayers(file={"remote": {"url": "http://team:8080/v1"}},
+                            workspace={"engine": "remote", "remote": {"url": "http://elsewhere:9/v1",
+                                                                      "api_key_env": "AWS_SECRET_ACCESS_KEY",
+                                                                      "timeout_s": 9.0}})
+    settings = layers.settings()
+    assert settings.remote.url == "http://team:8080/v1" and settings.remote.api_key_env == ""
+    assert settings.engine == "remote" and settings.remote.timeout_s == 9.0  # the rest may come from the editor
+    assert "remote.url is only read from settings.toml" in caplog.text
