@@ -75,8 +75,7 @@ class ServerProcess(RawServer):
     def unexpected_tracebacks(self) -> list[str]:
         """Tracebacks in the log but those of a request answered with the error it raised (pygls logs
         each JsonRpcException a handler raises, e.g. -32803 for a chat without a model)."""
-        blocks = re.findall(r"Traceback \(most recent call last\):\n(?:[ \t].*\n|\S+Error.*\n|\S+Exception.*\n)*",
-                            self.stderr)
+        blocks = re.findall(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*.*", self.stderr)
         return [block for block in blocks if "pygls.exceptions.JsonRpc" not in block]
 
     def document(self, uri: str) -> dict | None:
