@@ -31,7 +31,7 @@ import platformdirs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn, override
 
-from aipc_lsp.engines import ENGINE_NAMES, PRECISIONS  # the one table of engines and their precisions
+from aipc_lsp.engines import ENGINE_NAMES, ENGINES, PRECISIONS  # the one table of engines and their precisions
 
 LOG_LEVELS = ("error", "warning", "info", "debug")
 # completion.fim: "auto", "off", or one template by name (aipc_lsp/fim.py).
@@ -164,6 +164,9 @@ class SlotSettings:
     threads: int = _opt(0, "CPU inference threads; 0 = the engine's choice", minimum=0, maximum=1024)
 
     def label(self) -> str:
+        kind = ENGINES.get(self.engine)
+        if not self.name and kind is not None and not kind.local_model:
+            return self.engine  # a remote slot's device is the server's, not this setting's
         return self.name or f"{self.engine}-{self.device.lower()}"
 
 

@@ -406,3 +406,8 @@ def test_where_code_goes_and_which_variable_is_sent_come_from_the_settings_file_
     assert settings.remote.url == "http://team:8080/v1" and settings.remote.api_key_env == ""
     assert settings.engine == "remote" and settings.remote.timeout_s == 9.0  # the rest may come from the editor
     assert "remote.url is only read from settings.toml" in caplog.text
+
+
+def test_a_remote_slot_is_named_for_its_engine_not_a_device():
+    assert SettingsLayers(file={"engine": "remote"}).settings().slot_list()[0].label() == "remote"
+    assert SettingsLayers(file={"engine": "openvino"}).settings().slot_list()[0].label() == "openvino-cpu"
