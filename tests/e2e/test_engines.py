@@ -128,7 +128,7 @@ async def test_cancel_request_stops_the_generation_within_a_step(client: Languag
     await configure(client, {})
 
 
-def test_onnxruntime_refuses_a_prompt_past_its_max_length_as_a_request_and_serves_on(prepared):
+async def test_onnxruntime_refuses_a_prompt_past_its_max_length_as_a_request_and_serves_on(prepared):
     """The real engine (in this process, no server): a prompt that does not fit is the request's
     error (the scheduler keeps the slot), and the engine declares the limit prompts are built within."""
     import threading
