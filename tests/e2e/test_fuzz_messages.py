@@ -156,6 +156,9 @@ def served():
 
 
 _request_ids = itertools.count(10_000)
+# Every request id sent: hypothesis may end a case between a request and its answer (a draw past its
+# data), so an answer may come in the next case; one to an id never sent is a fault.
+_sent: set[int] = set()
 
 
 class Session:
@@ -182,6 +185,7 @@ class Session:
 
     def request(self, method: str, params, allowed: set[int]) -> int:
         msg_id = next(_request_ids)
+        _sent.add(msg_id)
         self.server.request(method, params, msg_id=msg_id)
         self.expect[msg_id] = set(allowed)
         counts["requests"] += 1
@@ -233,10 +237,20 @@ class Session:
         elif op == "unknown":
             self.request("aipc/noSuchMethod", {}, {METHOD_NOT_FOUND})
 
-    def check_answers(self) -> None:
-        for msg_id, reply in self.server.responses(self.expect, timeout=120).items():
+    def check_answers(self, timeout: float = 120) -> None:
+        waiting = set(self.expect)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            reply = self.server.inbox.get(timeout=max(deadline - time.monotonic(), 0.01))
+            if "method" in reply:
+                self.server.notifications.append(reply)
+                continue
+            assert reply.get("id") in _sent, f"an answer to a request never sent: {reply}"
+            if reply["id"] not in waiting:
+                continue  # a late answer to a case hypothesis ended early
+            waiting.discard(reply["id"])
             if "error" in reply:
-                assert reply["error"]["code"] in self.expect[msg_id], (reply, self.expect[msg_id])
+                assert reply["error"]["code"] in self.expect[reply["id"]], (reply, self.expect[reply["id"]])
             else:
                 assert "result" in reply, reply
 
@@ -272,7 +286,13 @@ def test_shutdown_mid_session_answers_what_is_in_flight_and_refuses_what_follows
                                                     "instruction": "explain?"})]
     shutdown = served.request("shutdown")
     after = served.request("textDocument/completion", {"textDocument": {"uri": uri}, "position": position})
-    replies = served.responses([*in_flight, shutdown, after], timeout=60)
+    replies = {}
+    while len(replies) < 4:  # late answers to earlier cases may come first
+        reply = served.inbox.get(timeout=60)
+        if reply.get("id") in (*in_flight, shutdown, after):
+            replies[reply["id"]] = reply
+        else:
+            assert "method" in reply or reply.get("id") in _sent, reply
     for msg_id in in_flight:  # answered: a result, or cancelled (chat: failed) by the shutdown
         reply = replies[msg_id]
         assert "result" in reply or reply["error"]["code"] in (REQUEST_CANCELLED, REQUEST_FAILED), reply
