@@ -27,7 +27,7 @@ from aipc_lsp.lsp_client import drain, plain
 
 
 # After a suggestion shows, a typist takes a moment before the next key (reading it, or not):
-# the server uses such moments (the worker settles the engine, engines/openvino.py `settle`).
+# the server uses such moments (the scheduler lets the engine settle, engines/openvino.py `settle`).
 # Typing on the instant the suggestion is complete measures a client no one is.
 TYPIST_PAUSE_S = 0.2
 
