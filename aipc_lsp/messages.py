@@ -97,7 +97,7 @@ MESSAGE_TYPES: dict[str, tuple[type, Any, type]] = {
     WARM: (WarmNotification, None, WarmParams),
     STATUS: (StatusRequest, None, StatusParams),
 }
-_PARAMS = (InlineChatParams, ChatTurn, WarmParams, StatusParams)
+_PARAMS = (InlineChatParams, ChatTurn, WarmParams)
 
 
 def register_hooks(converter: cattrs.Converter) -> cattrs.Converter:
@@ -119,11 +119,18 @@ def register_hooks(converter: cattrs.Converter) -> cattrs.Converter:
             raise ParamError("must be an integer or a string")
         return value
 
+    def no_params(value: Any, _type) -> StatusParams:
+        # An object (its members ignored), or [] as Neovim encodes an empty Lua table.
+        if isinstance(value, dict) or value == []:
+            return StatusParams()
+        raise ParamError("must be an object")
+
     converter.register_structure_hook(Instruction, instruction)
     converter.register_structure_hook(Text, text)
     converter.register_structure_hook(Token, token)
     for cls in _PARAMS:
         _objects_only(converter, cls)
+    converter.register_structure_hook(StatusParams, no_params)
     return converter
 
 

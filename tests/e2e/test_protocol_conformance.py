@@ -275,8 +275,9 @@ def test_custom_messages_are_checked_by_their_types(shared):
                                             "instruction": "Explain"})
     assert shared.error(reply, INVALID_PARAMS)["message"] == (
         "Invalid params for 'aipc/inlineChat': file:///never-opened.py is not open (send textDocument/didOpen first)")
-    # aipc/status takes an empty object or nothing.
+    # aipc/status takes an empty object, nothing, or [] (Neovim's encoding of an empty Lua table).
     assert shared.call("aipc/status")["result"]["version"]
+    assert shared.call("aipc/status", [])["result"]["version"]
     # A notification cannot be answered: logged, with what was wrong.
     logged = shared.log_of(lambda: shared.notify("aipc/warm", {"position": {"line": "x"}}))
     assert ("Ignoring notification 'aipc/warm' with invalid params: textDocument: required field missing; "
