@@ -71,6 +71,7 @@ async def invalid_toml(lsp_client: LanguageClient):
     await lsp_client.shutdown_session()
 
 
+@pytest.mark.model  # it ends by loading the model it is given at run time
 async def test_invalid_toml_and_missing_model_are_shown_and_requests_still_answered(invalid_toml: LanguageClient):
     messages = await _messages(invalid_toml, count=2)
     joined = "\n".join(messages)
