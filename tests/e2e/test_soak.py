@@ -153,6 +153,7 @@ def test_a_long_session_answers_everything_and_does_not_grow():
         typist = Typist(server, seed=MESSAGES)
         started = time.monotonic()
         warm = None
+        timeline: dict[int, int] = {}  # messages -> MB of RSS (server + worker), sampled while busy
         while typist.messages < MESSAGES:
             typist.step()
             typist.collect(IN_FLIGHT - 1)
@@ -162,12 +163,14 @@ def test_a_long_session_answers_everything_and_does_not_grow():
                 warm = footprint(server)
             if typist.messages % 100 == 0:
                 assert server.inet_sockets() == []
+            if typist.messages % 1000 == 0 and typist.messages not in timeline:  # printed: does it level off?
+                timeline[typist.messages] = round(footprint(server)["rss"] / 2**20)
         typist.collect(0)
         idle(server)
         final = footprint(server)
         elapsed = time.monotonic() - started
         print(f"\nsoak: {typist.messages} messages in {elapsed:.0f} s: {typist.sent}; answers {typist.answered}; "
-              f"after warm-up {warm}; at the end {final}")
+              f"after warm-up {warm}; at the end {final}; RSS (MB) every 1,000 messages {timeline}")
         assert final["rss"] <= warm["rss"] * (1 + RSS_GROWTH), (warm, final)
         for what in ("threads", "fds", "children"):
             assert final[what] <= warm[what], (what, warm, final)
