@@ -78,6 +78,13 @@ class ServerProcess(RawServer):
         blocks = re.findall(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)*.*", self.stderr)
         return [block for block in blocks if "pygls.exceptions.JsonRpc" not in block]
 
+    def end_cleanly(self) -> None:
+        """End the session as a client does: no handler error was shown, the exit status is 0 and
+        stdout held nothing but protocol."""
+        assert self.errors_reported() == []
+        assert self.end() == 0, self.stderr[-4000:]
+        self.check_output()
+
     def document(self, uri: str) -> dict | None:
         """The server's copy of an open document (aipc/debugDocument: needs DEBUG_ENV)."""
         reply = self.call("aipc/debugDocument", {"uri": uri})

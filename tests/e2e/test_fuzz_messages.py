@@ -101,10 +101,8 @@ def bare():
         server.start(NO_MODEL)
         yield server
         print(f"byte stream fuzz: {counts['byte streams']} streams, {counts['bytes']} bytes")
-        assert server.errors_reported() == []
         assert server.unexpected_tracebacks() == []
-        assert server.end() == 0, server.stderr[-4000:]
-        server.check_output()
+        server.end_cleanly()
     finally:
         server.kill()
 

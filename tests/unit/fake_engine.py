@@ -186,3 +186,19 @@ class FakeEngine(Engine):
         result.text = text
         result.total_s = time.perf_counter() - started
         return result
+
+
+class OneSlotRuntime:
+    """What Suggester and ChatService ask of a runtime: one scheduler over one slot of `engine`."""
+
+    def __init__(self, engine: Engine):
+        from aipc_lsp.scheduler import Scheduler, Slot
+
+        self.sched = Scheduler([Slot("fake", engine)])
+
+    async def scheduler(self):
+        await self.sched.wait_ready()
+        return self.sched
+
+    def current(self):
+        return self.sched

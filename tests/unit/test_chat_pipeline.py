@@ -6,21 +6,11 @@ import pytest
 
 from aipc_lsp.chat import ChatRequest, ChatService, ChatSuperseded, ChatTooLong, extract_code, fit_code, guess_mode
 from aipc_lsp.config import ChatSettings
-from aipc_lsp.scheduler import Scheduler, Slot
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, OneSlotRuntime
 from waiting import until
 
 SMOL = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
         "'<|im_end|>\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-
-
-class _Runtime:
-    def __init__(self, engine):
-        self.sched = Scheduler([Slot("fake", engine)])
-
-    async def scheduler(self):
-        await self.sched.wait_ready()
-        return self.sched
 
 
 def test_guess_mode():
@@ -55,7 +45,7 @@ def _request(**kw):
 async def test_answer_streams_through_the_model_template_and_stops_after_the_code_block():
     engine = FakeEngine(output="Here:\n```python\ndef f():\n    return 2\n```\nThat is all.<|im_end|>junk",
                         template=SMOL, token_delay=0.001)
-    service = ChatService(_Runtime(engine))
+    service = ChatService(OneSlotRuntime(engine))
     pieces = []
     answer = await service.answer(_request(), ChatSettings(), pieces.append)
     assert answer.mode == "edit" and answer.code == "def f():\n    return 2\n"
@@ -69,7 +59,7 @@ async def test_answer_streams_through_the_model_template_and_stops_after_the_cod
 
 async def test_ask_answers_stop_at_the_turn_end_and_history_is_kept_then_bounded():
     engine = FakeEngine(output="It returns one.<|im_end|>more", template=SMOL, token_delay=0.001)
-    service = ChatService(_Runtime(engine))
+    service = ChatService(OneSlotRuntime(engine))
     settings = ChatSettings(history_turns=2)
     for i in range(4):
         answer = await service.answer(_request(instruction=f"what is {i}?"), settings)
@@ -84,7 +74,7 @@ async def test_ask_answers_stop_at_the_turn_end_and_history_is_kept_then_bounded
 
 async def test_history_dropped_to_fit_the_budget_and_too_long_reported():
     engine = FakeEngine(output="ok", template=SMOL, token_delay=0.0)
-    service = ChatService(_Runtime(engine))
+    service = ChatService(OneSlotRuntime(engine))
     settings = ChatSettings(context_tokens=200, max_tokens=50)
     for _ in range(3):
         await service.answer(_request(instruction="why " + "word " * 20 + "?"), settings)
@@ -96,7 +86,7 @@ async def test_history_dropped_to_fit_the_budget_and_too_long_reported():
 
 async def test_a_newer_chat_on_the_same_document_supersedes():
     engine = FakeEngine(output="word " * 200, template=SMOL, token_delay=0.01)
-    service = ChatService(_Runtime(engine))
+    service = ChatService(OneSlotRuntime(engine))
     first = asyncio.ensure_future(service.answer(_request(instruction="why?"), ChatSettings()))
     await until(lambda: engine.calls and engine.calls[0].tokens, "the first chat's first token")
     second = await service.answer(_request(instruction="what?", mode="ask"), ChatSettings(max_tokens=3))

@@ -10,26 +10,13 @@ import pytest
 
 from aipc_lsp.chat import ChatRequest, ChatService
 from aipc_lsp.config import ChatSettings, CompletionSettings
-from aipc_lsp.scheduler import Scheduler, Slot
 from aipc_lsp.suggest import Suggester
 
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, OneSlotRuntime
 from waiting import until
 
 URI = "file:///project/a.py"
 SETTINGS = CompletionSettings(max_tokens=8)
-
-
-class _Runtime:
-    def __init__(self, engine: FakeEngine):
-        self.sched = Scheduler([Slot("fake", engine)])
-
-    async def scheduler(self) -> Scheduler:
-        await self.sched.wait_ready()
-        return self.sched
-
-    def current(self):
-        return self.sched
 
 
 def _recording(engine: FakeEngine) -> list[tuple[str, str]]:
@@ -66,7 +53,7 @@ async def engine():
 
 @pytest.fixture
 async def runtime(engine):
-    runtime = _Runtime(engine)
+    runtime = OneSlotRuntime(engine)
     yield runtime
     runtime.sched.close()
     for slot in runtime.sched.slots:

@@ -12,23 +12,11 @@ from aipc_lsp.config import CompletionSettings
 from aipc_lsp.scheduler import Scheduler, Slot
 from aipc_lsp.suggest import Suggester
 
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, OneSlotRuntime
 from waiting import until
 
 SETTINGS = CompletionSettings(max_tokens=32)
 URI = "file:///project/a.py"
-
-
-class StubRuntime:
-    def __init__(self, engine: FakeEngine):
-        self._scheduler = Scheduler([Slot("fake", engine)])
-
-    async def scheduler(self) -> Scheduler:
-        await self._scheduler.wait_ready()
-        return self._scheduler
-
-    def current(self):
-        return self._scheduler
 
 
 @pytest.fixture
@@ -37,8 +25,8 @@ async def make():
 
     def build(output, delay: float = 0.002) -> tuple[Suggester, FakeEngine]:
         engine = FakeEngine(output=output, token_delay=delay)
-        runtime = StubRuntime(engine)
-        made.append(runtime._scheduler)
+        runtime = OneSlotRuntime(engine)
+        made.append(runtime.sched)
         return Suggester(runtime), engine
 
     yield build
@@ -174,16 +162,16 @@ async def test_nothing_from_a_previous_model_is_served(make):
     assert (await ask(s, "a = ", 1)).text == "1"
     # Settings changed: the runtime now has another model (a new scheduler).
     other = FakeEngine(output=script({"a =": " 2\n"}), token_delay=0.002)
-    old = s.runtime._scheduler
-    s.runtime._scheduler = Scheduler([Slot("other", other)])
+    old = s.runtime.sched
+    s.runtime.sched = Scheduler([Slot("other", other)])
     try:
         again = await ask(s, "a = ", 2)
         assert again.text == "2" and again.source == "generated"
         s.document_changed(URI, "a = 2")  # typed-ahead must not use the old model's "1" either
     finally:
-        s.runtime._scheduler.close()
-        s.runtime._scheduler.slots[0].executor.shutdown(wait=True)
-        s.runtime._scheduler = old
+        s.runtime.sched.close()
+        s.runtime.sched.slots[0].executor.shutdown(wait=True)
+        s.runtime.sched = old
 
 
 # --- warming an opened document -------------------------------------------------------------
