@@ -14,6 +14,12 @@ problem arises:
 - dispatch (`handle_message`) enforces the initialize / shutdown lifecycle and answers what
   cannot be served with the right error code;
 - `didChange` normalizes reversed ranges before the workspace applies them;
+- request dispatch (`_handle_request`) remembers where in the stream of document events
+  (didOpen/didChange/didClose) the request arrived, before pygls schedules its handler: an async
+  handler runs as a task whose first step comes after the messages read behind it, so a
+  `didChange` sent right after a request is applied before the handler sees the document.
+  Handlers ask `modified_since_sent(uri)` and answer -32801 ContentModified
+  (`check_unmodified`) or nothing;
 - the stdio reader loop (`_start_io`) bounds header lines and bodies, answers malformed JSON,
   and lets `exit` set the process status.
 """
@@ -21,6 +27,7 @@ problem arises:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -34,7 +41,8 @@ from cattrs import transform_error
 from cattrs.errors import ClassValidationError
 from cattrs.v import format_exception
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInternalError, JsonRpcInvalidParams
+from pygls.exceptions import (JsonRpcContentModified, JsonRpcException, JsonRpcInternalError,
+                              JsonRpcInvalidParams)
 from pygls.io_ import StdoutWriter
 from pygls.protocol import LanguageServerProtocol, lsp_method
 from pygls.protocol.json_rpc import RPCError, RPCNotification, RPCRequest, RPCResponse
@@ -67,6 +75,11 @@ _SKIP_CHUNK = 1024 * 1024
 _CONTENT_LENGTH = re.compile(rb"(?<![\w-])content-length[ \t]*:[ \t]*(\S*)", re.IGNORECASE)
 
 SHUTTING_DOWN = "server is shutting down"
+
+# The number of document events (didOpen/didChange/didClose) handled before the request being
+# handled arrived; set in the request's own context, which its handler's task inherits.
+_EVENTS_BEFORE_REQUEST: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "aipc_events_before_request", default=None)
 
 
 class _Malformed:
@@ -140,6 +153,9 @@ class AipcProtocol(LanguageServerProtocol):
     def __init__(self, server, converter):
         super().__init__(server, messages.register_hooks(converter))
         self._initialize_seen = False
+        # Document events counted, and the count at each URI's last one (URIs as sent).
+        self._document_events = 0
+        self._last_document_event: dict[str, int] = {}
         # pygls frames stdio messages in pygls.io_.run_async, a module function that
         # JsonRPCServer._start_io_async calls with no protocol hook between reading the
         # Content-Length header and allocating/decoding the body, and that swallows the
@@ -222,6 +238,31 @@ class AipcProtocol(LanguageServerProtocol):
 
         super().handle_message(message)
 
+    def _handle_request(self, msg_id, method_name: str, params: Any):
+        # Runs in the request's own context (pygls' handle_message), before its handler is
+        # called or scheduled: the handler's task inherits what is set here.
+        if not self._request_futures:
+            # No request in flight: every event so far is older than any request to come.
+            self._last_document_event.clear()
+        _EVENTS_BEFORE_REQUEST.set(self._document_events)
+        super()._handle_request(msg_id, method_name, params)
+
+    def modified_since_sent(self, uri: str) -> bool:
+        """Whether the document `uri` was opened, changed or closed after the request being
+        handled arrived (False outside a request)."""
+        before = _EVENTS_BEFORE_REQUEST.get()
+        return before is not None and self._last_document_event.get(uri, 0) > before
+
+    def check_unmodified(self, method: str, uri: str) -> None:
+        """-32801 ContentModified when `uri` changed after the request was sent: its params
+        (positions, ranges) describe a text the server no longer has."""
+        if self.modified_since_sent(uri):
+            raise JsonRpcContentModified(f"{uri} changed after the {method!r} request was sent")
+
+    def _document_event(self, uri: str) -> None:
+        self._document_events += 1
+        self._last_document_event[uri] = self._document_events
+
     def _reject_malformed(self, message: _Malformed, is_request: bool) -> None:
         method = message.method
         if is_request:
@@ -263,7 +304,18 @@ class AipcProtocol(LanguageServerProtocol):
                     change = attrs.evolve(change, range=types.Range(start=end, end=start))
             changes.append(change)
         params = attrs.evolve(params, content_changes=changes)
+        self._document_event(params.text_document.uri)
         return (yield from super().lsp_text_document__did_change(params))
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):
+        self._document_event(params.text_document.uri)
+        return (yield from super().lsp_text_document__did_open(params))
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams):
+        self._document_event(params.text_document.uri)
+        return (yield from super().lsp_text_document__did_close(params))
 
     # -- stdio ----------------------------------------------------------------------------------
     def _start_io(self, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
@@ -281,16 +333,30 @@ class AipcProtocol(LanguageServerProtocol):
             server.shutdown()
 
     async def _read_messages(self, stream: BinaryIO, stop_event: threading.Event) -> None:
-        """A thread of its own reads whole messages and hands each to the loop: one thread
-        wake-up per message. (pygls awaits an executor call per header line and per body:
-        three hand-offs per message, each a wait for a core the engine keeps busy.)"""
+        """A thread of its own reads whole messages and hands them to the loop: every message
+        it has read before it next waits for input goes in one hand-off, handled in order in
+        one loop callback. (pygls awaits an executor call per header line and per body: three
+        hand-offs per message, each a wait for a core the engine keeps busy.) So messages the
+        client wrote together are dispatched together: a request's handler task never starts
+        between them, whatever the threads' timing, and sees every document event the client
+        sent with the request (`modified_since_sent` tells it)."""
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
+        read_so_far: list[bytes] = []
+
+        def hand_over() -> None:
+            if read_so_far:
+                loop.call_soon_threadsafe(self._receive_all, read_so_far.copy())
+                read_so_far.clear()
 
         def read() -> None:
             try:
-                for body in _frames(_unlocked(stream), stop_event):
-                    loop.call_soon_threadsafe(self._receive, body)
+                reader = _unlocked(stream, before_wait=hand_over)
+                for body in _frames(reader, stop_event):
+                    read_so_far.append(body)
+                    if not isinstance(reader, _FdReader):
+                        hand_over()  # no way to know whether a read would wait: one at a time
+                hand_over()
             except Exception:  # a broken stream ends the session as EOF does
                 logger.exception("Reading the client's messages failed")
             finally:
@@ -307,6 +373,10 @@ class AipcProtocol(LanguageServerProtocol):
         end_of_input = getattr(self._server, "end_of_input", None)
         if end_of_input is not None:
             end_of_input()
+
+    def _receive_all(self, bodies: list[bytes]) -> None:
+        for body in bodies:
+            self._receive(body)
 
     def _receive(self, body: bytes) -> None:
         try:
@@ -327,11 +397,14 @@ class _FdReader:
     in it holds no lock of the interpreter's, so the process can exit while it waits (blocked
     in sys.stdin.buffer, it made interpreter shutdown abort)."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, before_wait=None):
         self._fd = fd
         self._buf = bytearray()
+        self._before_wait = before_wait
 
     def _fill(self) -> bool:
+        if self._before_wait is not None:
+            self._before_wait()  # the read may wait for the client
         chunk = os.read(self._fd, 65536)
         self._buf += chunk
         return bool(chunk)
@@ -355,9 +428,9 @@ class _FdReader:
         return out
 
 
-def _unlocked(stream):
+def _unlocked(stream, before_wait=None):
     try:
-        return _FdReader(stream.fileno())
+        return _FdReader(stream.fileno(), before_wait)
     except (AttributeError, OSError, ValueError):  # not a real file (tests pass BytesIO)
         return stream
 

@@ -76,6 +76,9 @@ class _Target:
 
 async def run_chat(ls, method: str, params: InlineChatParams, msg_id: Any) -> tuple[dict, types.WorkspaceEdit | None]:
     uri = params.text_document.uri
+    # An edit sent after the request may have been applied already: its range is for a text the
+    # server no longer has (-32801, not a range error or an edit in the wrong place).
+    ls.protocol.check_unmodified(method, uri)
     target = _Target(ls, method, uri, params.range)
     loop = asyncio.get_running_loop()
     done = False

@@ -37,6 +37,11 @@ def _ring(ls):
 async def _suggest_at(ls, uri: str, position: types.Position) -> tuple[TextDocument, Suggestion] | None:
     if ls.shutting_down or not ls.settings.completion.enabled:
         return None
+    if ls.protocol.modified_since_sent(uri):
+        # Edited after the request was sent (the edit was applied before this handler ran): the
+        # position is in a text the server no longer has. Nothing, as for an answer that comes
+        # after an edit (clients ask again for the new text; -32801 would be logged by some).
+        return None
     found = _open_at(ls, uri, position)
     if found is None:
         return None  # nothing to complete

@@ -28,6 +28,7 @@ from server_process import ServerProcess
 LONG_RUN = int(os.environ.get("AIPC_FUZZ_EXAMPLES", "0"))
 NO_MODEL = {"model": "/nonexistent/model.gguf", "completion": {"warm_on_open": False}}
 INVALID_PARAMS, METHOD_NOT_FOUND, REQUEST_CANCELLED, REQUEST_FAILED = -32602, -32601, -32800, -32803
+CONTENT_MODIFIED = -32801
 SETTINGS = dict(deadline=None, database=None, derandomize=not LONG_RUN,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 counts = {"byte streams": 0, "bytes": 0, "sequences": 0, "requests": 0, "cancels": 0}
@@ -167,6 +168,7 @@ class Session:
         self.texts: dict[str, str] = {}  # the client's open documents
         self.versions = itertools.count(2)
         self.expect: dict = {}  # id -> the error codes allowed besides a result
+        self.chats: dict[int, str] = {}  # id -> the chat's document
 
     def draw(self, strategy):
         return self.data.draw(strategy)
@@ -194,6 +196,10 @@ class Session:
         doc = {"uri": uri}
         op = self.draw(st.sampled_from(["open", "change", "change", "close", "inline", "inline", "completion",
                                         "chat", "warm", "cancel", "status", "bad params", "unknown"]))
+        if op in ("open", "change", "close"):
+            # A chat's handler may run after this event: its document changed after it was sent.
+            for msg_id in (i for i, chat_uri in self.chats.items() if chat_uri == uri):
+                self.expect[msg_id].add(CONTENT_MODIFIED)
         if op == "open":
             self.texts[uri] = text = self.draw(TEXT)
             self.server.notify("textDocument/didOpen", {"textDocument": {**doc, "languageId": "python", "version": 1,
@@ -216,10 +222,12 @@ class Session:
         elif op == "chat":
             # Ranges past the end, reversed, or in a document that is not open are invalid params;
             # a newer chat on the document or its closing cancels it.
-            self.request("aipc/inlineChat", {"textDocument": doc, "range": {"start": self.position(uri),
-                                                                             "end": self.position(uri)},
-                                              "instruction": self.draw(st.sampled_from(["why?", "add a docstring"]))},
-                         {INVALID_PARAMS, REQUEST_CANCELLED, REQUEST_FAILED})
+            msg_id = self.request("aipc/inlineChat", {"textDocument": doc, "range": {"start": self.position(uri),
+                                                                                      "end": self.position(uri)},
+                                                       "instruction": self.draw(st.sampled_from(["why?",
+                                                                                                 "add a docstring"]))},
+                                  {INVALID_PARAMS, REQUEST_CANCELLED, REQUEST_FAILED})
+            self.chats[msg_id] = uri
         elif op == "warm":
             self.server.notify("aipc/warm", {"textDocument": doc, "position": self.position(uri)})
         elif op == "cancel" and self.expect:

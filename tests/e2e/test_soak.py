@@ -25,7 +25,7 @@ MESSAGES = int(os.environ.get("AIPC_SOAK_MESSAGES", "1000"))
 WARM_UP = max(300, MESSAGES // 10)
 IN_FLIGHT = 6  # requests the client lets wait at once, like an editor typing ahead of the answers
 RSS_GROWTH = 0.10
-REQUEST_CANCELLED, REQUEST_FAILED, INVALID_PARAMS = -32800, -32803, -32602
+REQUEST_CANCELLED, REQUEST_FAILED, INVALID_PARAMS, CONTENT_MODIFIED = -32800, -32803, -32602, -32801
 LINES = ["import math", "", "", "def area(radius):", "    return math.pi * radius ** 2", "", "",
          "class Stack:", "    def __init__(self):", "        self.items = []", "", "    def push(self, item):", "        "]
 
@@ -49,8 +49,9 @@ class Typist:
         self.version = 1
         self.ids = itertools.count(1_000_000)
         self.pending: dict[int, set[int]] = {}  # id -> error codes allowed besides a result
+        self.chats: set[int] = set()  # the chats' ids in flight
         self.sent = {"edits": 0, "completions": 0, "cancels": 0, "chats": 0, "warm-ups": 0, "status": 0}
-        self.answered = {"result": 0, "cancelled": 0, "failed": 0}
+        self.answered = {"result": 0, "cancelled": 0, "failed": 0, "content modified": 0}
         self.uri = "file:///soak/shapes.py"
         server.notify("textDocument/didOpen", {"textDocument": {"uri": self.uri, "languageId": "python", "version": 1,
                                                                 "text": "\n".join(self.lines)}})
@@ -59,10 +60,11 @@ class Typist:
     def end(self) -> dict:
         return {"line": len(self.lines) - 1, "character": len(self.lines[-1])}
 
-    def request(self, method: str, params: dict, allowed: set[int]) -> None:
+    def request(self, method: str, params: dict, allowed: set[int]) -> int:
         msg_id = next(self.ids)
         self.server.request(method, params, msg_id=msg_id)
         self.pending[msg_id] = allowed
+        return msg_id
 
     def type_a_character(self) -> None:
         """A character typed at the end (or a line finished and a new one begun)."""
@@ -81,6 +83,8 @@ class Typist:
         else:
             end = start
         self.version += 1
+        for msg_id in self.chats & self.pending.keys():  # sent for the text before this edit
+            self.pending[msg_id].add(CONTENT_MODIFIED)
         self.server.notify("textDocument/didChange", {"textDocument": {"uri": self.uri, "version": self.version},
                                                       "contentChanges": [{"range": {"start": start, "end": end},
                                                                           "text": text}]})
@@ -104,10 +108,11 @@ class Typist:
             self.sent["cancels"] += 1
         elif roll < 0.80:
             line = self.random.randrange(len(self.lines))
-            self.request("aipc/inlineChat", {"textDocument": {"uri": self.uri},
-                                             "range": {"start": {"line": line, "character": 0}, "end": self.end},
-                                             "instruction": self.random.choice(["what does this do?", "add a comment"])},
-                         {REQUEST_CANCELLED, REQUEST_FAILED})
+            chat = self.request("aipc/inlineChat", {
+                "textDocument": {"uri": self.uri}, "range": {"start": {"line": line, "character": 0}, "end": self.end},
+                "instruction": self.random.choice(["what does this do?", "add a comment"])},
+                {REQUEST_CANCELLED, REQUEST_FAILED})
+            self.chats.add(chat)
             self.sent["chats"] += 1
         elif roll < 0.90:
             self.server.notify("aipc/warm", {"textDocument": {"uri": self.uri}, "position": self.end})
@@ -126,9 +131,12 @@ class Typist:
             if "method" in message:
                 continue
             allowed = self.pending.pop(message["id"])
+            self.chats.discard(message["id"])
             if "error" in message:
-                assert message["error"]["code"] in allowed, message
-                self.answered["cancelled" if message["error"]["code"] == REQUEST_CANCELLED else "failed"] += 1
+                code = message["error"]["code"]
+                assert code in allowed, message
+                self.answered[{REQUEST_CANCELLED: "cancelled", CONTENT_MODIFIED: "content modified"}.get(code,
+                                                                                                      "failed")] += 1
             else:
                 self.answered["result"] += 1
 
