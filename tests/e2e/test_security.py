@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 
+from aipc_lsp.models.registry import CACHE_ENV, cache_dir
 from server_process import ServerProcess
 
 NO_MODEL = {"model": "/nonexistent/model.gguf"}
@@ -114,6 +115,23 @@ def test_a_session_needs_no_network_opens_no_socket_and_logs_no_document_text():
         server.wait()
         assert "chat" in server.stderr  # the log has its INFO lines: it is the log we mean
         assert SECRET not in server.stderr, [line for line in server.stderr_lines if SECRET in line]
+    finally:
+        server.kill()
+
+
+@pytest.mark.model
+def test_the_engine_worker_sends_no_telemetry_and_leaves_no_child_process(tmp_path):
+    """`import openvino` sends a usage event to OpenVINO's telemetry service from a process it forks (and
+    may never wait for), after writing a client id under the user's home (~/intel): neither may happen.
+    The home is a fresh folder here; the model cache stays where the suite keeps it."""
+    server = ServerProcess(env={"HOME": str(tmp_path), CACHE_ENV: str(cache_dir())})
+    try:
+        server.start()
+        server.wait_ready()
+        server_process, *workers = server.process_tree()
+        assert len(workers) == 1, workers  # the engine's worker, with no child (exited or not)
+        assert list(tmp_path.iterdir()) == []
+        assert server.end() == 0
     finally:
         server.kill()
 
