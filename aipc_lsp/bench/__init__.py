@@ -118,7 +118,7 @@ def effective_completion(options: dict) -> CompletionSettings:
 
 def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server: bool = False,
               ir: str | None = None, sets: dict | None = None, remote_pid: int | None = None,
-              progress=print) -> dict:
+              config: str | None = None, progress=print) -> dict:
     from aipc_lsp.models.fetch import resolve_model
 
     path = Path(resolve_model(model or "default"))
@@ -172,7 +172,7 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
                                          **prompts})
         try:
             report["server"] = asyncio.run(server.run(docs=docs, quick=quick, options=options, reference=reference,
-                                                      peer=peer))
+                                                      peer=peer, config=config))
         finally:
             if reference is not None:
                 reference.close()
@@ -231,6 +231,7 @@ def main(args) -> int:
     sets = parse_sets(getattr(args, "set", None) or [])
     report = run_bench(quick=args.quick, model=args.model, remote=args.remote, skip_server=args.skip_server, ir=args.ir,
                        sets=sets, remote_pid=getattr(args, "remote_pid", None),
+                       config=str(Path(args.config).expanduser()) if getattr(args, "config", None) else None,
                        progress=lambda msg: print(msg, file=sys.stderr))
     print(render_table(report))
     if args.json:

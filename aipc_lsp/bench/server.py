@@ -135,14 +135,15 @@ def _unique(text: str) -> str:
 
 
 async def run(*, docs: dict[int, tuple[str, str, str]], quick: bool, options: dict, reference=None,
-              peer=None) -> dict:
+              peer=None, config: str | None = None) -> dict:
     """`docs`: per context size, (code before the cursor, the characters typed there, code after
     it). `options`: initializationOptions (the model, and the completion settings the bench's
     configurations start from: later ones change a few of them). `reference`: a
     bench.reference.ReferenceEngine (the bare engine in the server's configuration), whose decode
     takes turns with the server's and which types the 1.5k document alone. `peer`: a
-    bench.remote.Peer, asked for the same work between the server's phases."""
-    command = [sys.executable, "-m", "aipc_lsp", "serve"]
+    bench.remote.Peer, asked for the same work between the server's phases. `config`: the
+    settings.toml the server reads (`--config`)."""
+    command = [sys.executable, "-m", "aipc_lsp", "serve", *(["--config", config] if config else [])]
     client = BenchClient()
     started = time.perf_counter()
     await client.start_io(*command)

@@ -59,11 +59,13 @@ def contender(label: str, kind: str, tasks: list[Task], outcome: dict) -> dict:
 
 def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None = None, kinds: str | None = None,
              sources: str | None = None, sets: list[str] = (), remote: str | None = None, label: str | None = None,
-             baseline: str | None = None, other_files: bool = True, progress=lambda msg: None,
-             saved=lambda report: None) -> dict:
+             baseline: str | None = None, other_files: bool = True, config: str | None = None,
+             progress=lambda msg: None, saved=lambda report: None) -> dict:
     """`baseline`: a model also run through the server with the code before the cursor only
     (fim=off, other settings at their defaults): the issue's "today's default" to beat 2x.
-    `saved(report)` is called after each contender (a long run keeps what it measured)."""
+    `saved(report)` is called after each contender (a long run keeps what it measured).
+    `config`: the settings.toml the server reads (`--config`; settings only a file may set, such as
+    `remote.url`, come from there)."""
     if limit is not None and limit < 1:
         raise EvalError(f"--limit must be at least 1, got {limit}")
     options = parse_sets(list(sets))
@@ -78,14 +80,16 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
         counts[task.source] = counts.get(task.source, 0) + 1
     report: dict = {"python": platform.python_version(), "quick": quick, "tasks": len(tasks), "task_counts": counts,
                     "kinds": list(chosen_kinds), "options": options, "other_files": other_files, "contenders": []}
+    command = runner.SERVE + (("--config", str(Path(config).expanduser())) if config else ())
     progress(f"server: aipc-lsp serve over stdio, {len(tasks)} tasks ...")
-    ours = asyncio.run(runner.run(tasks, options=options, open_other_files=other_files, progress=progress))
+    ours = asyncio.run(runner.run(tasks, options=options, open_other_files=other_files, progress=progress,
+                                  command=command))
     report["contenders"].append(contender(label or f"aipc-lsp ({model or 'default model'})", "server", tasks, ours))
     saved(report)
     if baseline:
         progress(f"baseline: aipc-lsp serve with {baseline}, prefix only ...")
         base = asyncio.run(runner.run(tasks, options={"model": baseline, "completion": {"fim": "off"}},
-                                      open_other_files=other_files, progress=progress))
+                                      open_other_files=other_files, progress=progress, command=command))
         report["contenders"].append(contender(f"aipc-lsp ({baseline}, prefix only)", "baseline", tasks, base))
         saved(report)
     if remote:
@@ -110,7 +114,7 @@ def main(args) -> int:
     try:
         report = run_eval(model=args.model, quick=args.quick, limit=args.limit, kinds=args.kinds, sources=args.sources,
                           sets=args.set or [], remote=args.remote, label=args.label, baseline=args.baseline,
-                          other_files=not args.no_other_files, progress=progress, saved=save)
+                          other_files=not args.no_other_files, config=args.config, progress=progress, saved=save)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
