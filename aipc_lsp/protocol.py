@@ -21,7 +21,12 @@ problem arises:
   Handlers ask `modified_since_sent(uri)` and answer -32801 ContentModified
   (`check_unmodified`) or nothing;
 - the stdio reader loop (`_start_io`) bounds header lines and bodies, answers malformed JSON,
-  and lets `exit` set the process status.
+  and lets `exit` set the process status;
+- a notification's future leaves the table of requests in flight when its handler is done
+  (`_execute_handler`): pygls files the future of every notification handled by a generator
+  (didOpen, didChange, didClose: its built-in handlers) or a coroutine under a fresh uuid and
+  never removes it, ~2 KB per edit for the life of the server (0.6 MB per 1,000 messages of
+  the soak).
 """
 
 from __future__ import annotations
@@ -246,6 +251,14 @@ class AipcProtocol(LanguageServerProtocol):
             self._last_document_event.clear()
         _EVENTS_BEFORE_REQUEST.set(self._document_events)
         super()._handle_request(msg_id, method_name, params)
+
+    def _execute_handler(self, msg_id, handler, callback, args=None, kwargs=None):
+        if callback == self._check_handler_result:  # a notification's: nobody answers or cancels it by id
+            def done(future, msg_id=msg_id):
+                self._request_futures.pop(msg_id, None)
+                callback(future)
+            return super()._execute_handler(msg_id, handler, done, args, kwargs)
+        return super()._execute_handler(msg_id, handler, callback, args, kwargs)
 
     def modified_since_sent(self, uri: str) -> bool:
         """Whether the document `uri` was opened, changed or closed after the request being

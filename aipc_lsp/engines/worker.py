@@ -60,6 +60,11 @@ class SharedFlag:
             return True
         return False
 
+# Set (to a number of lines, e.g. 25): the worker traces Python's allocations from its start and, when
+# it closes, writes to stderr (the server's log at -v) what grew since the model was loaded, by
+# where it was allocated: the top lines, each with its traceback. For finding a leak; slow.
+TRACEMALLOC_ENV = "AIPC_LSP_TRACEMALLOC"
+
 # Methods the parent may call outside a generation (answered by the reader thread, so they
 # are served while a generation runs, as they are in-process).
 CALLABLE = ("count_tokens", "apply_chat_template")
@@ -82,6 +87,10 @@ class Worker:
         self.jobs: queue.Queue = queue.Queue()  # load/generate, run on the main thread
         self.cancels: dict[int, threading.Event] = {}
         self.stops: dict[int, threading.Event] = {}
+        # Generations queued or running: a cancel or stop for any other id comes after its end (the
+        # engine read the shared flag first) and is dropped, not kept as a flag nobody removes.
+        self.live: set = set()
+        self.flags_lock = threading.Lock()
         self.flags = None
         if spec.get("flags"):
             with open(spec["flags"], "r+b") as f:
@@ -101,13 +110,16 @@ class Worker:
             except ValueError:
                 continue
             op, rid = request.get("op"), request.get("id")
-            if op == "cancel":
-                self._flag(self.cancels, rid).set()
-            elif op == "stop":
-                self._flag(self.stops, rid).set()
+            if op in ("cancel", "stop"):
+                with self.flags_lock:
+                    if rid in self.live:
+                        self._flag(self.cancels if op == "cancel" else self.stops, rid).set()
             elif op == "call":
                 self._call(rid, request.get("method", ""), request.get("args", []))
             else:
+                if op == "generate":
+                    with self.flags_lock:
+                        self.live.add(rid)
                 self.jobs.put(request)
         # The parent is gone: end any generation, then exit.
         for flag in list(self.cancels.values()):
@@ -135,6 +147,7 @@ class Worker:
             if op == "close":
                 if self.engine is not None:
                     self.engine.close()
+                _report_allocations()
                 return
             try:
                 if op == "load":
@@ -151,8 +164,10 @@ class Worker:
                 self.send({"id": rid, "error": str(exc) if isinstance(exc, EngineError) else f"{type(exc).__name__}: {exc}",
                            "request_error": isinstance(exc, RequestError)})
             finally:
-                self.cancels.pop(rid, None)
-                self.stops.pop(rid, None)
+                with self.flags_lock:
+                    self.live.discard(rid)
+                    self.cancels.pop(rid, None)
+                    self.stops.pop(rid, None)
 
     def _settle(self) -> None:
         """The server says an answer is out and the slot idle (Engine.settle). A request that
@@ -171,6 +186,7 @@ class Worker:
         engine = build_engine(EngineSpec.from_json(self.spec))
         info = engine.load()
         self.engine = engine
+        _mark_allocations()
         # Loading ran code and read files that inference will not touch again (-48 MB of RSS
         # for the default model on OpenVINO): see pages.py.
         released = release_file_pages()
@@ -185,8 +201,9 @@ class Worker:
             raise RuntimeError("model not loaded")
         params = request.get("params", {})
         params = GenerationParams(**{**params, "stop": tuple(params.get("stop", ()))})  # JSON made it a list
-        cancel = SharedFlag(self._flag(self.cancels, rid), self.flags, CANCEL_AT, rid)
-        stop = SharedFlag(self._flag(self.stops, rid), self.flags, STOP_AT, rid)
+        with self.flags_lock:
+            cancel = SharedFlag(self._flag(self.cancels, rid), self.flags, CANCEL_AT, rid)
+            stop = SharedFlag(self._flag(self.stops, rid), self.flags, STOP_AT, rid)
 
         def on_text(piece: str) -> bool:
             self.send({"id": rid, "piece": piece})
@@ -196,7 +213,40 @@ class Worker:
         return dataclasses.asdict(result)
 
 
+_loaded_snapshot = None
+
+
+def _mark_allocations() -> None:
+    global _loaded_snapshot
+    import tracemalloc
+
+    if tracemalloc.is_tracing():
+        _loaded_snapshot = tracemalloc.take_snapshot()
+
+
+def _report_allocations() -> None:
+    import tracemalloc
+
+    if _loaded_snapshot is None or not tracemalloc.is_tracing():
+        return
+    value = os.environ.get(TRACEMALLOC_ENV, "")
+    lines = int(value) if value.isdigit() else 25
+    grown = tracemalloc.take_snapshot().compare_to(_loaded_snapshot, "traceback")
+    total = sum(stat.size_diff for stat in grown)
+    sys.stderr.write(f"tracemalloc: {total / 2**20:+.2f} MB of Python allocations since the model was loaded "
+                     f"(traced now: {tracemalloc.get_traced_memory()[0] / 2**20:.2f} MB)\n")
+    for stat in grown[:lines]:
+        sys.stderr.write(f"tracemalloc: {stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks at "
+                         + " <- ".join(f"{frame.filename}:{frame.lineno}" for frame in reversed(stat.traceback))
+                         + "\n")
+    sys.stderr.flush()
+
+
 def main() -> None:
+    if os.environ.get(TRACEMALLOC_ENV):
+        import tracemalloc
+
+        tracemalloc.start(10)
     # A cancel read while the engine runs Python between native calls takes the lock within 1 ms.
     sys.setswitchinterval(0.001)
     out = _protocol_out()

@@ -419,6 +419,33 @@ def test_reversed_did_change_range_leaves_the_document_consistent():
     assert len(written) == 1 and b'"id": 1' in written[0]  # only the initialize result
 
 
+def test_notifications_leave_nothing_in_the_table_of_requests_in_flight():
+    """pygls files a future per notification handled by a generator (didOpen/didChange/didClose) under
+    a fresh id and never removed it: ~2 KB per keystroke for the server's life (found by the soak)."""
+    from aipc_lsp.server import create_server
+
+    ls = create_server()
+
+    class Writer:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    ls.protocol.set_writer(Writer())
+    uri = "file:///typed.py"
+    ls.protocol._receive(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INIT_PARAMS}).encode())
+    ls.protocol._receive(json.dumps({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+        "uri": uri, "languageId": "python", "version": 1, "text": ""}}}).encode())
+    for version in range(2, 50):
+        ls.protocol._receive(json.dumps({"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {
+            "textDocument": {"uri": uri, "version": version}, "contentChanges": [{"text": "x" * version}]}}).encode())
+    ls.protocol._receive(json.dumps({"jsonrpc": "2.0", "method": "textDocument/didClose",
+                                     "params": {"textDocument": {"uri": uri}}}).encode())
+    assert ls.protocol._request_futures == {}
+
+
 def test_stdout_carries_only_framed_messages_even_with_debug_logging():
     server = RawServer("-vv")  # pygls logs every message body at this level: to stderr only
     try:

@@ -252,3 +252,46 @@ def test_a_request_error_crosses_as_one_and_the_worker_serves_on(loaded):
         e.generate("x" * 20, GenerationParams(max_new_tokens=2), threading.Event())
     assert e.generate("short", GenerationParams(max_new_tokens=2), threading.Event()).text == "w0 w1"
     assert e._proc.pid == pid  # the same worker: nothing was wrong with it
+
+
+def test_a_cancel_or_stop_that_comes_after_its_generation_ended_leaves_nothing_behind(monkeypatch):
+    """The engine reads the shared flag first and may end before the cancel's (or stop's) message reaches
+    the worker: that message must not leave a flag behind, one per late message for the worker's life."""
+    import io
+    import json
+    import sys
+
+    from aipc_lsp.engines.worker import Worker
+
+    def stdin(*messages: dict) -> io.StringIO:
+        return io.StringIO("".join(json.dumps(m) + "\n" for m in messages))
+
+    worker = Worker({}, io.StringIO())
+    worker.engine = FakeEngine(output="a b c", token_delay=0)
+    worker.engine.load()
+    monkeypatch.setattr(sys, "stdin", stdin(*({"op": "generate", "id": rid, "prompt": "p",
+                                               "params": {"max_new_tokens": 3}} for rid in (1, 2))))
+    worker.run()  # both generations, then the end of input closes it
+    assert [json.loads(line)["result"]["tokens"] for line in worker.out.getvalue().splitlines()
+            if "result" in line] == [3, 3]
+    monkeypatch.setattr(sys, "stdin", stdin({"op": "cancel", "id": 1}, {"op": "stop", "id": 2}))
+    worker.read_requests()
+    assert (worker.cancels, worker.stops) == ({}, {})
+    assert not worker.live
+
+
+def test_the_worker_logs_what_python_allocations_grew_when_asked(loaded, monkeypatch, caplog):
+    """AIPC_LSP_TRACEMALLOC: the worker traces Python's allocations and, when it closes, logs what grew
+    since the model was loaded (for finding a leak in a long session)."""
+    import logging
+
+    from waiting import until_sync
+
+    monkeypatch.setenv("AIPC_LSP_TRACEMALLOC", "3")
+    caplog.set_level(logging.INFO, logger="aipc_lsp.engines.process")
+    e = loaded(token_delay=0)
+    e.generate("prompt", GenerationParams(max_new_tokens=5), threading.Event())
+    e.close()
+    lines = lambda: [r.getMessage() for r in caplog.records if "tracemalloc:" in r.getMessage()]  # noqa: E731
+    until_sync(lambda: len(lines()) == 4, "the summary and 3 places in the log")
+    assert "since the model was loaded" in lines()[0] and " blocks at " in lines()[1]
