@@ -616,8 +616,13 @@ def default_output(source: Source, chosen: Plan) -> Path:
 
 
 def _manifest(source: Source, options: PrepareOptions, chosen: Plan) -> dict:
-    return {"source": source.label or source.location, "source_checksum": source.checksum,
-            "options": asdict(options), "route": chosen.route, "used": asdict(chosen.options), "format": 1}
+    manifest = {"source": source.label or source.location, "source_checksum": source.checksum,
+                "options": asdict(options), "route": chosen.route, "used": asdict(chosen.options), "format": 1}
+    if chosen.route == ROUTE_GGUF_READER:
+        from aipc_lsp.models.gguf_requant import REQUANT_FORMAT
+
+        manifest["requant_format"] = REQUANT_FORMAT  # an IR made with an older re-encoding is made again
+    return manifest
 
 
 def _same_build(existing: dict | None, wanted: dict) -> bool:

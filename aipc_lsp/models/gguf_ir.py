@@ -25,6 +25,7 @@ from pathlib import Path
 
 from aipc_lsp.models.convert import (ROUTE_GGUF_READER, PrepareError, PrepareOptions, Source, gguf_precision,
                                      output_for, prepare, read_manifest, resolve_source)
+from aipc_lsp.models.gguf_requant import REQUANT_FORMAT
 from aipc_lsp.models.integrity import DamagedModel, check_openvino_ir
 from aipc_lsp.models.registry import catalogue_model_of, models_dir
 
@@ -50,6 +51,7 @@ def _source(gguf: Path) -> Source:
 def _reader_build_of(folder: Path, src: Source) -> bool:
     manifest = read_manifest(folder)
     return (manifest.get("route") == ROUTE_GGUF_READER and manifest.get("source_checksum") == src.checksum
+            and manifest.get("requant_format", 1) == REQUANT_FORMAT
             and (folder / "openvino_model.xml").is_file() and _whole(folder))
 
 
