@@ -110,8 +110,8 @@ def _element_shape(tensor) -> tuple[int, ...]:
     return tuple(quant_shape_from_byte_shape(data.shape, tensor.tensor_type) if data.dtype == np.uint8 else data.shape)
 
 
-# Bytes per 32-value block: Q5_0 = f16 scale, 4 bytes of high bits, 16 bytes of low nibbles; Q8_0 = f16 scale, 32 int8.
-Q5_0_BLOCK, Q8_0_BLOCK = 22, 34
+# Bytes per 32-value Q5_0 block: f16 scale, 4 bytes of high bits, 16 bytes of low nibbles (Q8_0: the scale, 32 int8).
+Q5_0_BLOCK = 22
 
 
 def q5_0_as_q8_0(blocks: "np.ndarray") -> "np.ndarray":  # noqa: F821
