@@ -265,6 +265,24 @@ async def test_devices_shows_the_team_server_and_its_latency(llama: LlamaServer)
     assert KEY not in done.stdout + done.stderr
 
 
+async def test_eval_runs_its_server_with_the_settings_file_it_is_given(llama: LlamaServer):
+    """`aipc-lsp eval --config F --set engine=remote`: the server it starts reads F, so remote.url (a
+    setting only a file may give) reaches it and the team server answers the tasks. (Before the tests
+    that stop and kill the team server.)"""
+    asked = llama.output().count("/v1/completions")
+    report_path = WORK / "eval.json"
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "aipc_lsp", "eval", "--config", str(SETTINGS), "--set", "engine=remote",
+                         "--quick", "--limit", "3", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, KEY_ENV: KEY})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ours = json.loads(report_path.read_text(encoding="utf-8"))["contenders"][0]
+    assert "error" not in ours, ours.get("error")
+    assert sum(slot["served"] or 0 for slot in ours["slots"]) >= 1, ours["slots"]
+    assert llama.output().count("/v1/completions") > asked
+    assert KEY not in done.stdout + done.stderr
+
+
 async def _both_ready(client: LanguageClient, settings: dict) -> None:
     await configure(client, {"slots": TEAM_THEN_LOCAL, **settings})
     await wait_ready(client)
@@ -326,19 +344,3 @@ async def test_the_api_key_never_reached_the_log(llama: LlamaServer):
     log = SERVER_LOG.read_text(encoding="utf-8", errors="replace")
     assert "remote" in log and KEY not in log
 
-
-async def test_eval_runs_its_server_with_the_settings_file_it_is_given(llama: LlamaServer):
-    """`aipc-lsp eval --config F --set engine=remote`: the server it starts reads F, so remote.url (a
-    setting only a file may give) reaches it and the team server answers the tasks."""
-    asked = llama.output().count("/v1/completions")
-    report_path = WORK / "eval.json"
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "aipc_lsp", "eval", "--config", str(SETTINGS), "--set", "engine=remote",
-                         "--quick", "--limit", "3", "--json", str(report_path)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, KEY_ENV: KEY})
-    assert done.returncode == 0, done.stderr[-3000:]
-    ours = json.loads(report_path.read_text(encoding="utf-8"))["contenders"][0]
-    assert "error" not in ours, ours.get("error")
-    assert sum(slot["served"] or 0 for slot in ours["slots"]) >= 1, ours["slots"]
-    assert llama.output().count("/v1/completions") > asked
-    assert KEY not in done.stdout + done.stderr
