@@ -259,8 +259,8 @@ class OpenVINOEngine(Engine):
 
     def _text_stream(self, params: GenerationParams, result: GenerationResult, on_text: OnText | None) -> TextStream:
         """Stop tokens are the pipeline's (`stop_token_ids`); the stream applies the other stop rules."""
-        tokenizer = self._tokenizer
-        detok = ByteDetokenizer(self._byte_table) if self._byte_table is not None else WindowDetokenizer(tokenizer.decode)
+        detok = (ByteDetokenizer(self._byte_table) if self._byte_table is not None
+                 else WindowDetokenizer(self._tokenizer.decode))
         return TextStream(detok, params, result, on_text)
 
     def _generate_stepped(self, prompt, params, cancel, on_text) -> GenerationResult:

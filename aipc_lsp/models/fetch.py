@@ -30,13 +30,13 @@ from typing import Callable, Optional
 from filelock import FileLock, Timeout
 
 from . import hashing
+from .integrity import GGUF_MAGIC
 from .registry import DEFAULT_MODEL, ModelPart, ModelSpec, lookup, models_dir, part_path, parts_dir
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str, Optional[int]], None]
 
-GGUF_MAGIC = b"GGUF"
 
 #: Appended to every FetchError so the user always learns a way out.
 HINT = (

@@ -137,12 +137,11 @@ def _converted(tensor, target) -> "np.ndarray":  # noqa: F821
     from gguf.quants import dequantize, quant_shape_to_byte_shape, quantize
 
     source = GGMLQuantizationType[tensor.tensor_type.name]
-    if source == GGMLQuantizationType.Q5_0 and target == GGMLQuantizationType.Q8_0:
-        shape = _element_shape(tensor)
-        out = q5_0_as_q8_0(tensor.data.reshape(-1, tensor.data.shape[-1]))
-        return out.reshape(*shape[:-1], out.shape[-1])
     shape = _element_shape(tensor)
     rows = tensor.data.reshape(-1, tensor.data.shape[-1])
+    if source == GGMLQuantizationType.Q5_0 and target == GGMLQuantizationType.Q8_0:
+        out = q5_0_as_q8_0(rows)
+        return out.reshape(*shape[:-1], out.shape[-1])
     if target == GGMLQuantizationType.F16:
         out = np.empty((rows.shape[0], shape[-1]), dtype=np.float16)
     else:
