@@ -97,6 +97,24 @@ def test_the_fim_prompt_holds_the_suffix_within_its_budget():
     assert ctx.suffix == after  # post-processing still sees all of it
 
 
+def test_the_suffix_fills_its_budget_by_the_real_count():
+    """Code runs ~4 characters a token: a cut by the 3-characters estimate held ~190 of 256 tokens
+    and stopped short of a small file's end (fewer right answers in the eval)."""
+    def four_chars(text: str) -> int:
+        return -(-len(text) // 4)
+
+    before = "def f():\n    x = 1"
+    after = "\n" + "".join(f"    total += item{i:03d}\n" for i in range(200))  # 24 characters, 6 tokens a line
+    ctx = build_completion_context(before + after, len(before), count_tokens=four_chars, fim=fim.QWEN,
+                                   suffix_tokens=256)
+    assert 256 - 6 < four_chars(ctx.suffix_window) <= 256
+    assert after.startswith(ctx.suffix_window)
+    small_file = "\n" + "".join(f"    total += item{i:03d}\n" for i in range(40))  # 240 tokens: all of it
+    ctx = build_completion_context(before + small_file, len(before), count_tokens=four_chars, fim=fim.QWEN,
+                                   suffix_tokens=256)
+    assert ctx.suffix_window == small_file.rstrip()
+
+
 def test_prefix_and_suffix_share_the_budget():
     before = "".join(f"a{i} = {i}\n" for i in range(300))
     after = "\n" + "".join(f"b{i} = {i}\n" for i in range(300))
