@@ -40,6 +40,13 @@ from conftest import (cancel_and_expect_slot_free, configure, end_position, inli
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(2400)]
 
 LLAMA_CPP_PYTHON = "llama-cpp-python[server]==0.3.36"
+# ggml's instruction-set options and the CPU flags (Linux /proc/cpuinfo) each needs.
+GGML_CPU_OPTIONS = {
+    "GGML_SSE42": ("sse4_2",), "GGML_AVX": ("avx",), "GGML_AVX2": ("avx2",), "GGML_BMI2": ("bmi2",),
+    "GGML_FMA": ("fma",), "GGML_F16C": ("f16c",), "GGML_AVX_VNNI": ("avx_vnni",),
+    "GGML_AVX512": ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+    "GGML_AVX512_VBMI": ("avx512vbmi",), "GGML_AVX512_VNNI": ("avx512_vnni",), "GGML_AVX512_BF16": ("avx512_bf16",),
+}
 BUILD_TIMEOUT_S = 2400
 KEY = "sk-aipc-test-3f9c2a7e51d04b88"
 KEY_ENV = "AIPC_TEST_REMOTE_KEY"
@@ -81,17 +88,31 @@ warm_on_open = false
 """
 
 
+def llama_cmake_args() -> str:
+    """Build for this CPU's instruction sets but never ggml's AMX code: `-DGGML_NATIVE=ON` (-march=native)
+    turns it on where the CPU has AMX, and on a VM that advertises AMX its first matrix product died
+    of a general protection fault (`ldtilecfg`) here. Without /proc/cpuinfo: native."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "-DGGML_NATIVE=ON"
+    options = [f"-D{option}={'ON' if set(needs) <= flags else 'OFF'}" for option, needs in GGML_CPU_OPTIONS.items()]
+    return " ".join(["-DGGML_NATIVE=OFF", *options, "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"])
+
+
 @pytest.fixture(scope="session")
 def llama_server_python(request) -> str:
     """An interpreter with llama-cpp-python[server]: AIPC_TEST_LLAMA_SERVER_PYTHON, or an environment
-    built once into the user cache (CMAKE_ARGS="-DGGML_NATIVE=ON": built for this CPU) and reused."""
+    built once into the user cache for this CPU (llama_cmake_args) and reused."""
     given = os.environ.get("AIPC_TEST_LLAMA_SERVER_PYTHON")
     if given:
         return given
     env_dir = Path(platformdirs.user_cache_dir("aipc-lsp-tests", appauthor=False)) / "llama-cpp-server"
     python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
     marker = env_dir / "aipc-test.ok"
-    if marker.is_file() and marker.read_text().strip() == LLAMA_CPP_PYTHON and python.exists():
+    built_as = f"{LLAMA_CPP_PYTHON} {llama_cmake_args()}"
+    if marker.is_file() and marker.read_text().strip() == built_as and python.exists():
         return str(python)
     if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
         pytest.skip(f"{LLAMA_CPP_PYTHON} builds from source and needs a C/C++ compiler")
@@ -110,7 +131,7 @@ def llama_server_python(request) -> str:
     with open(log, "w", encoding="utf-8") as out:
         pip = subprocess.Popen([str(python), "-m", "pip", "install", "--progress-bar", "off", LLAMA_CPP_PYTHON],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=ON"})
+                               env={**os.environ, "CMAKE_ARGS": llama_cmake_args()})
         for line in pip.stdout:
             out.write(line)
             if line.startswith(("Collecting", "Building", "Successfully", "ERROR")) or "Running" in line:
@@ -118,7 +139,7 @@ def llama_server_python(request) -> str:
         code = pip.wait(timeout=BUILD_TIMEOUT_S)
     tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
     assert code == 0, f"pip install {LLAMA_CPP_PYTHON} failed (log {log}):\n{tail}"
-    marker.write_text(LLAMA_CPP_PYTHON + "\n")
+    marker.write_text(built_as + "\n")
     say(f"built in {time.monotonic() - started:.0f}s")
     return str(python)
 
