@@ -110,7 +110,13 @@ def trim_suggestion(
 
     base_indent = _indent_width(line_prefix)
     if held_back and raw.startswith(held_back):
-        raw = raw[len(held_back):]
+        if not line_prefix.strip() and raw[len(held_back):][:1] in (" ", "\t"):
+            # On an indent-only line the model wrote the line's indentation itself, from column 0
+            # (it saw the indentation less the held-back space, e.g. 3 columns + "    return"):
+            # the cursor's columns of it are already there.
+            raw = _dedent_first(raw, base_indent)
+        else:
+            raw = raw[len(held_back):]
     elif not line_prefix.strip() and raw.startswith("\n"):
         # On an empty or indent-only line the model ended the line instead of writing it:
         # its next line is the suggestion, if it is still inside the cursor's block.

@@ -64,6 +64,12 @@ HELD_BACK = [
          complete=False, line_prefix="    return ", held_back=" "),
     Case("only the one held-back space is removed", raw="  # comment", text=" # comment",
          complete=False, line_prefix="x = 1 ", held_back=" "),
+    Case("indent-only line: the model wrote the whole indentation again", raw="    return [row[:] for row in m]",
+         text="return [row[:] for row in m]", complete=False, line_prefix="    ", held_back=" "),
+    Case("indent-only line: indentation deeper than the cursor's is kept", raw="        x += 1\n",
+         text="    x += 1", complete=False, line_prefix="    ", held_back=" "),
+    Case("indent-only line: the usual held-back space", raw=" return x\n", text="return x", complete=False,
+         line_prefix="    ", held_back=" "),
 ]
 
 # --- empty or indent-only line where the model first ends the line ------------------------
