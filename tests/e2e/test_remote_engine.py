@@ -129,7 +129,10 @@ def llama_server_python(request) -> str:
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=300)
     with open(log, "w", encoding="utf-8") as out:
-        pip = subprocess.Popen([str(python), "-m", "pip", "install", "--progress-bar", "off", LLAMA_CPP_PYTHON],
+        # No wheel cache: pip keys it by the package, not CMAKE_ARGS, so a wheel built for other flags
+        # (e.g. -march=native on an AMX host, which crashes) would be installed without a build.
+        pip = subprocess.Popen([str(python), "-m", "pip", "install", "--no-cache-dir", "--progress-bar", "off",
+                                LLAMA_CPP_PYTHON],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                                env={**os.environ, "CMAKE_ARGS": llama_cmake_args()})
         for line in pip.stdout:
