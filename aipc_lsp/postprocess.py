@@ -80,14 +80,19 @@ def _unbalanced_closers(text: str) -> int:
     return -depth
 
 
-def _trim_line_suffix_overlap(line: str, line_suffix: str) -> str:
+def _trim_line_suffix_overlap(line: str, line_suffix: str, line_prefix: str = "") -> str:
     """Drop the end of a single-line suggestion that the text after the cursor already has,
     e.g. the `)` of `print(|)` — but only when the brackets say it is a duplicate."""
     tail = line_suffix.strip()
     if tail and line.endswith(tail):
         if any(c in BRACKETS for c in tail) and _unbalanced_closers(line) <= 0:
             return line  # its brackets balance: the closer is the suggestion's own
-        return line[: -len(tail)].rstrip()
+        line = line[: -len(tail)].rstrip()
+    # Closers beyond what the line before the cursor opened and the line after it does not close
+    # (`sorted(people, key=|)` answered `lambda x: x['age']))`) would leave the line unbalanced.
+    allowed = max(0, -_unbalanced_closers(line_prefix) - max(0, _unbalanced_closers(line_suffix)))
+    while _unbalanced_closers(line) > allowed and line.rstrip()[-1:] in BRACKETS:
+        line = line.rstrip()[:-1]
     return line
 
 
@@ -133,7 +138,7 @@ def trim_suggestion(
 
     if line_suffix.strip():
         # Mid-line: only the rest of this line makes sense.
-        first = _trim_line_suffix_overlap(lines[0].rstrip(), line_suffix)
+        first = _trim_line_suffix_overlap(lines[0].rstrip(), line_suffix, line_prefix)
         return Trimmed(first, complete or has_more)
 
     opens_block = (line_prefix + lines[0]).rstrip().endswith(BLOCK_OPENERS)
