@@ -139,8 +139,8 @@ def _suffix_window(after: str, budget_tokens: int, count_tokens: Callable[[str],
 
     With the tokenizer the cut is where the real count says, not where the chars-per-token
     estimate does: code runs ~4 characters a token, so the estimate held ~190 of 256 tokens and
-    often stopped a few lines short of a small file's end (measured on the eval's 78 tasks: cut
-    by the count, 25.6 % exact / 35.7 % pass@1 against 23.1 / 31.0 %)."""
+    often stopped a few lines short of a small file's end (the eval's 78 tasks, docs/QUALITY.md:
+    cut by the count, 24.4 % exact / 35.7 % pass@1 against 23.1 / 31.0 %)."""
     if budget_tokens <= 0:
         return ""
     line_end = after.find("\n")
