@@ -82,7 +82,8 @@ def _unbalanced_closers(text: str) -> int:
 
 def _trim_line_suffix_overlap(line: str, line_suffix: str, line_prefix: str = "") -> str:
     """Drop the end of a single-line suggestion that the text after the cursor already has,
-    e.g. the `)` of `print(|)` — but only when the brackets say it is a duplicate."""
+    e.g. the `)` of `print(|)` — but only when the brackets say it is a duplicate — and any
+    closing brackets at its end that the line around it has nothing open for."""
     tail = line_suffix.strip()
     if tail and line.endswith(tail):
         if any(c in BRACKETS for c in tail) and _unbalanced_closers(line) <= 0:

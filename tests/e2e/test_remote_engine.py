@@ -111,7 +111,8 @@ def llama_server_python(request) -> str:
     env_dir = Path(platformdirs.user_cache_dir("aipc-lsp-tests", appauthor=False)) / "llama-cpp-server"
     python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
     marker = env_dir / "aipc-test.ok"
-    built_as = f"{LLAMA_CPP_PYTHON} {llama_cmake_args()}"
+    cmake_args = llama_cmake_args()
+    built_as = f"{LLAMA_CPP_PYTHON} {cmake_args}"
     if marker.is_file() and marker.read_text().strip() == built_as and python.exists():
         return str(python)
     if not (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")):
@@ -134,7 +135,7 @@ def llama_server_python(request) -> str:
         pip = subprocess.Popen([str(python), "-m", "pip", "install", "--no-cache-dir", "--progress-bar", "off",
                                 LLAMA_CPP_PYTHON],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "CMAKE_ARGS": llama_cmake_args()})
+                               env={**os.environ, "CMAKE_ARGS": cmake_args})
         for line in pip.stdout:
             out.write(line)
             if line.startswith(("Collecting", "Building", "Successfully", "ERROR")) or "Running" in line:
