@@ -19,7 +19,7 @@ from aipc_lsp.eval import remote as remote_peer
 from aipc_lsp.eval import runner
 from aipc_lsp.eval.report import breakdown, check_targets, render_table, summarize
 from aipc_lsp.eval.scoring import evaluate
-from aipc_lsp.eval.tasks import KINDS, SOURCES, Task, build_tasks
+from aipc_lsp.eval.tasks import DEV_SOURCE, KINDS, SOURCES, Task, build_tasks
 
 
 class EvalError(Exception):
@@ -53,6 +53,9 @@ def contender(label: str, kind: str, tasks: list[Task], outcome: dict) -> dict:
     results = [evaluate(t, answers.get(t.id) or {**missing, "accepted": t.text}) for t in tasks]
     row = {"label": label, "kind": kind, "summary": summarize(results), "by_source": breakdown(results, "source"),
            "by_kind": breakdown(results, "kind"), "results": results}
+    original = [r for r, t in zip(results, tasks) if t.original]
+    if original and len(original) < len(results):
+        row["original"] = summarize(original)  # the sessions before the sixteenth measured these alone
     row.update({k: v for k, v in outcome.items() if k not in ("answers",)})
     return row
 
@@ -72,7 +75,7 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
     if model:
         options["model"] = model
     chosen_kinds = _choice(kinds, KINDS, "--kinds")
-    tasks = build_tasks(sources=_choice(sources, SOURCES, "--sources"), kinds=chosen_kinds, quick=quick, limit=limit)
+    tasks = build_tasks(sources=_choice(sources, SOURCES + (DEV_SOURCE,), "--sources") if sources else SOURCES, kinds=chosen_kinds, quick=quick, limit=limit)
     if not tasks:
         raise EvalError("no tasks match --sources/--kinds/--limit")
     counts: dict[str, int] = {}

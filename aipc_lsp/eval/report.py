@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from aipc_lsp.bench.stats import percentile
@@ -33,8 +34,11 @@ def breakdown(results: list[dict], key: str) -> dict:
 
 def check_targets(report: dict) -> list[dict]:
     """Issue 19's quality targets: exact match and pass@1 of this server ahead of llama.cpp's
-    (asked as llama.vim asks it) and at least twice the prefix-only baseline's, where measured."""
-    by_kind = {c["kind"]: c.get("summary") for c in report["contenders"]}
+    (asked as llama.vim asks it) and at least twice the prefix-only baseline's, where measured.
+    Each row also counts the tasks only one side got right (`paired`), and for "ahead" the
+    chance of a split that uneven if the two were equally good (two-sided sign test)."""
+    rows_by_kind = {c["kind"]: c for c in report["contenders"]}
+    by_kind = {kind: c.get("summary") for kind, c in rows_by_kind.items()}
     ours = by_kind.get("server")
     rows = []
     for key, name in (("exact", "exact match"), ("pass_at_1", "pass@1")):
@@ -43,9 +47,41 @@ def check_targets(report: dict) -> list[dict]:
             if kind not in by_kind:
                 continue
             value, other = (ours or {}).get(key), (by_kind[kind] or {}).get(key)
-            rows.append({"target": f"{name} {goal}", "value": value, "other": other,
-                         "met": None if value is None or other is None else met(value, other)})
+            # Failed requests are scored as no suggestion; a verdict on them would be about the connection.
+            failed = sum((summary or {}).get("errors") or 0 for summary in (ours, by_kind[kind]))
+            row = {"target": f"{name} {goal}", "value": value, "other": other,
+                   "met": None if value is None or other is None or failed else met(value, other)}
+            if failed:
+                row["failed"] = failed
+            paired = paired_counts(rows_by_kind.get("server", {}).get("results"), rows_by_kind[kind].get("results"),
+                                   "passed" if key == "pass_at_1" else key)
+            if paired is not None:
+                if kind == "remote":
+                    paired["p"] = sign_test(paired["ours_only"], paired["theirs_only"])
+                row["paired"] = paired
+            rows.append(row)
     return rows
+
+
+def paired_counts(ours: list[dict] | None, theirs: list[dict] | None, key: str) -> dict | None:
+    """Tasks right for one contender and not the other (`key` true), over the tasks both scored."""
+    if not ours or not theirs:
+        return None
+    other = {r["id"]: r.get(key) for r in theirs}
+    pairs = [(bool(r.get(key)), bool(other[r["id"]])) for r in ours
+             if r.get(key) is not None and other.get(r["id"]) is not None]
+    return {"ours_only": sum(1 for a, b in pairs if a and not b),
+            "theirs_only": sum(1 for a, b in pairs if b and not a), "tasks": len(pairs)}
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (McNemar's exact test on the discordant pairs): the chance of a
+    split at least this uneven between two equally good contenders."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def _pct(value) -> str:
@@ -80,11 +116,25 @@ def render_table(report: dict) -> str:
         if c.get("other_files_kept"):
             out.append(f"{'':48} (the server kept other files after {c['other_files_kept']} tasks: "
                        "later answers may depend on the order of the tasks)")
+    originals = [c for c in report["contenders"] if c.get("original")]
+    if originals:
+        out += ["", f"the original {originals[0]['original']['n']} tasks alone (the set until the sixteenth session):"]
+        for c in originals:
+            s = c["original"]
+            out.append(f"{c['label'][:48]:48} {_pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
+                       f"{_pct(s['pass_at_1']):>7} {_pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
     if report.get("targets"):
         out += ["", "Targets (issue 19):"]
         for t in report["targets"]:
             verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-            out.append(f"  {t['target']:52} {_pct(t['value']):>7} vs {_pct(t['other']):>7}  {verdict}")
+            if t.get("failed"):
+                verdict += f" ({t['failed']} requests failed)"
+            line = f"  {t['target']:52} {_pct(t['value']):>7} vs {_pct(t['other']):>7}  {verdict}"
+            paired = t.get("paired")
+            if paired:
+                line += f"  (right only here {paired['ours_only']}, only there {paired['theirs_only']}"
+                line += f", sign test p={paired['p']:.2f})" if "p" in paired else ")"
+            out.append(line)
     out += ["", "exact / pass@1 by source and kind:"]
     groups = [("source", g) for g in report["task_counts"]] + [("kind", k) for k in report["kinds"]]
     out.append(f"{'contender':48} " + " ".join(f"{name:>15}" for _, name in groups))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import io
+import keyword
 import random
 import re
 import sysconfig
@@ -26,8 +27,13 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-KINDS = ("line", "midline", "block")
+KINDS = ("line", "midline", "block", "midword")
+# The order holes are taken in: the kinds with the fewest sites first.
+PICK_ORDER = ("block", "midline", "midword", "line")
 SOURCES = ("stdlib", "tests", "crossfile")
+# Not in the eval unless asked for: tasks to try a prompt or post-processing change on first, so
+# that what the eval reports was not tuned on its own tasks.
+DEV_SOURCE = "dev"
 SEED = "aipc-lsp-eval-1"
 
 # Pure-Python standard library modules present in every CPython 3.10-3.14.
@@ -35,13 +41,25 @@ STDLIB_FILES = (
     "textwrap.py", "shlex.py", "fnmatch.py", "difflib.py", "statistics.py", "fractions.py",
     "posixpath.py", "ipaddress.py", "configparser.py", "csv.py", "json/encoder.py", "urllib/parse.py",
 )
+# The development tasks' files: other pure-Python modules, none of the eval's.
+DEV_FILES = (
+    "calendar.py", "heapq.py", "pprint.py", "dataclasses.py", "argparse.py", "gettext.py", "string.py",
+    "random.py", "base64.py", "quopri.py", "colorsys.py", "tokenize.py", "ast.py", "inspect.py", "tarfile.py",
+    "shutil.py", "glob.py", "netrc.py", "plistlib.py", "mimetypes.py",
+)
 # Corpus modules with checks, and the helper each cross-file module imports.
 CORPUS_MODULES = ("intervals", "textutil", "inventory", "graphs", "matrix", "durations", "lru", "expr")
 CROSSFILE_MODULES = {"invoice": "money", "layout": "geometry", "importer": "schema"}
-# Holes per file and kind.
-PER_FILE = {"stdlib": {"line": 1, "midline": 1, "block": 1},
-            "tests": {"line": 2, "midline": 1, "block": 1},
-            "crossfile": {"line": 2, "midline": 1, "block": 1}}
+# Holes per file and kind. The first hole of each kind (and the corpus's second line) is the
+# original 78-task set, kept as it was (`--quick` picks from it); the others add statistical power:
+# with 78 tasks one task was 1.3 points, so two contenders 5 tasks apart could not be told apart.
+PER_FILE = {"stdlib": {"line": 3, "midline": 3, "block": 3, "midword": 2},
+            "tests": {"line": 4, "midline": 3, "block": 2, "midword": 2},
+            "crossfile": {"line": 3, "midline": 3, "block": 2, "midword": 2},
+            "dev": {"line": 2, "midline": 2, "block": 2, "midword": 2}}
+ORIGINAL_PER_FILE = {"stdlib": {"line": 1, "midline": 1, "block": 1}, "dev": {"line": 0, "midline": 0, "block": 0},
+                     "tests": {"line": 2, "midline": 1, "block": 1},
+                     "crossfile": {"line": 2, "midline": 1, "block": 1}}
 QUICK_PER_GROUP = 2
 MIN_CODE, MAX_CODE = 6, 100
 BLOCK_LINES = (2, 4)
@@ -59,6 +77,12 @@ class Task:
     expected: str  # what the hole held, from the cursor on
     other_files: tuple[tuple[str, str], ...] = ()  # (path, text) of files open beside it
     checks: str | None = None  # corpus module whose checks test the completed document
+    round: int = 0  # the file's n-th hole of this kind (0-based; see PER_FILE)
+
+    @property
+    def original(self) -> bool:
+        """One of the original 78 tasks (the eval's set until the sixteenth session)."""
+        return self.round < ORIGINAL_PER_FILE[self.source].get(self.kind, 0)
 
     @property
     def offset(self) -> int:
@@ -80,13 +104,13 @@ class Site:
 
 
 def make_task(*, source: str, kind: str, path: str, text: str, site: Site,
-              other_files: tuple = (), checks: str | None = None) -> Task:
+              other_files: tuple = (), checks: str | None = None, round: int = 0) -> Task:
     lines = text.split("\n")
     expected = "\n".join(lines[site.first: site.last + 1])[site.column:]
     holed = lines[: site.first] + [lines[site.first][: site.column]] + lines[site.last + 1:]
     return Task(id=f"{path}:{site.first + 1}:{kind}", source=source, kind=kind, path=path,
                 text="\n".join(holed), line=site.first, column=site.column, expected=expected,
-                other_files=other_files, checks=checks)
+                other_files=other_files, checks=checks, round=round)
 
 
 def _function_bodies(tree: ast.AST) -> list[ast.stmt]:
@@ -150,6 +174,27 @@ def _token_ends(code: str) -> list[int]:
     return [t.end[1] for t in tokens if t.type in significant and t.end[0] == 1][:-1]
 
 
+def midword_sites(text: str, tree: ast.AST) -> list[Site]:
+    """Inside a name of at least 4 characters, 1 to 3 characters into it (the user typing it)."""
+    lines = text.split("\n")
+    sites = []
+    for site in line_sites(text, tree):
+        line = lines[site.first]
+        for start, end in _name_spans(line.strip()):
+            for typed in range(1, min(3, end - start - 2) + 1):
+                sites.append(Site(site.first, site.first, site.column + start + typed))
+    return sites
+
+
+def _name_spans(code: str) -> list[tuple[int, int]]:
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(code + "\n").readline))
+    except (tokenize.TokenError, SyntaxError):
+        return []
+    return [(t.start[1], t.end[1]) for t in tokens if t.type == tokenize.NAME and t.end[0] == 1
+            and t.end[1] - t.start[1] >= 4 and not keyword.iskeyword(t.string)]
+
+
 def block_sites(text: str, tree: ast.AST) -> list[Site]:
     lines = text.split("\n")
     sites = []
@@ -165,46 +210,59 @@ def block_sites(text: str, tree: ast.AST) -> list[Site]:
     return sorted(sites, key=lambda s: s.first)
 
 
-SITE_FINDERS = {"line": line_sites, "midline": midline_sites, "block": block_sites}
-
-
-def _pick(sites: list[Site], count: int, seed: str, taken: set[int]) -> list[Site]:
-    """`count` sites chosen by a seeded generator (the same ones on every run), none on a line
-    in `taken` (the file's other holes), which the chosen ones join."""
-    rng = random.Random(seed)
-    chosen: list[Site] = []
-    pool = list(sites)
-    rng.shuffle(pool)
-    for site in pool:
-        if len(chosen) == count:
-            break
-        lines = set(range(site.first, site.last + 1))
-        if not lines & taken:
-            chosen.append(site)
-            taken |= lines
-    return sorted(chosen, key=lambda s: s.first)
+SITE_FINDERS = {"line": line_sites, "midline": midline_sites, "block": block_sites, "midword": midword_sites}
 
 
 def tasks_for_file(*, source: str, path: str, text: str, per_kind: dict[str, int], other_files: tuple = (),
-                   checks: str | None = None, must_use: frozenset[str] = frozenset()) -> list[Task]:
-    """Holes in one file. `must_use`: only holes whose expected text uses one of these names
-    (the names a cross-file module imports from its helper)."""
+                   checks: str | None = None, must_use: frozenset[str] = frozenset(),
+                   first: dict[str, int] | None = None) -> list[Task]:
+    """Holes in one file, none sharing a line. `must_use`: only holes whose expected text uses one
+    of these names (the names a cross-file module imports from its helper).
+
+    Each kind's candidate sites are shuffled by a generator seeded with the file's path and the
+    kind (the same order on every run). The `first` holes of each kind are taken kind after kind
+    (blocks first: they have the fewest sites), then the rest up to `per_kind` one of each kind a
+    round, so asking for more holes keeps the ones the `first` counts alone give."""
     tree = ast.parse(text)
     lines = text.split("\n")
-    tasks, taken = [], set()
-    # Blocks first: they have the fewest sites, and a line in a block's hole is not chosen again.
-    for kind, count in sorted(per_kind.items(), key=lambda item: KINDS.index(item[0]), reverse=True):
+    kinds = sorted(per_kind, key=PICK_ORDER.index)
+    pools = {}
+    for kind in kinds:
         sites = SITE_FINDERS[kind](text, tree)
         if must_use:
             sites = [s for s in sites if _uses(lines, s, must_use)]
-        for site in _pick(sites, count, f"{SEED}/{path}/{kind}", taken):
-            tasks.append(make_task(source=source, kind=kind, path=path, text=text, site=site,
-                                   other_files=other_files, checks=checks))
+        pool = list(sites)
+        random.Random(f"{SEED}/{path}/{kind}").shuffle(pool)
+        pools[kind] = iter(pool)
+    tasks, taken = [], set()
+    counts = dict.fromkeys(kinds, 0)
+
+    def take(kind: str) -> None:
+        for site in pools[kind]:
+            hole = set(range(site.first, site.last + 1))
+            if not hole & taken:
+                taken.update(hole)
+                tasks.append(make_task(source=source, kind=kind, path=path, text=text, site=site,
+                                       other_files=other_files, checks=checks, round=counts[kind]))
+                counts[kind] += 1
+                return
+
+    for kind in kinds:
+        for _ in range(min(per_kind[kind], (first or per_kind).get(kind, 0))):
+            take(kind)
+    for _ in range(max(per_kind.values(), default=0)):
+        for kind in kinds:
+            if counts[kind] < per_kind[kind]:
+                take(kind)
     return sorted(tasks, key=lambda t: t.line)
 
 
 def _uses(lines: list[str], site: Site, names: frozenset[str]) -> bool:
-    hole = "\n".join(lines[site.first: site.last + 1])[site.column:]
+    """Whether the hole holds one of `names` (a name the hole begins inside counts whole)."""
+    line = lines[site.first]
+    inside = re.match(r"\w", line[site.column: site.column + 1]) is not None
+    start = len(re.search(r"\w*$", line[: site.column]).group(0)) if inside else 0
+    hole = "\n".join(lines[site.first: site.last + 1])[site.column - start:]
     return bool(set(re.findall(r"[A-Za-z_]\w*", hole)) & names)
 
 
@@ -224,46 +282,51 @@ def stdlib_dir() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def stdlib_tasks() -> list[Task]:
+def stdlib_tasks(per_file: dict = PER_FILE, files: tuple[str, ...] = STDLIB_FILES, source: str = "stdlib") -> list[Task]:
     tasks = []
     root = stdlib_dir()
-    for relative in STDLIB_FILES:
+    for relative in files:
         try:
             text = (root / relative).read_text(encoding="utf-8")
         except OSError:
             continue  # a trimmed standard library: the report lists how many tasks ran
-        tasks += tasks_for_file(source="stdlib", path=f"stdlib/{relative}", text=text, per_kind=PER_FILE["stdlib"])
+        tasks += tasks_for_file(source=source, path=f"stdlib/{relative}", text=text, per_kind=per_file[source],
+                                first=ORIGINAL_PER_FILE[source])
     return tasks
 
 
-def corpus_tasks() -> list[Task]:
+def dev_tasks(per_file: dict = PER_FILE) -> list[Task]:
+    return stdlib_tasks(per_file, DEV_FILES, DEV_SOURCE)
+
+
+def corpus_tasks(per_file: dict = PER_FILE) -> list[Task]:
     tasks = []
     for name in CORPUS_MODULES:
         tasks += tasks_for_file(source="tests", path=f"corpus/{name}.py", text=corpus_text(name),
-                                per_kind=PER_FILE["tests"], checks=name)
+                                per_kind=per_file["tests"], first=ORIGINAL_PER_FILE["tests"], checks=name)
     return tasks
 
 
-def crossfile_tasks() -> list[Task]:
+def crossfile_tasks(per_file: dict = PER_FILE) -> list[Task]:
     tasks = []
     for name, helper in CROSSFILE_MODULES.items():
         text = corpus_text(name)
         tasks += tasks_for_file(source="crossfile", path=f"corpus/{name}.py", text=text,
-                                per_kind=PER_FILE["crossfile"], checks=name,
+                                per_kind=per_file["crossfile"], first=ORIGINAL_PER_FILE["crossfile"], checks=name,
                                 other_files=((f"corpus/{helper}.py", corpus_text(helper)),),
                                 must_use=imported_names(text, helper))
     return tasks
 
 
-BUILDERS = {"stdlib": stdlib_tasks, "tests": corpus_tasks, "crossfile": crossfile_tasks}
+BUILDERS = {"stdlib": stdlib_tasks, "tests": corpus_tasks, "crossfile": crossfile_tasks, DEV_SOURCE: dev_tasks}
 
 
 def build_tasks(*, sources=SOURCES, kinds=KINDS, quick: bool = False, limit: int | None = None) -> list[Task]:
     """The task set, interleaved by (source, kind) so that a `limit` or `quick` keeps every group.
-    quick: the first QUICK_PER_GROUP tasks of each group."""
+    quick: QUICK_PER_GROUP tasks of each group, from the original set."""
     groups: dict[tuple[str, str], list[Task]] = {}
     for source in sources:
-        for task in BUILDERS[source]():
+        for task in BUILDERS[source](ORIGINAL_PER_FILE if quick else PER_FILE):
             if task.kind in kinds:
                 groups.setdefault((source, task.kind), []).append(task)
     if quick:

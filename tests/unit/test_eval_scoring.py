@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aipc_lsp.eval.report import check_targets, render_table, summarize
+from aipc_lsp.eval.report import check_targets, render_table, sign_test, summarize
 from aipc_lsp.eval.scoring import accept, completed_text, edit_similarity, evaluate, levenshtein, run_checks, score
 from aipc_lsp.eval.tasks import Site, build_tasks, corpus_text, make_task
 
@@ -121,5 +121,34 @@ def test_targets_against_the_peer_and_the_baseline():
                         "pass@1 ahead of llama.cpp (llama.vim's prompt)": False,  # a tie is not ahead
                         "pass@1 >= 2x the prefix-only baseline": True}
     assert check_targets({"contenders": [row("server", 0.4, 0.3)]}) == []
+    assert all("paired" not in t for t in check_targets(report))  # no per-task results: no pairs
     failed = {"contenders": [row("server", 0.4, 0.3), {"kind": "remote", "label": "r", "error": "unreachable"}]}
     assert [t["met"] for t in check_targets(failed)] == [None, None]
+    # A peer whose requests failed is scored as answering nothing: no verdict on that.
+    down = {"contenders": [row("server", 0.4, 0.3), {**row("remote", 0.0, 0.0), "summary": {
+        "exact": 0.0, "pass_at_1": 0.0, "errors": 187}}]}
+    assert [(t["met"], t["failed"]) for t in check_targets(down)] == [(None, 187), (None, 187)]
+    assert "not measured (187 requests failed)" in render_table(
+        {"quick": False, "tasks": 1, "task_counts": {}, "python": "3.x", "other_files": True, "kinds": [],
+         "contenders": [], "targets": check_targets(down)})
+
+
+def test_targets_count_the_tasks_only_one_side_got_right():
+    def result(i, exact, passed=None):
+        return {"id": f"t{i}", "exact": exact, "passed": passed}
+
+    ours = [result(0, True, True), result(1, True, False), result(2, False, None), result(3, True, True)]
+    theirs = [result(0, True, False), result(1, False, False), result(2, True, None), result(3, False, True)]
+    report = {"contenders": [{"kind": "server", "summary": {"exact": 0.75, "pass_at_1": 0.67}, "results": ours},
+                             {"kind": "remote", "summary": {"exact": 0.5, "pass_at_1": 0.33}, "results": theirs}]}
+    rows = {t["target"].split(" ahead")[0]: t for t in check_targets(report)}
+    assert rows["exact match"]["paired"] == {"ours_only": 2, "theirs_only": 1, "tasks": 4, "p": 1.0}
+    assert rows["pass@1"]["paired"] == {"ours_only": 1, "theirs_only": 0, "tasks": 3, "p": 1.0}
+    assert "right only here 2, only there 1, sign test p=1.00" in render_table(
+        {"quick": False, "tasks": 4, "task_counts": {"tests": 4}, "python": "3.x", "other_files": True,
+         "kinds": ["line"], "contenders": [], "targets": check_targets(report)})
+
+
+@pytest.mark.parametrize("wins, losses, p", [(0, 0, 1.0), (3, 3, 1.0), (8, 3, 0.2266), (10, 0, 0.00195), (0, 6, 0.03125)])
+def test_sign_test(wins, losses, p):
+    assert sign_test(wins, losses) == pytest.approx(p, abs=1e-4)
