@@ -12,6 +12,7 @@ other files' header what it measures, the prefix the rest.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,7 +39,8 @@ class CompletionContext:
     # Token healing: BPE tokenizers glue a space to the word after it (" return"), so a
     # prompt ending in a space ends in a token the model rarely saw before a word and it
     # goes astray. The last space is left out of the prompt; the suggestion is expected
-    # to start with it and post-processing removes it.
+    # to start with it and post-processing removes it. With an engine that can constrain
+    # decoding to begin with it, the line's last token is (see open_tail).
     held_back: str
     window_start_line: int
     # The code before the cursor that the prompt holds (the whole prompt without FIM or header).
@@ -56,9 +58,12 @@ def build_completion_context(
     fim: FimTemplate | None = None,
     suffix_tokens: int = 256,
     header: str = "",
+    last_token: Callable[[str], str] | None = None,
 ) -> CompletionContext:
     """`offset` is the cursor as an index into `text` (Python str, code points). `header` goes
-    first (other files, already in the model's format); `fim` puts the suffix in the prompt."""
+    first (other files, already in the model's format); `fim` puts the suffix in the prompt.
+    `last_token` (the tokenizer's; given when the engine constrains the answer to begin with what
+    is held back): hold back the cursor line's last token, not just a last space (token healing)."""
     offset = max(0, min(offset, len(text)))
     before, after = text[:offset], text[offset:]
     suffix_window = ""
@@ -73,7 +78,11 @@ def build_completion_context(
     line_prefix = before[line_start:]
     line_suffix = after if line_end_rel < 0 else after[:line_end_rel]
 
-    held_back = " " if line_prefix.endswith(" ") else ""
+    tail = open_tail(line_prefix) if last_token is not None and line_prefix.strip() else ""
+    # The tail is a pre-tokenizer piece: its tokens do not depend on the text before it.
+    held_back = token if tail and (token := last_token(tail)) and tail.endswith(token) else ""
+    if not held_back:
+        held_back = " " if line_prefix.endswith(" ") else ""
     body = before[: len(before) - len(held_back)]
 
     lines = body.split("\n")
@@ -120,6 +129,21 @@ def build_completion_context(
         window=window_text,
         suffix_window=suffix_window,
     )
+
+
+# What the pre-tokenizers of the GPT-4 / Qwen2 / Llama-3 family join with the text after it:
+# a run of letters with the one character before it (".jo", " return", "(self", "_name") or a
+# run of punctuation with the space before it (" ==", "(", "._"). A prompt ending in part of
+# such a piece ends in a token the model rarely saw there ("os.path." then "join([...])"
+# where "os.path" then ".join(...)" is right).
+_OPEN_TAIL = re.compile(r"(?:[^\w\r\n]|_)?[^\W\d_]+$| ?(?:[^\w\s]|_)+$")
+
+
+def open_tail(line_prefix: str) -> str:
+    """The end of `line_prefix` that the next typed character could still merge into one token
+    with it; "" after a digit or a space (a space alone is the plain held-back rule)."""
+    match = _OPEN_TAIL.search(line_prefix)
+    return match.group(0) if match else ""
 
 
 # The FIM markers (and a repo-level format's path line) in tokens, roughly.
@@ -220,3 +244,28 @@ class LineCountCache:
 
 def _not_counted(text: str) -> int:
     raise NotCounted(len(text))
+
+
+class LastTokenCache:
+    """The tokenizer's last token of a line's open tail (token healing), remembered: the same
+    tails come back as the user types (".jo", " return"), and each is a round trip to the engine's
+    worker. `cached_only` raises NotCounted instead of asking, as LineCountCache's does."""
+
+    def __init__(self, last_token: Callable[[str], str], size: int = 256):
+        self._last_token = last_token
+        self._known: dict[str, str] = {}
+        self._size = size
+
+    def __call__(self, tail: str) -> str:
+        token = self._known.get(tail)
+        if token is None:
+            token = self._known[tail] = self._last_token(tail)
+            while len(self._known) > self._size:
+                del self._known[next(iter(self._known))]
+        return token
+
+    def cached_only(self, tail: str) -> str:
+        try:
+            return self._known[tail]
+        except KeyError:
+            raise NotCounted(len(tail)) from None

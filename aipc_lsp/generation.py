@@ -12,6 +12,7 @@ Rules that keep a reused answer honest:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from aipc_lsp.engines.base import GenerationParams, GenerationResult
@@ -96,8 +97,9 @@ class Generation:
         return None
 
     def may_serve(self, before: str, after: str, params: GenerationParams) -> bool:
-        return (self.error is None and params == self.params and after == self.after
-                and before.startswith(self.body))
+        # `start` is the owner's held-back text, which typing along the prediction changes.
+        same = dataclasses.replace(params, start="") == dataclasses.replace(self.params, start="")
+        return self.error is None and same and after == self.after and before.startswith(self.body)
 
     def predicts(self, document: str) -> bool:
         """Whether `document` is the generation's document plus text it already predicted."""
@@ -120,8 +122,8 @@ class Generation:
             typed = before[len(self.body):]
             if len(text) < len(typed):
                 return (MISS, "", None) if done or not typed.startswith(text) else None
-            if not text.startswith(typed):
-                return MISS, "", None
+            if not text.startswith(typed) or len(trim_args["held_back"]) > len(typed):
+                return MISS, "", None  # (the new cursor holds back text from before this generation's)
             raw = text[len(typed) - len(trim_args["held_back"]):]
         first_at = self.available_at(len(typed))
         trimmed = trim_suggestion(raw, **trim_args)

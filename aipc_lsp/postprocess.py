@@ -115,6 +115,11 @@ def trim_suggestion(
             raw, complete = raw[:at], True
 
     base_indent = _indent_width(line_prefix)
+    if len(raw) < len(held_back) and held_back.startswith(raw):
+        return Trimmed("", complete or finished)  # still rewriting the held-back text
+    if held_back.strip() and not raw.startswith(held_back):
+        # Healed text is rewritten by constrained decoding; without it the answer is elsewhere.
+        return Trimmed("", True)
     if held_back and raw.startswith(held_back):
         if not line_prefix.strip() and raw[len(held_back):][:1] in (" ", "\t"):
             # On an indent-only line the model wrote the line's indentation itself, from column 0

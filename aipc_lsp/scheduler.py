@@ -374,6 +374,12 @@ class Scheduler:
                   if (limit := slot.engine.info.max_prompt_tokens)]
         return min(limits) if limits else None
 
+    def constrains_start(self) -> bool:
+        """Whether every slot a completion may be routed to honours GenerationParams.start (prompts
+        are built before routing, so one that does not would get a prompt missing its healed text)."""
+        usable = [slot for slot in self.slots if slot.loaded and slot.health is not Health.UNHEALTHY]
+        return bool(usable) and all(slot.engine.info.constrains_start for slot in usable)
+
     def keeps_prompt_cache(self) -> bool:
         """Whether a ready slot keeps a prompt's KV cache past its request (warming pays off there)."""
         return any(slot.engine.info.keeps_prompt_cache for slot in self.slots if slot.ready)

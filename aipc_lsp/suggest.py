@@ -26,7 +26,8 @@ from typing import Callable, TypeVar
 
 from aipc_lsp.config import CompletionSettings
 from aipc_lsp import fim
-from aipc_lsp.context import CHARS_PER_TOKEN, CompletionContext, LineCountCache, NotCounted, build_completion_context
+from aipc_lsp.context import (CHARS_PER_TOKEN, CompletionContext, LastTokenCache, LineCountCache, NotCounted,
+                              build_completion_context)
 from aipc_lsp.engines.base import GenerationParams
 from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
 from aipc_lsp.log_privacy import shown
@@ -66,6 +67,7 @@ class Suggester:
         self.recent: deque[dict] = deque(maxlen=RECENT_SIZE)
         self._count: LineCountCache | None = None
         self._count_exactly = None
+        self._last_token: LastTokenCache | None = None
         # completion.fim setting -> the template it means for the current model (detected once).
         self._fim: dict[str, fim.FimTemplate | None] = {}
         self._scheduler_ref: weakref.ref | None = None
@@ -132,13 +134,14 @@ class Suggester:
                 return  # e.g. OpenVINO on the NPU: every request prefills anew, a warm-up is lost work
             budget = self._prepare(scheduler, settings)
             template = await self._template(scheduler, settings)
+            heal = settings.token_healing and scheduler.constrains_start()
             if offset is None:
-                end = await self._counted(lambda count: _first_window_end(text, budget, count))
-                ctx = await self._context(text, end, budget, settings, template, uri, snippets, language_id)
+                end = await self._counted(lambda count, _: _first_window_end(text, budget, count))
+                ctx = await self._context(text, end, budget, settings, template, uri, snippets, language_id, heal)
                 if ctx.window_start_line != 0 or not ctx.prompt:
                     return  # no cursor's window would start at the document's beginning
             else:
-                ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id)
+                ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id, heal)
                 if not ctx.prompt or ctx.prompt == self._last_computed:
                     return  # cached: the last suggestion's, or the client said it twice
             prompt = ctx.prompt
@@ -210,12 +213,14 @@ class Suggester:
         scheduler = await self.runtime.scheduler()
         budget = self._prepare(scheduler, settings)
         template = await self._template(scheduler, settings)
-        ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id)
+        heal = settings.token_healing and scheduler.constrains_start()
+        ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id, heal)
         if not ctx.window.strip() and not ctx.suffix_window.strip():
             return None  # an empty document: no code to go on (other files' snippets alone are not its code)
         before, after = text[:offset], text[offset:]
         params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature,
-                                  stop=template.stop if template is not None else ())
+                                  stop=template.stop if template is not None else (),
+                                  start=ctx.held_back if heal and ctx.held_back.strip() else "")
         trim_args = dict(
             line_prefix=ctx.line_prefix, line_suffix=ctx.line_suffix, suffix=ctx.suffix,
             held_back=ctx.held_back, max_lines=settings.max_lines,
@@ -244,6 +249,7 @@ class Suggester:
         g.start(job, scheduler.run(job))
         self._latest[uri] = g
         outcome, answer, first_at = await answer_from(g, before, trim_args, stale=stale, owner=True)
+        log.debug("model output for %s@%s (before post-processing): %s", uri, version, shown(g.text))
         if outcome is CANCELLED or outcome is MISS:
             return None
         self._remember(cache_key, answer)
@@ -258,6 +264,7 @@ class Suggester:
             self._scheduler_ref = weakref.ref(scheduler)
             self._count = LineCountCache(engine.count_tokens)
             self._count_exactly = engine.count_tokens
+            self._last_token = LastTokenCache(engine.last_token)
             self._latest.clear()
             self._results.clear()
             self._fim.clear()
@@ -280,17 +287,18 @@ class Suggester:
                      if self._fim[settings.fim] else "the code before the cursor")
         return self._fim[settings.fim]
 
-    async def _counted(self, work: Callable[[Callable[[str], int]], T]) -> T:
-        """`work(count)`, on the event loop when every token count it asks for is remembered (a
-        keystroke on the line of the last request), else in a thread: a count the cache lacks is
-        a round trip to the engine's worker, which answers between two decode steps."""
+    async def _counted(self, work: Callable[[Callable[[str], int], Callable[[str], str]], T]) -> T:
+        """`work(count, last_token)`, on the event loop when every token count and last token it
+        asks for is remembered (a keystroke on the line of the last request), else in a thread: one
+        the caches lack is a round trip to the engine's worker, which answers between two decode steps."""
         try:
-            return work(self._count.cached_only)
+            return work(self._count.cached_only, self._last_token.cached_only)
         except NotCounted:
-            return await asyncio.to_thread(work, self._count)
+            return await asyncio.to_thread(work, self._count, self._last_token)
 
     async def _context(self, text: str, offset: int, budget: int, settings: CompletionSettings,
-                       template: fim.FimTemplate | None, uri: str, snippets, language_id: str) -> CompletionContext:
+                       template: fim.FimTemplate | None, uri: str, snippets, language_id: str,
+                       heal: bool = False) -> CompletionContext:
         """The prompt at `offset`: other files first (when enabled), then the FIM body or the code
         before the cursor. The other files' header is picked here, on the loop that feeds the ring."""
         header = ""
@@ -302,9 +310,9 @@ class Suggester:
                 path = snippets.path_of(uri) if hasattr(snippets, "path_of") else uri.rsplit("/", 1)[-1]
                 header = (template.header(chosen, path) if template is not None
                           else fim.comment_header(chosen, fim.comment_prefix(language_id)))
-        return await self._counted(lambda count: build_completion_context(
+        return await self._counted(lambda count, last_token: build_completion_context(
             text, offset, budget_tokens=budget, count_tokens=count, fim=template,
-            suffix_tokens=settings.suffix_tokens, header=header))
+            suffix_tokens=settings.suffix_tokens, header=header, last_token=last_token if heal else None))
 
     def _remember(self, key: tuple, text: str) -> None:
         self._results[key] = text

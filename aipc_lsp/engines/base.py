@@ -14,7 +14,8 @@ How to add an engine (one file, one row):
 2. Implement `load_model` (load and warm up; return an `EngineInfo`: its prompt limit, whether a
    prompt's KV cache outlives the request, its chat template, ...), `count_tokens`, `generate`
    and `close`; override `apply_chat_template` or `settle` where the engine has something better
-   than the default. Raise `EngineError` when the engine is broken (the slot is written off and
+   than the default, and `last_token` with `EngineInfo.constrains_start` where it can constrain
+   decoding to begin with given text (token healing). Raise `EngineError` when the engine is broken (the slot is written off and
    retried) and `RequestError` when one request cannot run as asked (a prompt over the limit:
    the request gets an error, the slot stays healthy). A model's file is resolved and made before
    `load` (models/resolve.py): an engine only loads what it is given.
@@ -40,6 +41,10 @@ class GenerationParams:
     temperature: float = 0.0
     # Strings that end generation; the engine may also stop on its own EOS tokens.
     stop: tuple[str, ...] = ()
+    # Text the answer must begin with (token healing: the prompt leaves out the cursor's unfinished
+    # last token, and decoding is constrained to rewrite it). Only asked of engines whose
+    # EngineInfo.constrains_start says they can.
+    start: str = ""
 
 
 @dataclass
@@ -82,6 +87,8 @@ class EngineInfo:
     chat_template: str = ""
     # The model's end-of-sequence token as text (a chat template may use it), or "".
     eos_token: str = ""
+    # Whether it honours GenerationParams.start (constrained decoding).
+    constrains_start: bool = False
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -168,6 +175,11 @@ class Engine:
     def count_tokens(self, text: str) -> int:
         """How many tokens `text` is for this model's tokenizer."""
         raise NotImplementedError
+
+    def last_token(self, text: str) -> str:
+        """The text of the last token `text` encodes to ("" when this engine cannot tell, or the
+        token is not whole characters): what token healing holds back (EngineInfo.constrains_start)."""
+        return ""
 
     def generate(self, prompt: str, params: GenerationParams, cancel: threading.Event,
                  on_text: OnText | None = None) -> GenerationResult:

@@ -162,6 +162,7 @@ class OpenVINOEngine(Engine):
         log.info("openvino: loaded %s on %s in %.2fs", path.name, self.device, time.perf_counter() - started)
         # A prompt's KV cache outlives its request with prefix caching (warming a document pays off).
         return EngineInfo(max_prompt_tokens=self.max_prompt_tokens, keeps_prompt_cache=self.prefix_caching,
+                          constrains_start=self._stepped,  # (structured output: the paged pipeline's sampler)
                           chat_template=self._tokenizer.chat_template, eos_token=self._tokenizer.get_eos_token())
 
     def _warm_up(self) -> None:
@@ -178,6 +179,17 @@ class OpenVINOEngine(Engine):
             raise EngineError("model not loaded")
         input_ids = self._tokenizer.encode(text).input_ids
         return self._count_in_pieces(text) if self._cut(text, input_ids) else int(input_ids.shape[1])
+
+    def last_token(self, text: str) -> str:
+        if self._tokenizer is None or self._byte_table is None or not text:
+            return ""
+        ids = self._tokenizer.encode(text).input_ids.data[0]
+        if len(ids) == 0:
+            return ""
+        try:
+            return self._byte_table[int(ids[-1])].decode("utf-8")
+        except (UnicodeDecodeError, IndexError):
+            return ""  # a byte piece of a character
 
     def _count_in_pieces(self, text: str) -> int:
         # High by a token now and then where BPE would have merged across a piece's edge.
@@ -217,6 +229,14 @@ class OpenVINOEngine(Engine):
         if stop_ids:
             # Special tokens never reach the text (the detokenizer skips them): stop on their ids.
             config.stop_token_ids = set(config.stop_token_ids) | stop_ids
+        if params.start:
+            # Only tokens that agree with `start` until it is written (xgrammar's token mask):
+            # "os.path" + ".jo..." instead of a prompt ending in ".jo", which the model rarely saw.
+            import openvino_genai as og
+
+            structured = og.StructuredOutputConfig
+            config.structured_output_config = structured(
+                compound_grammar=structured.Concat(structured.ConstString(params.start), structured.AnyText()))
         if self.prompt_lookup_tokens:
             # A prompt-lookup pipeline takes only prompt-lookup requests.
             config.num_assistant_tokens = self.prompt_lookup_tokens

@@ -246,6 +246,9 @@ class ProcessEngine(Engine):
     def count_tokens(self, text: str) -> int:
         return int(self._call("count_tokens", text))
 
+    def last_token(self, text: str) -> str:
+        return str(self._call("last_token", text))
+
     def apply_chat_template(self, messages: list[dict]) -> str:
         return self._call("apply_chat_template", messages)
 

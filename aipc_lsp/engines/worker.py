@@ -11,7 +11,7 @@ Protocol: one JSON object per line. The parent writes requests to stdin; the wor
 replies to the stdout it was started with (the process's fd 1 is pointed at stderr first, so
 library chatter cannot corrupt the protocol).
   {"id", "op": "load"}                          -> {"id", "value": EngineInfo's fields}
-  {"id", "op": "call", "method", "args"}        -> {"id", "value": ...}   (count_tokens, apply_chat_template)
+  {"id", "op": "call", "method", "args"}        -> {"id", "value": ...}   (count_tokens, last_token, apply_chat_template)
   {"id", "op": "generate", "prompt", "params"}  -> {"id", "piece"} ... {"id", "result": {...}}
   {"id", "op": "stop"}                          the parent's on_text has seen enough: the engine
                                                 stops after the step in flight (as a stopped result)
@@ -67,7 +67,7 @@ TRACEMALLOC_ENV = "AIPC_LSP_TRACEMALLOC"
 
 # Methods the parent may call outside a generation (answered by the reader thread, so they
 # are served while a generation runs, as they are in-process).
-CALLABLE = ("count_tokens", "apply_chat_template")
+CALLABLE = ("count_tokens", "last_token", "apply_chat_template")
 
 
 def _protocol_out():

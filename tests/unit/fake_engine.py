@@ -58,6 +58,9 @@ class FakeEngine(Engine):
     template: str = ""
     # Whether a prompt's KV cache outlives its request (OpenVINO with prefix caching does).
     keeps_prompt_cache: bool = False
+    # Whether it honours GenerationParams.start (token healing); its tokens are then pre-tokenizer
+    # pieces (last_token gives back the open tail it is asked about).
+    constrains_start: bool = False
     # The longest prompt it declares (EngineInfo.max_prompt_tokens), and what it tells the user.
     max_prompt_tokens: int | None = None
     notice: str = ""
@@ -84,7 +87,7 @@ class FakeEngine(Engine):
     def info(self) -> EngineInfo:
         """What it says about itself: always its fields' values (a test may change them)."""
         return EngineInfo(max_prompt_tokens=self.max_prompt_tokens, keeps_prompt_cache=self.keeps_prompt_cache,
-                          notice=self.notice, chat_template=self.template)
+                          notice=self.notice, chat_template=self.template, constrains_start=self.constrains_start)
 
     @info.setter
     def info(self, value: EngineInfo) -> None:
@@ -128,6 +131,9 @@ class FakeEngine(Engine):
             call.ended = time.perf_counter()
             with self._lock:
                 self._active -= 1
+
+    def last_token(self, text: str) -> str:
+        return text if self.constrains_start else ""
 
     def close(self) -> None:
         self.closed = True

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aipc_lsp.context import CHARS_PER_TOKEN, WINDOW_STEP_LINES, build_completion_context
+from aipc_lsp.context import (CHARS_PER_TOKEN, WINDOW_STEP_LINES, LastTokenCache, NotCounted, build_completion_context,
+                              open_tail)
 
 
 def at(marked: str, **kw):
@@ -108,6 +109,54 @@ def test_held_back(marked, held, prompt_end):
     assert ctx.line_prefix.endswith(held)
     text = marked.replace("|", "")
     assert text[: marked.index("|")] == ctx.prompt + ctx.held_back
+
+
+@pytest.mark.parametrize("line_prefix, tail", [
+    ("        result.append(os.path.jo", ".jo"),  # a letter run and the character before it
+    ("    return", " return"),
+    ("x = foo(", "("),  # punctuation: the model may write "(self" as one token
+    ("x = foo(self", "(self"),
+    ("if a ==", " =="),
+    ("foo_bar", "_bar"),
+    ("x = y.", "."),
+    ("\tfoo", "\tfoo"),
+    ("x = ", ""),  # a space: the plain rule
+    ("    ", ""),
+    ("x = 12", ""),  # a digit is a token of its own
+])
+def test_open_tail(line_prefix, tail):
+    assert open_tail(line_prefix) == tail
+
+
+@pytest.mark.parametrize("marked, held, prompt_end", [
+    ("import os\np = os.path.jo|", ".jo", "os.path"),
+    ("def f(x):\n    return|", " return", "\n   "),
+    ("def f(x):\n    return |", " ", "    return"),  # after a space: the space alone, as without healing
+    ("def f():\n    |", " ", "\n   "),
+    ("print(x)|", ")", "print(x"),
+    ("total = 12|", "", "total = 12"),
+])
+def test_held_back_with_healing(marked, held, prompt_end):
+    ctx = at(marked, last_token=lambda tail: tail)  # each open tail one token
+    assert ctx.held_back == held and ctx.prompt.endswith(prompt_end)
+    assert marked.replace("|", "")[: marked.index("|")] == ctx.prompt + ctx.held_back
+
+
+def test_healing_holds_back_the_last_token_only():
+    # A tokenizer that makes "(re" + "pr" of "(repr": the prompt ends where its tokens meet.
+    ctx = at("write(repr|", last_token=lambda tail: "pr")
+    assert ctx.held_back == "pr" and ctx.prompt == "write(re"
+    assert at("write(repr|", last_token=lambda tail: "").held_back == ""  # a byte piece: nothing
+    assert at("write(repr|", last_token=lambda tail: "xy").held_back == ""  # not the tail's end: nothing
+
+
+def test_last_tokens_are_remembered_and_the_loop_never_asks():
+    asked = []
+    cache = LastTokenCache(lambda tail: asked.append(tail) or tail[-2:])
+    with pytest.raises(NotCounted):
+        cache.cached_only(".jo")
+    assert cache(".jo") == "jo" and cache.cached_only(".jo") == "jo" and cache(".jo") == "jo"
+    assert asked == [".jo"]
 
 
 # --- the window ------------------------------------------------------------------------------

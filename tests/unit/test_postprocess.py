@@ -70,6 +70,17 @@ HELD_BACK = [
          text="    x += 1", complete=False, line_prefix="    ", held_back=" "),
     Case("indent-only line: the usual held-back space", raw=" return x\n", text="return x", complete=False,
          line_prefix="    ", held_back=" "),
+    # Healed text (constrained decoding rewrites it; the editor already has it).
+    Case("healed word: its rest", raw=".join(root, name))\n", text="in(root, name))", complete=True,
+         line_prefix="        p = os.path.jo", held_back=".jo"),
+    Case("healed word still being rewritten: wait", raw=".", text="", complete=False,
+         line_prefix="        p = os.path.jo", held_back=".jo"),
+    Case("healed word rewritten and nothing after it yet", raw=".jo", text="", complete=False,
+         line_prefix="        p = os.path.jo", held_back=".jo"),
+    Case("healed text the answer does not begin with (no constraint): nothing", raw="(x)\n", text="",
+         complete=True, line_prefix="        p = os.path.jo", held_back=".jo"),
+    Case("healed punctuation", raw="(a, b)\n", text="a, b)", complete=True,
+         line_prefix="    x = max(", held_back="("),
 ]
 
 # --- empty or indent-only line where the model first ends the line ------------------------

@@ -63,6 +63,28 @@ async def test_typed_ahead_is_answered_from_the_last_generation(make):
     assert len(engine.calls) == 1
 
 
+async def test_healing_holds_back_the_unfinished_word_and_typing_along_reuses_the_answer(make):
+    s, engine = make(script({"p = os.path": ".join(root, name)\n"}))
+    engine.constrains_start = True
+    first = await ask(s, "p = os.path.jo", 1)
+    assert first.text == "in(root, name)" and first.source == "generated"
+    assert engine.calls[0].prompt == "p = os.path" and engine.calls[0].params.start == ".jo"
+    for version, typed in enumerate(["i", "in", "in(", "in(ro"], start=2):
+        s.document_changed(URI, "p = os.path.jo" + typed)
+        got = await ask(s, "p = os.path.jo" + typed, version)
+        assert got.source == "typed-ahead" and got.text == "in(root, name)"[len(typed):], typed
+    assert len(engine.calls) == 1
+
+
+@pytest.mark.parametrize("constrains, setting", [(False, True), (True, False)])
+async def test_no_healing_without_an_engine_that_constrains_or_with_it_turned_off(make, constrains, setting):
+    s, engine = make(script({"p = os.path.jo": "in(root, name)\n"}))
+    engine.constrains_start = constrains
+    got = await ask(s, "p = os.path.jo", 1, settings=CompletionSettings(max_tokens=32, token_healing=setting))
+    assert got.text == "in(root, name)"
+    assert engine.calls[0].prompt == "p = os.path.jo" and engine.calls[0].params.start == ""
+
+
 async def test_typing_off_the_prediction_starts_a_new_generation(make):
     s, engine = make(script({"total =": " compute(a, b)\n", "total = cx": "y\n"}))
     await ask(s, "total = ", 1)

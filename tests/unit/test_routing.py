@@ -196,6 +196,19 @@ async def test_a_typing_storm_never_runs_two_generations_for_one_document(make):
     assert max(e.max_concurrent for e in engines) == 1
 
 
+async def test_healing_only_where_every_usable_slot_constrains_decoding(make):
+    npu, cpu = FakeEngine(output="n"), FakeEngine(output="c")
+    cpu.constrains_start = True
+    scheduler = make(npu, cpu, names=["npu", "cpu"])
+    await ready(scheduler)
+    assert not scheduler.constrains_start()  # a prompt with held-back text could be routed to the NPU
+    npu.constrains_start = True
+    assert scheduler.constrains_start()
+    npu.constrains_start = False
+    scheduler.slots[0].health = Health.UNHEALTHY
+    assert scheduler.constrains_start()  # the unhealthy one gets no completions
+
+
 async def test_prompt_limit_is_the_strictest_healthy_slot(make):
     from aipc_lsp.config import OpenVINOSettings
     from aipc_lsp.engines.openvino import OpenVINOEngine
