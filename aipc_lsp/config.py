@@ -129,10 +129,10 @@ class CompletionSettings:
                                    "the prompt (the model's repo-level format, or comments)")
     other_files_tokens: int = _opt(512, "most tokens of snippets from other files (taken from context_tokens)",
                                    minimum=0, maximum=131072)
-    token_healing: bool = _opt(True, "end the prompt before the cursor's unfinished word or punctuation (\"os.path.jo\") "
-                                     "and have the model rewrite it, constrained to it: the model then picks the "
-                                     "token it would have written there (\".join\"). Engines that cannot constrain "
-                                     "decoding (all but OpenVINO) hold back only a last space")
+    token_healing: bool = _opt(True, "when the cursor follows a word (\"self.a\"), end the prompt before its last "
+                                     "token and have the model rewrite it, constrained to it: the model then picks "
+                                     "the token it would have written there (\"allowance\"). Engines that cannot "
+                                     "constrain decoding (all but OpenVINO) hold back only a last space")
 
 
 @dataclass

@@ -133,7 +133,9 @@ def test_open_tail(line_prefix, tail):
     ("def f(x):\n    return|", " return", "\n   "),
     ("def f(x):\n    return |", " ", "    return"),  # after a space: the space alone, as without healing
     ("def f():\n    |", " ", "\n   "),
-    ("print(x)|", ")", "print(x"),
+    ("print(x)|", "", "print(x)"),  # after punctuation: no healing
+    ("x = foo(|", "", "x = foo("),
+    ("x = self._|", "._", "x = self"),
     ("total = 12|", "", "total = 12"),
 ])
 def test_held_back_with_healing(marked, held, prompt_end):
