@@ -34,9 +34,10 @@ def parse_sets(pairs: list[str]) -> dict:
         raise EvalError(str(exc)) from None
 
 
-def _choice(value: str | None, allowed: tuple[str, ...], flag: str) -> tuple[str, ...]:
+def _choice(value: str | None, allowed: tuple[str, ...], flag: str,
+            default: tuple[str, ...] | None = None) -> tuple[str, ...]:
     if value is None:
-        return allowed
+        return allowed if default is None else default
     chosen = tuple(v.strip() for v in value.split(",") if v.strip())
     unknown = [v for v in chosen if v not in allowed]
     if unknown or not chosen:
@@ -75,7 +76,7 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
     if model:
         options["model"] = model
     chosen_kinds = _choice(kinds, KINDS, "--kinds")
-    tasks = build_tasks(sources=_choice(sources, SOURCES + (DEV_SOURCE,), "--sources") if sources else SOURCES, kinds=chosen_kinds, quick=quick, limit=limit)
+    tasks = build_tasks(sources=_choice(sources, SOURCES + (DEV_SOURCE,), "--sources", default=SOURCES), kinds=chosen_kinds, quick=quick, limit=limit)
     if not tasks:
         raise EvalError("no tasks match --sources/--kinds/--limit")
     counts: dict[str, int] = {}

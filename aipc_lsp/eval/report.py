@@ -92,6 +92,12 @@ def _num(value, fmt: str = "{:.0f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
+def _summary_row(label: str, s: dict) -> str:
+    """One contender's line of the table: a summary's figures under the header's columns."""
+    return (f"{label[:48]:48} {_pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
+            f"{_pct(s['pass_at_1']):>7} {_pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
+
+
 def render_table(report: dict) -> str:
     counts = ", ".join(f"{source} {n}" for source, n in report["task_counts"].items())
     out = [f"aipc-lsp eval{' --quick' if report['quick'] else ''}: {report['tasks']} tasks ({counts}; "
@@ -102,8 +108,7 @@ def render_table(report: dict) -> str:
             out.append(f"{c['label'][:48]:48} error: {c['error']}")
             continue
         s = c["summary"]
-        out.append(f"{c['label'][:48]:48} {_pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
-                   f"{_pct(s['pass_at_1']):>7} {_pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
+        out.append(_summary_row(c['label'], s))
         if c.get("error"):
             out.append(f"{'':48} (stopped early: {c['error']})")
         if s.get("errors"):
@@ -121,8 +126,7 @@ def render_table(report: dict) -> str:
         out += ["", f"the original {originals[0]['original']['n']} tasks alone (the set until the sixteenth session):"]
         for c in originals:
             s = c["original"]
-            out.append(f"{c['label'][:48]:48} {_pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
-                       f"{_pct(s['pass_at_1']):>7} {_pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
+            out.append(_summary_row(c['label'], s))
     if report.get("targets"):
         out += ["", "Targets (issue 19):"]
         for t in report["targets"]:

@@ -165,13 +165,18 @@ def midline_sites(text: str, tree: ast.AST) -> list[Site]:
     return sites
 
 
-def _token_ends(code: str) -> list[int]:
+def _first_line_tokens(code: str) -> list[tokenize.TokenInfo]:
+    """The Python tokens of one line of code (none when it does not tokenize alone)."""
     try:
         tokens = list(tokenize.generate_tokens(io.StringIO(code + "\n").readline))
     except (tokenize.TokenError, SyntaxError):
         return []
+    return [t for t in tokens if t.end[0] == 1]
+
+
+def _token_ends(code: str) -> list[int]:
     significant = (tokenize.NAME, tokenize.OP, tokenize.NUMBER, tokenize.STRING)
-    return [t.end[1] for t in tokens if t.type in significant and t.end[0] == 1][:-1]
+    return [t.end[1] for t in _first_line_tokens(code) if t.type in significant][:-1]
 
 
 def midword_sites(text: str, tree: ast.AST) -> list[Site]:
@@ -187,11 +192,7 @@ def midword_sites(text: str, tree: ast.AST) -> list[Site]:
 
 
 def _name_spans(code: str) -> list[tuple[int, int]]:
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(code + "\n").readline))
-    except (tokenize.TokenError, SyntaxError):
-        return []
-    return [(t.start[1], t.end[1]) for t in tokens if t.type == tokenize.NAME and t.end[0] == 1
+    return [(t.start[1], t.end[1]) for t in _first_line_tokens(code) if t.type == tokenize.NAME
             and t.end[1] - t.start[1] >= 4 and not keyword.iskeyword(t.string)]
 
 
