@@ -57,7 +57,10 @@ def _first_code_line(text: str) -> str:
 
 # A fill-in-the-middle model that has no idea copies a line it sees just below the hole (e.g.
 # `return len(self.items)` of the next method into the body of `push`); a line of a few characters
-# (`break`, `pass`, `return x`) repeats in real code too, and is kept.
+# (`break`, `pass`, `return x`) repeats in real code too, and is kept. Only on a line the user has
+# not started: once they have typed its beginning, a line below that goes on the same way is most
+# often what they are writing again (`lines.append(cur|` → `lines.append(current)`, as in the
+# flush after the loop).
 COPY_WINDOW_LINES = 12
 COPY_MIN_CHARS = 16
 
@@ -151,7 +154,8 @@ def trim_suggestion(
     next_code = _first_code_line(suffix)
     if not line_prefix.strip() and next_code and lines[0].strip() == next_code and (has_more or complete or finished):
         return Trimmed("", True)  # the model only repeats the line after the cursor
-    if (has_more or complete or finished) and _copies_a_line_below(line_prefix + lines[0], suffix):
+    if (not line_prefix.strip() and (has_more or complete or finished)
+            and _copies_a_line_below(lines[0], suffix)):
         return Trimmed("", True)
     if line_prefix.strip() and lines[0].strip() and not opens_block:
         # The user is finishing a statement: its end, not the statements after it.

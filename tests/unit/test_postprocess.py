@@ -342,6 +342,9 @@ FIM = [
          suffix="\n        if done:\n            break\n"),
     Case("a copy is judged once the line is whole", raw="return len(self.it", text="return len(self.it",
          complete=False, line_prefix="        ", suffix="\n    def size(self):\n        return len(self.items)\n"),
+    Case("a line the user has started may go on as one below does (they are writing it again)",
+         raw="(current)\n", text="rent)", complete=True, line_prefix="            lines.append(cur",
+         held_back="(cur", suffix="\n            current = word\n    if current:\n        lines.append(current)\n"),
 ]
 
 
