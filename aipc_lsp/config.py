@@ -58,7 +58,7 @@ class OpenVINOSettings:
                                       "caching keeps of earlier prompts (the default model: 14 KB per token)",
                                 minimum=512, maximum=1048576)
     prefix_caching: bool = _opt(True, "reuse the KV cache of a prompt's unchanged beginning")
-    prompt_lookup_tokens: int = _opt(3, "prompt-lookup decoding: tokens copied from the prompt and checked in one "
+    prompt_lookup_tokens: int = _opt(2, "prompt-lookup decoding: tokens copied from the prompt and checked in one "
                                         "step (code repeats itself); 0 = off", minimum=0, maximum=16)
     typing_checkpoint: bool = _opt(True, "once a suggestion is out, cache its prompt less the last token (in the "
                                          "idle moment), so the next keystroke prefills the 1-2 tokens it changed "
