@@ -152,11 +152,11 @@ def trim_suggestion(
 
     opens_block = (line_prefix + lines[0]).rstrip().endswith(BLOCK_OPENERS)
     next_code = _first_code_line(suffix)
-    if not line_prefix.strip() and next_code and lines[0].strip() == next_code and (has_more or complete or finished):
-        return Trimmed("", True)  # the model only repeats the line after the cursor
-    if (not line_prefix.strip() and (has_more or complete or finished)
-            and _copies_a_line_below(lines[0], suffix)):
-        return Trimmed("", True)
+    if not line_prefix.strip() and (has_more or complete or finished):
+        # A whole first line on a line the user has not started: no copy of the code below it
+        # (the next line, of any length, or a longer one within the copy window).
+        if (next_code and lines[0].strip() == next_code) or _copies_a_line_below(lines[0], suffix):
+            return Trimmed("", True)
     if line_prefix.strip() and lines[0].strip() and not opens_block:
         # The user is finishing a statement: its end, not the statements after it.
         return Trimmed(lines[0].rstrip(), complete or has_more)
