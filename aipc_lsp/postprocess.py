@@ -48,11 +48,9 @@ def _dedent_first(text: str, width: int) -> str:
     return first[drop:] + sep + rest
 
 
-def _first_code_line(text: str) -> str:
-    for line in text.split("\n"):
-        if line.strip():
-            return line.strip()
-    return ""
+def _code_lines(text: str, count: int) -> list[str]:
+    """The first `count` non-blank lines of `text`, stripped."""
+    return [line.strip() for line in text.split("\n") if line.strip()][:count]
 
 
 # A fill-in-the-middle model that has no idea copies a line it sees just below the hole (e.g.
@@ -63,6 +61,11 @@ def _first_code_line(text: str) -> str:
 # flush after the loop).
 COPY_WINDOW_LINES = 12
 COPY_MIN_CHARS = 16
+# A later line of the suggestion ends it where it is the next code line after the cursor (the
+# model goes on with the code that is already there) or, at the cursor's indentation, the one after
+# it (the model skipped the next line: `result = []` then the `while` two lines down). Not further
+# down, nor deeper (a block's `return None`): such lines recur in real code (`with self.block():`).
+REPEATED_CODE_LINES = 2
 
 
 def _copies_a_line_below(line: str, suffix: str) -> bool:
@@ -151,11 +154,11 @@ def trim_suggestion(
         return Trimmed(first, complete or has_more)
 
     opens_block = (line_prefix + lines[0]).rstrip().endswith(BLOCK_OPENERS)
-    next_code = _first_code_line(suffix)
+    next_code = _code_lines(suffix, REPEATED_CODE_LINES)
     if not line_prefix.strip() and (has_more or complete or finished):
         # A whole first line on a line the user has not started: no copy of the code below it
         # (the next line, of any length, or a longer one within the copy window).
-        if (next_code and lines[0].strip() == next_code) or _copies_a_line_below(lines[0], suffix):
+        if lines[0].strip() in next_code[:1] or _copies_a_line_below(lines[0], suffix):
             return Trimmed("", True)
     if line_prefix.strip() and lines[0].strip() and not opens_block:
         # The user is finishing a statement: its end, not the statements after it.
@@ -183,8 +186,8 @@ def trim_suggestion(
                 kept.append(line.rstrip())
             complete = True
             break
-        if next_code and line.strip() == next_code:
-            complete = True  # the model started repeating the code after the cursor
+        if line.strip() in (next_code if width == base_indent else next_code[:1]):
+            complete = True  # the model goes on with the code after the cursor
             break
         kept.append(line.rstrip())
 

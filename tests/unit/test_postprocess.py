@@ -345,6 +345,16 @@ FIM = [
     Case("a line the user has started may go on as one below does (they are writing it again)",
          raw="(current)\n", text="rent)", complete=True, line_prefix="            lines.append(cur",
          held_back="(cur", suffix="\n            current = word\n    if current:\n        lines.append(current)\n"),
+    Case("a model that skipped the next line stops where it goes on with the one after it",
+         raw="result = []\n    while i < len(a):\n        i += 1\n", text="result = []", complete=True,
+         line_prefix="    ", suffix="\n    i = 0\n    while i < len(a):\n        i += 1\n    return result\n"),
+    Case("a deeper line that the code below also has is the block's own",
+         raw="if strict:\n        return None\n    return found\n", text="if strict:\n        return None",
+         complete=None, line_prefix="    ", suffix="\n    found = lookup()\n    if not found:\n        return None\n"),
+    Case("a line further down the code below may come again (real code repeats idioms)",
+         raw="fill()\n    with block():\n        visit()\n", text="fill()\n    with block():\n        visit()",
+         complete=None, finished=True, line_prefix="    ",
+         suffix="\n\ndef other():\n    setup()\n    with block():\n        visit()\n"),
 ]
 
 
