@@ -350,7 +350,7 @@ FIM = [
          line_prefix="    ", suffix="\n    i = 0\n    while i < len(a):\n        i += 1\n    return result\n"),
     Case("a deeper line that the code below also has is the block's own",
          raw="if strict:\n        return None\n    return found\n", text="if strict:\n        return None",
-         complete=None, line_prefix="    ", suffix="\n    found = lookup()\n    if not found:\n        return None\n"),
+         complete=None, line_prefix="    ", suffix="\n    if not found:\n        return None\n"),
     Case("a line further down the code below may come again (real code repeats idioms)",
          raw="fill()\n    with block():\n        visit()\n", text="fill()\n    with block():\n        visit()",
          complete=None, finished=True, line_prefix="    ",
