@@ -8,6 +8,7 @@ will never see.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
 # Markers a chat model emits when it leaves the code and starts talking.
 END_MARKERS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|end|>", "<|eot_id|>",
@@ -49,8 +50,9 @@ def _dedent_first(text: str, width: int) -> str:
 
 
 def _code_lines(text: str, count: int) -> list[str]:
-    """The first `count` non-blank lines of `text`, stripped."""
-    return [line.strip() for line in text.split("\n") if line.strip()][:count]
+    """The first `count` non-blank lines of `text`, stripped. `text` is the rest of the document and
+    this runs on every decoded piece: only the lines up to them are stripped."""
+    return list(islice((code for line in text.split("\n") if (code := line.strip())), count))
 
 
 # A fill-in-the-middle model that has no idea copies a line it sees just below the hole (e.g.
@@ -73,7 +75,8 @@ def _copies_a_line_below(line: str, suffix: str) -> bool:
     code = line.strip()
     if len(code) < COPY_MIN_CHARS:
         return False
-    return any(other.strip() == code for other in suffix.split("\n")[1:COPY_WINDOW_LINES + 1])
+    below = suffix.split("\n", COPY_WINDOW_LINES + 1)[1:COPY_WINDOW_LINES + 1]  # not the rest of the document
+    return any(other.strip() == code for other in below)
 
 
 def _unbalanced_closers(text: str) -> int:
