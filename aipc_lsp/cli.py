@@ -373,6 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a setting for the server, e.g. fim=off or completion.other_files=false (repeatable)")
     ev.add_argument("--no-other-files", action="store_true",
                     help="do not open the helper files cross-file tasks need (nor send them to --remote)")
+    ev.add_argument("--unrelated", type=int, default=0, metavar="N",
+                    help="also open N corpus modules each task does not need, as other work open in the editor")
     ev.add_argument("--remote", metavar="URL", help="also ask llama.cpp's OpenAI-compatible server at URL, as llama.vim does")
     ev.add_argument("--baseline", metavar="MODEL", help="also run the server with MODEL and the code before the "
                     "cursor only (fim=off), e.g. smollm2-135m; the targets say if --model does 2x as well")

@@ -127,6 +127,9 @@ class CompletionSettings:
                                    "context_tokens)", minimum=0, maximum=131072)
     other_files: bool = _opt(True, "add snippets of the user's other open and recently edited or visited files to "
                                    "the prompt (the model's repo-level format, or comments)")
+    other_files_used_only: bool = _opt(True, "only snippets of files the code around the cursor uses (names two "
+                                             "things they declare, one telling name such as parse_amount, or their "
+                                             "module); false: every other file's, as llama.vim sends them")
     other_files_tokens: int = _opt(512, "most tokens of snippets from other files (taken from context_tokens)",
                                    minimum=0, maximum=131072)
     token_healing: bool = _opt(True, "when the cursor follows a word (\"self.a\"), end the prompt before its last "

@@ -305,7 +305,8 @@ class Suggester:
         if snippets is not None and settings.other_files and settings.other_files_tokens:
             near = int(budget * CHARS_PER_TOKEN)
             local = text[max(0, offset - near): offset + int(settings.suffix_tokens * CHARS_PER_TOKEN)]
-            chosen = snippets.pick(uri, local, int(settings.other_files_tokens * CHARS_PER_TOKEN))
+            chosen = snippets.pick(uri, local, int(settings.other_files_tokens * CHARS_PER_TOKEN),
+                                   used_only=settings.other_files_used_only)
             if chosen:
                 path = snippets.path_of(uri) if hasattr(snippets, "path_of") else uri.rsplit("/", 1)[-1]
                 header = (template.header(chosen, path) if template is not None

@@ -19,7 +19,7 @@ from aipc_lsp.eval import remote as remote_peer
 from aipc_lsp.eval import runner
 from aipc_lsp.eval.report import breakdown, check_targets, render_table, summarize
 from aipc_lsp.eval.scoring import evaluate
-from aipc_lsp.eval.tasks import DEV_SOURCE, KINDS, SOURCES, Task, build_tasks
+from aipc_lsp.eval.tasks import DEV_SOURCE, KINDS, SOURCES, Task, build_tasks, with_unrelated
 
 
 class EvalError(Exception):
@@ -63,7 +63,7 @@ def contender(label: str, kind: str, tasks: list[Task], outcome: dict) -> dict:
 
 def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None = None, kinds: str | None = None,
              sources: str | None = None, sets: list[str] = (), remote: str | None = None, label: str | None = None,
-             baseline: str | None = None, other_files: bool = True, config: str | None = None,
+             baseline: str | None = None, other_files: bool = True, unrelated: int = 0, config: str | None = None,
              progress=lambda msg: None, saved=lambda report: None) -> dict:
     """`baseline`: a model also run through the server with the code before the cursor only
     (fim=off, other settings at their defaults): the issue's "today's default" to beat 2x.
@@ -79,11 +79,15 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
     tasks = build_tasks(sources=_choice(sources, SOURCES + (DEV_SOURCE,), "--sources", default=SOURCES), kinds=chosen_kinds, quick=quick, limit=limit)
     if not tasks:
         raise EvalError("no tasks match --sources/--kinds/--limit")
+    if unrelated < 0:
+        raise EvalError(f"--unrelated must be 0 or more, got {unrelated}")
+    tasks = with_unrelated(tasks, unrelated if other_files else 0)
     counts: dict[str, int] = {}
     for task in tasks:
         counts[task.source] = counts.get(task.source, 0) + 1
     report: dict = {"python": platform.python_version(), "quick": quick, "tasks": len(tasks), "task_counts": counts,
-                    "kinds": list(chosen_kinds), "options": options, "other_files": other_files, "contenders": []}
+                    "kinds": list(chosen_kinds), "options": options, "other_files": other_files, "unrelated": unrelated if other_files else 0,
+                    "contenders": []}
     command = runner.SERVE + (("--config", str(Path(config).expanduser())) if config else ())
     progress(f"server: aipc-lsp serve over stdio, {len(tasks)} tasks ...")
     ours = asyncio.run(runner.run(tasks, options=options, open_other_files=other_files, progress=progress,
@@ -118,7 +122,7 @@ def main(args) -> int:
     try:
         report = run_eval(model=args.model, quick=args.quick, limit=args.limit, kinds=args.kinds, sources=args.sources,
                           sets=args.set or [], remote=args.remote, label=args.label, baseline=args.baseline,
-                          other_files=not args.no_other_files, config=args.config, progress=progress, saved=save)
+                          other_files=not args.no_other_files, unrelated=args.unrelated, config=args.config, progress=progress, saved=save)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -98,10 +98,17 @@ def _summary_row(label: str, s: dict) -> str:
             f"{_pct(s['pass_at_1']):>7} {_pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
 
 
+def _other_files(report: dict) -> str:
+    if not report["other_files"]:
+        return "not opened"
+    unrelated = report.get("unrelated", 0)
+    return f"opened, and {unrelated} unrelated per task" if unrelated else "opened"
+
+
 def render_table(report: dict) -> str:
     counts = ", ".join(f"{source} {n}" for source, n in report["task_counts"].items())
     out = [f"aipc-lsp eval{' --quick' if report['quick'] else ''}: {report['tasks']} tasks ({counts}; "
-           f"stdlib of Python {report['python']}); other files {'opened' if report['other_files'] else 'not opened'}", ""]
+           f"stdlib of Python {report['python']}); other files {_other_files(report)}", ""]
     out.append(f"{'contender':48} {'exact':>7} {'edit sim':>9} {'pass@1':>7} {'empty':>7} {'p50 ms':>7} {'p95 ms':>7}")
     for c in report["contenders"]:
         if "error" in c and not c.get("summary"):

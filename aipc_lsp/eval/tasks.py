@@ -17,6 +17,7 @@ Three kinds of hole:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import io
 import keyword
 import random
@@ -336,6 +337,22 @@ def build_tasks(*, sources=SOURCES, kinds=KINDS, quick: bool = False, limit: int
     for rank in range(max((len(g) for g in groups.values()), default=0)):
         ordered += [g[rank] for g in groups.values() if rank < len(g)]
     return ordered[:limit] if limit is not None else ordered
+
+
+def with_unrelated(tasks: list[Task], count: int) -> list[Task]:
+    """`tasks` with `count` more files open beside each, corpus modules it neither is nor needs
+    (opened before its own: an editor where other work is open). A fixed choice per task."""
+    if count <= 0:
+        return tasks
+    pool = [f"corpus/{name}.py" for name in CORPUS_MODULES + tuple(CROSSFILE_MODULES.values())]
+    out = []
+    for task in tasks:
+        own = {task.path} | {path for path, _ in task.other_files}
+        candidates = [path for path in pool if path not in own]
+        picked = random.Random(f"{SEED}:unrelated:{task.id}").sample(candidates, min(count, len(candidates)))
+        extra = tuple((path, corpus_text(Path(path).stem)) for path in picked)
+        out.append(dataclasses.replace(task, other_files=extra + task.other_files))
+    return out
 
 
 def _spread(group: list[Task], count: int) -> list[Task]:

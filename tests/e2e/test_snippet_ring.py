@@ -4,12 +4,12 @@ empties it. No model is loaded (the model setting names a file that does not exi
 
 from __future__ import annotations
 
-
 import pytest
 import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
+from aipc_lsp.eval.tasks import build_tasks, corpus_text
 from conftest import configure, end_position, inline, open_document, server_config, status, wait_ready
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -100,3 +100,32 @@ async def test_the_default_model_calls_what_another_open_file_defines(model_clie
     open_document(model_client, f"{ROOT}/plan.py", PLAN)
     (suggestion,) = await inline(model_client, f"{ROOT}/plan.py", end_position(PLAN, "utf-8"))
     assert suggestion.startswith("polygon_floor_area_mm2("), suggestion
+
+
+@pytest.mark.model
+async def test_an_open_file_the_code_does_not_use_stays_out_of_the_prompt(model_client: LanguageClient):
+    # A hole of the eval's (`--unrelated 1`, docs/QUALITY.md): with graphs.py open and sent, the
+    # default model wrote `second[j][1]` where it writes the right `second[j][0]` alone.
+    (task,) = [t for t in build_tasks(sources=("tests",)) if t.id == "corpus/intervals.py:52:midline"]
+    at = types.Position(line=task.line, character=task.column)
+    limit = {"max_tokens": 16}
+
+    doc = f"{ROOT}/{task.path}"
+
+    async def suggestion() -> list[str]:
+        # Opened and closed each time: an open document would be served what it was answered before.
+        open_document(model_client, doc, task.text)
+        answer = await inline(model_client, doc, at)
+        model_client.text_document_did_close(types.DidCloseTextDocumentParams(
+            text_document=types.TextDocumentIdentifier(uri=doc)))
+        return answer
+
+    await configure(model_client, {"completion": {**limit, "other_files": False}})
+    alone = await suggestion()
+    await configure(model_client, {"completion": limit})
+    open_document(model_client, f"{ROOT}/corpus/graphs.py", corpus_text("graphs"))
+    beside = await suggestion()
+    await configure(model_client, {"completion": {**limit, "other_files_used_only": False}})
+    sent_anyway = await suggestion()
+    assert alone and beside == alone, (alone, beside)
+    assert sent_anyway != alone, "graphs.py no longer changes this suggestion: the test shows nothing"

@@ -10,7 +10,7 @@ import pytest
 
 from aipc_lsp.eval.scoring import accept, run_checks
 from aipc_lsp.eval.tasks import (BUILDERS, CROSSFILE_MODULES, KINDS, ORIGINAL_PER_FILE, QUICK_PER_GROUP, SOURCES, Site,
-                                 build_tasks, corpus_text, imported_names, make_task, tasks_for_file)
+                                 build_tasks, corpus_text, imported_names, make_task, tasks_for_file, with_unrelated)
 
 SAMPLE = '''def total(items):
     result = 0
@@ -124,6 +124,20 @@ def test_crossfile_tasks_use_what_only_the_helper_defines():
         defined = {n.name for n in ast.walk(ast.parse(corpus_text(task.module)))
                    if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
         assert not names & defined  # only the helper says what they are
+
+
+def test_unrelated_files_are_opened_before_a_tasks_own_and_never_its_own():
+    tasks = build_tasks(sources=("tests", "crossfile"))
+    with_two = with_unrelated(tasks, 2)
+    assert with_unrelated(tasks, 0) == tasks and with_unrelated(tasks, 2) == with_two  # a fixed choice
+    for task, widened in zip(tasks, with_two):
+        extra = widened.other_files[:2]
+        assert widened.other_files[2:] == task.other_files and len({p for p, _ in extra}) == 2
+        own = {task.path} | {p for p, _ in task.other_files}
+        for path, text in extra:
+            assert path not in own and text == corpus_text(path.removeprefix("corpus/").removesuffix(".py"))
+            assert not imported_names(corpus_text(task.module), path.removeprefix("corpus/").removesuffix(".py"))
+    assert len({t.other_files[0][0] for t in with_two}) > 3  # not the same file for every task
 
 
 def test_every_corpus_task_passes_its_checks_completed_and_fails_them_left_empty():

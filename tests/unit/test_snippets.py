@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from aipc_lsp.snippets import MIN_TRIMMED_LINES, WINDOWS_PER_DOCUMENT, Snippet, SnippetRing, outline_lines, similarity
+from aipc_lsp.snippets import (MIN_TRIMMED_LINES, WINDOWS_PER_DOCUMENT, Snippet, SnippetRing, declared_names,
+                               outline_lines, similarity)
 
 ROOT = "file:///home/me/proj"
 A, B, C = f"{ROOT}/pkg/a.py", f"{ROOT}/pkg/b.py", f"{ROOT}/lib/c.py"
@@ -373,3 +374,62 @@ def test_similarity():
     assert similarity(Counter("a b".split()), Counter("c d".split())) == 0.0
     assert similarity(Counter(), Counter()) == 1.0
     assert similarity(Counter("a a b".split()), Counter("a b b".split())) == pytest.approx(2 * 2 / 6)
+
+
+# --- only the files the code around the cursor uses ------------------------------------------------
+
+MONEY = """from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Money:
+    cents: int
+    currency: str = "EUR"
+
+    def plus(self, other):
+        return Money(self.cents + other.cents, self.currency)
+
+
+TAX_RATE = 0.2
+
+
+def parse_amount(text, currency="EUR"):
+    \"\"\"'12.50' -> Money(1250).\"\"\"
+    whole, _, fraction = text.partition(".")
+    return Money(int(whole) * 100 + int(fraction), currency)
+
+
+def zero(currency="EUR"):
+    return Money(0, currency)
+"""
+MONEY_URI = f"{ROOT}/billing/money.py"
+
+
+def test_declared_names_are_what_other_code_calls_a_module_by():
+    names = declared_names(MONEY.split("\n"))
+    assert names == {"Money", "plus", "TAX_RATE", "parse_amount", "zero"}  # not fields, decorators, docstrings
+    assert declared_names(["function renderRow(row) {", "export const MAX_ROWS = 50;", "pub fn parse_line(s: &str) {",
+                           "func (r *Reader) ReadAll() error {"]) == {"renderRow", "MAX_ROWS", "parse_line", "ReadAll"}
+
+
+@pytest.mark.parametrize("code, used", [
+    ("price = parse_amount(text)", True),  # one telling name
+    ("total = Money(0)", True),
+    ("import money\nx = 1", True),  # the module's name
+    ("a = b.plus(c)\nreturn zero()", True),  # two plain names
+    ("seen.plus(item)", False),  # one plain name: could be anything's
+    ("rows = sorted(rows)\nreturn rows", False),
+])
+def test_a_file_goes_in_only_when_the_code_around_the_cursor_uses_it(code: str, used: bool):
+    r = ring()
+    r.opened(MONEY_URI, MONEY)
+    expected = ["billing/money.py"] if used else []
+    assert paths(r.pick(A, code, 100_000, used_only=True)) == expected
+    assert paths(r.pick(A, code, 100_000)) == ["billing/money.py"]  # every file, as llama.vim sends them
+
+
+def test_a_window_of_a_file_counts_as_that_file():
+    r = ring()
+    r.visited(MONEY_URI, MONEY, 20)
+    assert [s.path for s in r.pick(A, "amount = parse_amount(raw)", 100_000, used_only=True)] == ["billing/money.py"]
+    assert r.pick(A, "items.append(item)", 100_000, used_only=True) == []
