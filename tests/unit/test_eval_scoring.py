@@ -108,6 +108,9 @@ def test_the_table_has_a_row_per_contender():
     table = render_table(report)
     assert "ours" in table and "100.0%" in table and "theirs" in table and "unreachable" in table
     assert "slot openvino-cpu ended the run unhealthy: no token for 60 s" in table
+    assert "other files opened\n" in table
+    assert "other files opened, and 2 unrelated per task" in render_table({**report, "unrelated": 2})
+    assert "other files not opened" in render_table({**report, "other_files": False})
 
 
 def test_targets_against_the_peer_and_the_baseline():
