@@ -86,8 +86,8 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
     for task in tasks:
         counts[task.source] = counts.get(task.source, 0) + 1
     report: dict = {"python": platform.python_version(), "quick": quick, "tasks": len(tasks), "task_counts": counts,
-                    "kinds": list(chosen_kinds), "options": options, "other_files": other_files, "unrelated": unrelated if other_files else 0,
-                    "contenders": []}
+                    "kinds": list(chosen_kinds), "options": options, "other_files": other_files,
+                    "unrelated": unrelated if other_files else 0, "contenders": []}
     command = runner.SERVE + (("--config", str(Path(config).expanduser())) if config else ())
     progress(f"server: aipc-lsp serve over stdio, {len(tasks)} tasks ...")
     ours = asyncio.run(runner.run(tasks, options=options, open_other_files=other_files, progress=progress,
@@ -122,7 +122,8 @@ def main(args) -> int:
     try:
         report = run_eval(model=args.model, quick=args.quick, limit=args.limit, kinds=args.kinds, sources=args.sources,
                           sets=args.set or [], remote=args.remote, label=args.label, baseline=args.baseline,
-                          other_files=not args.no_other_files, unrelated=args.unrelated, config=args.config, progress=progress, saved=save)
+                          other_files=not args.no_other_files, unrelated=args.unrelated, config=args.config,
+                          progress=progress, saved=save)
     except EvalError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
