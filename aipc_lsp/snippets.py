@@ -176,12 +176,16 @@ class SnippetRing:
         with self._lock:
             self._flush(but=uri)
             near = {_key(l) for l in local_window.split("\n")}
-            words = set(_WORDS.findall(local_window)) if used_only else set()
+            words: set[str] | None = None  # the window's, read when a chunk first needs them
             chosen: list[tuple[_Chunk, tuple[str, ...]]] = []
             left = max_chars
             for chunk in reversed(self._ring):
-                if chunk.uri == uri or _mostly_in(chunk.keys, near) or (used_only and not chunk.used_by(words)):
+                if chunk.uri == uri or _mostly_in(chunk.keys, near):
                     continue
+                if used_only:
+                    words = set(_WORDS.findall(local_window)) if words is None else words
+                    if not chunk.used_by(words):
+                        continue
                 cost = len(self.path_of(chunk.uri)) + 2
                 if cost + len(chunk.text) <= left:
                     chosen.append((chunk, chunk.lines))
@@ -239,12 +243,14 @@ class SnippetRing:
 
     def _apply(self, uri: str, pending: _Pending) -> None:
         lines = pending.text.split("\n")
-        declared = declared_names(lines)
+        # One scan of its declarations gives both its names and its outline.
+        declarations = _declarations(lines, len(lines), self.max_line_chars)
+        declared = _names_in(declarations)
         module = PurePosixPath(self.path_of(uri)).stem
         module_names = {module} if len(module) >= 3 and module not in _NOT_NAMES else set()
         names = (declared | module_names, frozenset(n for n in declared if _telling(n)) | module_names)
         if pending.outline:
-            outline = outline_lines(lines, self.chunk_lines, self.max_line_chars)
+            outline = _outline_of(lines, declarations, self.chunk_lines, self.max_line_chars)
             self._add(self._make(uri, True, 0, len(lines), outline, 0, names))
         for line in pending.at:
             start, end = self._window(uri, line, len(lines))
@@ -433,9 +439,15 @@ def outline_lines(lines: list[str], max_lines: int, max_line_chars: int = MAX_LI
     document when it is that short, else its declarations (signature lines with their
     continuation lines and a docstring's first line, a class's fields) and its top-level
     constants. A text with few declarations (prose, data) gives its first lines instead."""
+    return _outline_of(lines, _declarations(lines, max_lines, max_line_chars), max_lines, max_line_chars)
+
+
+def _outline_of(lines: list[str], declarations: list[str], max_lines: int, max_line_chars: int) -> list[str]:
+    """outline_lines from the document's declaration lines (all of them, or its first `max_lines`:
+    a longer scan only appends)."""
     if len(lines) <= max_lines:
         return [l for l in lines if len(l) <= max_line_chars]
-    kept = _declarations(lines, max_lines, max_line_chars)
+    kept = declarations[:max_lines]
     if len(kept) < max(MIN_LINES, sum(1 for l in lines if l.strip()) // 50):
         return [l for l in lines[:max_lines] if len(l) <= max_line_chars]  # not code we can outline
     return kept
@@ -445,14 +457,20 @@ def declared_names(lines: list[str]) -> frozenset[str]:
     """The names a document declares (functions, classes, methods, top-level constants): what
     code in another file calls it by. Fields, and names shorter than 3, are in too much code to
     say which file is meant."""
+    return _names_in(_declarations(lines, len(lines), MAX_LINE_CHARS))
+
+
+def _names_in(declarations: list[str]) -> frozenset[str]:
+    """declared_names from a document's declaration lines."""
     names: set[str] = set()
-    for line in _declarations(lines, len(lines), MAX_LINE_CHARS):
+    for line in declarations:
         body = line.strip()
         if body.startswith("@") or _DOCSTRING.match(body):
             continue  # a decorator names what the declaration uses; a docstring is prose
-        if line[:1].isspace() and not (_NAMED.search(body) or _CALLED.search(body)):
+        named = _NAMED.findall(body)
+        if not named and line[:1].isspace() and not _CALLED.search(body):
             continue  # a field (`width`, `name`)
-        found = _NAMED.findall(body) or _LEADING_NAME.findall(body) or _CALLED.findall(body)
+        found = named or _LEADING_NAME.findall(body) or _CALLED.findall(body)
         # The first that is a name (Go's `func (r *Reader) ReadAll(`: ReadAll).
         name = next((n for n in found if n not in _NOT_NAMES), "")
         if len(name) >= 3 and not name.startswith("__"):

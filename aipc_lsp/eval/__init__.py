@@ -81,13 +81,14 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
         raise EvalError("no tasks match --sources/--kinds/--limit")
     if unrelated < 0:
         raise EvalError(f"--unrelated must be 0 or more, got {unrelated}")
-    tasks = with_unrelated(tasks, unrelated if other_files else 0)
+    unrelated = unrelated if other_files else 0  # they are other files
+    tasks = with_unrelated(tasks, unrelated)
     counts: dict[str, int] = {}
     for task in tasks:
         counts[task.source] = counts.get(task.source, 0) + 1
     report: dict = {"python": platform.python_version(), "quick": quick, "tasks": len(tasks), "task_counts": counts,
                     "kinds": list(chosen_kinds), "options": options, "other_files": other_files,
-                    "unrelated": unrelated if other_files else 0, "contenders": []}
+                    "unrelated": unrelated, "contenders": []}
     command = runner.SERVE + (("--config", str(Path(config).expanduser())) if config else ())
     progress(f"server: aipc-lsp serve over stdio, {len(tasks)} tasks ...")
     ours = asyncio.run(runner.run(tasks, options=options, open_other_files=other_files, progress=progress,

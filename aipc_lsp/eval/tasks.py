@@ -344,13 +344,13 @@ def with_unrelated(tasks: list[Task], count: int) -> list[Task]:
     (opened before its own: an editor where other work is open). A fixed choice per task."""
     if count <= 0:
         return tasks
-    pool = [f"corpus/{name}.py" for name in CORPUS_MODULES + tuple(CROSSFILE_MODULES.values())]
+    pool = {f"corpus/{name}.py": corpus_text(name) for name in CORPUS_MODULES + tuple(CROSSFILE_MODULES.values())}
     out = []
     for task in tasks:
         own = {task.path} | {path for path, _ in task.other_files}
         candidates = [path for path in pool if path not in own]
         picked = random.Random(f"{SEED}:unrelated:{task.id}").sample(candidates, min(count, len(candidates)))
-        extra = tuple((path, corpus_text(Path(path).stem)) for path in picked)
+        extra = tuple((path, pool[path]) for path in picked)
         out.append(dataclasses.replace(task, other_files=extra + task.other_files))
     return out
 
