@@ -381,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--label", help="name of this server's row in the table")
     ev.add_argument("--json", metavar="FILE", help="write the results as JSON (- for stdout)")
     ev.add_argument("--plot", metavar="PNG", help="draw a chart (needs the [plot] extra)")
+    ev.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                    help="run nothing: compare two --json reports task by task (e.g. without and with a change)")
     ev.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", parents=[common], help="start the server as an editor would and show suggestions")

@@ -120,6 +120,15 @@ def main(args) -> int:
         if args.json and args.json != "-":
             Path(args.json).write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
 
+    if args.compare:
+        from aipc_lsp.eval.compare import CompareError, main as compare_main
+
+        try:
+            print(compare_main(*args.compare))
+        except CompareError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         report = run_eval(model=args.model, quick=args.quick, limit=args.limit, kinds=args.kinds, sources=args.sources,
                           sets=args.set or [], remote=args.remote, label=args.label, baseline=args.baseline,

@@ -84,7 +84,7 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def _pct(value) -> str:
+def pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
@@ -94,8 +94,8 @@ def _num(value, fmt: str = "{:.0f}") -> str:
 
 def _summary_row(label: str, s: dict) -> str:
     """One contender's line of the table: a summary's figures under the header's columns."""
-    return (f"{label[:48]:48} {_pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
-            f"{_pct(s['pass_at_1']):>7} {_pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
+    return (f"{label[:48]:48} {pct(s['exact']):>7} {_num(s['edit_sim'], '{:.3f}'):>9} "
+            f"{pct(s['pass_at_1']):>7} {pct(s['empty']):>7} {_num(s['ms_p50']):>7} {_num(s['ms_p95']):>7}")
 
 
 def _other_files(report: dict) -> str:
@@ -140,7 +140,7 @@ def render_table(report: dict) -> str:
             verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
             if t.get("failed"):
                 verdict += f" ({t['failed']} requests failed)"
-            line = f"  {t['target']:52} {_pct(t['value']):>7} vs {_pct(t['other']):>7}  {verdict}"
+            line = f"  {t['target']:52} {pct(t['value']):>7} vs {pct(t['other']):>7}  {verdict}"
             paired = t.get("paired")
             if paired:
                 line += f"  (right only here {paired['ours_only']}, only there {paired['theirs_only']}"
@@ -155,7 +155,7 @@ def render_table(report: dict) -> str:
         cells = []
         for key, name in groups:
             s = c[f"by_{key}"].get(name)
-            cells.append("-" if s is None else f"{_pct(s['exact'])}/{_pct(s['pass_at_1'])}")
+            cells.append("-" if s is None else f"{pct(s['exact'])}/{pct(s['pass_at_1'])}")
         out.append(f"{c['label'][:48]:48} " + " ".join(f"{cell:>15}" for cell in cells))
     return "\n".join(out)
 
