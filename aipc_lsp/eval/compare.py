@@ -27,8 +27,10 @@ def load_run(path: str | Path) -> tuple[str, list[dict]]:
         raise CompareError(f"{path}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, IndexError, TypeError):
         raise CompareError(f"{path}: not a report of `aipc-lsp eval --json`") from None
-    if not isinstance(row, dict) or not isinstance(row.get("results"), list):
-        raise CompareError(f"{path}: its first contender has no answers ({row.get('error', 'none') if isinstance(row, dict) else row})")
+    if not isinstance(row, dict):
+        raise CompareError(f"{path}: not a report of `aipc-lsp eval --json`")
+    if not isinstance(row.get("results"), list):
+        raise CompareError(f"{path}: its first contender has no answers ({row.get('error', 'none')})")
     return str(row.get("label", path)), row["results"]
 
 
@@ -86,5 +88,6 @@ def main(before_path: str, after_path: str) -> str:
     try:
         result = compare(before, after)
     except (KeyError, TypeError, AttributeError):
-        raise CompareError(f"{before_path} or {after_path}: a task's result lacks what `aipc-lsp eval --json` writes") from None
+        raise CompareError(f"{before_path} or {after_path}: a task's result lacks what "
+                           "`aipc-lsp eval --json` writes") from None
     return render(result, f"{before_label} ({before_path})", f"{after_label} ({after_path})")

@@ -79,6 +79,7 @@ def test_from_files_through_the_command_line(tmp_path, capsys):
     (None, "No such file"),
     ("not json", "not a report of `aipc-lsp eval --json`"),
     (json.dumps({"contenders": []}), "not a report"),
+    (json.dumps({"contenders": ["a label"]}), "not a report"),
     (json.dumps({"contenders": [{"label": "x", "error": "no model"}]}), "no answers (no model)"),
     (json.dumps(report("x", [{"suggestion": "no id"}])), "lacks what"),
 ])
