@@ -125,6 +125,9 @@ class CompletionSettings:
                     choices=FIM_CHOICES)
     suffix_tokens: int = _opt(256, "FIM: most tokens of code after the cursor in the prompt (taken from "
                                    "context_tokens)", minimum=0, maximum=131072)
+    suffix_to_definition_end: bool = _opt(True, "FIM: the code after the cursor in the prompt ends where the "
+                                                "function or class holding the cursor ends (the next definition "
+                                                "at its level); false: up to suffix_tokens of the rest of the file")
     other_files: bool = _opt(True, "add snippets of the user's other open and recently edited or visited files to "
                                    "the prompt (the model's repo-level format, or comments)")
     other_files_used_only: bool = _opt(True, "only snippets of files the code around the cursor uses (names two "

@@ -313,7 +313,8 @@ class Suggester:
                           else fim.comment_header(chosen, fim.comment_prefix(language_id)))
         return await self._counted(lambda count, last_token: build_completion_context(
             text, offset, budget_tokens=budget, count_tokens=count, fim=template,
-            suffix_tokens=settings.suffix_tokens, header=header, last_token=last_token if heal else None))
+            suffix_tokens=settings.suffix_tokens, header=header, last_token=last_token if heal else None,
+            suffix_to_definition_end=settings.suffix_to_definition_end))
 
     def _remember(self, key: tuple, text: str) -> None:
         self._results[key] = text

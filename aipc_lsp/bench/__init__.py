@@ -131,7 +131,8 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
     options = bench_options(contexts, str(path) if model else None, sets or {})
     completion = effective_completion(options)
     prompts = {"fim": completion.fim, "suffix_tokens": completion.suffix_tokens,
-               "budget_tokens": completion.context_tokens}
+               "budget_tokens": completion.context_tokens,
+               "suffix_to_definition_end": completion.suffix_to_definition_end}
     report: dict = {"quick": quick, "model": path.name, "machine": machine()}
     report["engines"] = []
     for index, spec in enumerate(engine_configs(path, quick, Path(ir) if ir else None)):
@@ -154,7 +155,8 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
             if not docs:
                 raise PeerError("the engine benchmark failed, so the prompts for the peer are not known")
             peer.prepare(template_named(first.get("fim")), budget_tokens=completion.context_tokens,
-                         suffix_tokens=completion.suffix_tokens)
+                         suffix_tokens=completion.suffix_tokens,
+                         suffix_to_definition_end=completion.suffix_to_definition_end)
         except PeerError as exc:
             report["remote"], peer = {"url": remote, "error": str(exc)}, None
     if not skip_server and docs:

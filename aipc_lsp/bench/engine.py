@@ -85,7 +85,8 @@ def server_prompts(spec: dict, engine) -> dict:
     defaults = CompletionSettings()
     return {"template": fim.choose(spec.get("fim", defaults.fim), engine.count_tokens),
             "budget_tokens": spec.get("budget_tokens", defaults.context_tokens),
-            "suffix_tokens": spec.get("suffix_tokens", defaults.suffix_tokens), "count_tokens": engine.count_tokens}
+            "suffix_tokens": spec.get("suffix_tokens", defaults.suffix_tokens), "count_tokens": engine.count_tokens,
+            "suffix_to_definition_end": spec.get("suffix_to_definition_end", defaults.suffix_to_definition_end)}
 
 
 def typing_document(text: str, tokens: int, prompts: dict) -> tuple[str, str, str]:

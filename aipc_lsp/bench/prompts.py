@@ -14,13 +14,15 @@ def template_named(name: str | None) -> fim.FimTemplate | None:
 
 
 def server_prompt(text: str, offset: int, *, template: fim.FimTemplate | None, budget_tokens: int,
-                  suffix_tokens: int, count_tokens: Callable[[str], int] | None) -> str:
+                  suffix_tokens: int, count_tokens: Callable[[str], int] | None,
+                  suffix_to_definition_end: bool = False) -> str:
     """What suggest.py sends the engine for a cursor at `offset` with no other files: the context
     builder's prompt, its token counts from a line cache over `count_tokens` as the server's are
     (so the suffix is cut at the same line)."""
     count = LineCountCache(count_tokens) if count_tokens is not None else None
     return build_completion_context(text, offset, budget_tokens=budget_tokens, count_tokens=count, fim=template,
-                                    suffix_tokens=suffix_tokens).prompt
+                                    suffix_tokens=suffix_tokens,
+                                    suffix_to_definition_end=suffix_to_definition_end).prompt
 
 
 def suffix_reserve(template: fim.FimTemplate | None, suffix_tokens: int) -> int:

@@ -66,7 +66,8 @@ class Peer:
         # The first failure mid-run: the peer is asked nothing more, the server bench goes on.
         self.error: str | None = None
 
-    def prepare(self, template: FimTemplate | None, *, budget_tokens: int, suffix_tokens: int) -> None:
+    def prepare(self, template: FimTemplate | None, *, budget_tokens: int, suffix_tokens: int,
+                suffix_to_definition_end: bool = False) -> None:
         """Checks that an OpenAI-compatible server answers (PeerError if not) and sets the
         server's prompt settings, counted by the peer's tokenizer when it has a count endpoint."""
         try:
@@ -75,7 +76,7 @@ class Peer:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise PeerError(f"{self.url} is unreachable or not an OpenAI-compatible server: {exc}") from None
         self._prompt = {"template": template, "budget_tokens": budget_tokens, "suffix_tokens": suffix_tokens,
-                        "count_tokens": self._token_counter()}
+                        "count_tokens": self._token_counter(), "suffix_to_definition_end": suffix_to_definition_end}
 
     # --- its tokenizer (the same model's: the prompt's budget is counted as the server counts it) ---
 

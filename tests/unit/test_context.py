@@ -276,3 +276,50 @@ def test_line_count_cache_counts_the_unchanged_lines_once_and_bounds_the_cursor_
     long_line = "y = " + "a + " * BOUNDED_LINE_BYTES
     assert cache(head + long_line) == 5 + len(long_line.split())  # counted: a bound would be far off
     assert cache("no newline here") == 3
+
+
+# --- the suffix ends with the definition holding the cursor --------------------------------------
+
+from aipc_lsp.context import definition_end  # noqa: E402
+from aipc_lsp.fim import QWEN  # noqa: E402
+
+CLASS = ("class Stack:\n    def push(self, item):\n        X\n        self.count += 1\n\n"
+         "    @property\n    def size(self):\n        return len(self.items)\n")
+
+
+def _split(text: str) -> tuple[str, str]:
+    at = text.index("X")
+    return text[:at], text[at + 1:]
+
+
+def test_the_suffix_stops_at_the_next_definition_at_the_level_of_the_one_holding_the_cursor():
+    before, after = _split(CLASS)
+    assert after[:definition_end(before, after, 10_000)] == "\n        self.count += 1\n\n"
+    ctx = build_completion_context(before + after, len(before), fim=QWEN, suffix_to_definition_end=True)
+    assert ctx.suffix_window == "\n        self.count += 1"
+    assert ctx.suffix == after  # post-processing still sees the whole rest of the document
+    whole = build_completion_context(before + after, len(before), fim=QWEN)
+    assert "def size" in whole.suffix_window
+
+
+@pytest.mark.parametrize("text, kept", [
+    # A function nested in the one being written is part of it.
+    ("def outer():\n    X\n    def inner():\n        return 1\n    return inner\n\ndef other():\n    pass\n",
+     "\n    def inner():\n        return 1\n    return inner\n\n"),
+    # Code outside any definition: the rest of the file.
+    ("import os\nX\nprint(os.sep)\ndef later():\n    pass\n", "\nprint(os.sep)\ndef later():\n    pass\n"),
+    # JavaScript, Go, Rust.
+    ("function a() {\n  X\n  return 1;\n}\n\nexport function b() {}\n", "\n  return 1;\n}\n\n"),
+    ("func A() {\n\tX\n}\n\nfunc B() {}\n", "\n}\n\n"),
+    ("impl S {\n    pub fn a(&self) {\n        X\n    }\n    pub fn b(&self) {}\n}\n", "\n    }\n"),
+    # The cursor's own line is never cut, even when it opens a definition itself.
+    ("class A:\n    pass\ndef fX(): pass\ndef g(): pass\n", "(): pass\n"),
+])
+def test_where_a_definition_ends(text, kept):
+    before, after = _split(text)
+    assert after[:definition_end(before, after, 10_000)] == kept
+
+
+def test_the_search_for_the_end_stays_within_the_limit():
+    before, after = _split(CLASS)
+    assert definition_end(before, after, 10) == len(after)  # the next definition is further: nothing cut
