@@ -224,6 +224,9 @@ class Suggester:
         trim_args = dict(
             line_prefix=ctx.line_prefix, line_suffix=ctx.line_suffix, suffix=ctx.suffix,
             held_back=ctx.held_back, max_lines=settings.max_lines,
+            # What the model saw below the cursor: a copy of a line it was not shown is no copy.
+            copy_window=ctx.suffix_window if template is not None else None,
+            above=ctx.window,
         )
         cache_key = (ctx.prompt, ctx.held_back, ctx.line_suffix, after, settings.max_lines, params)
 

@@ -27,6 +27,8 @@ class Case:
     max_lines: int = 8
     finished: bool = False
     marks: list = field(default_factory=list)
+    copy_window: str | None = None
+    above: str = ""
 
     def run(self) -> Trimmed:
         return trim_suggestion(
@@ -37,6 +39,8 @@ class Case:
             held_back=self.held_back,
             max_lines=self.max_lines,
             finished=self.finished,
+            copy_window=self.copy_window,
+            above=self.above,
         )
 
 
@@ -340,6 +344,20 @@ FIM = [
     Case("a short line that also comes below is kept (real code repeats `break`)", raw="break\n",
          text="break", complete=None, line_prefix="            ",
          suffix="\n        if done:\n            break\n"),
+    Case("a line of the next method the prompt did not show the model is no copy",
+         raw="self.traverse(node.value)\n\n", text="self.traverse(node.value)", complete=True,
+         line_prefix="            ",
+         suffix="\n\n    def visit_Return(self, node):\n        if node.value:\n            self.traverse(node.value)\n",
+         copy_window="\n\n"),
+    Case("a copy of a line the prompt showed the model is still none",
+         raw="self.traverse(node.value)\n\n", text="", complete=True, line_prefix="            ",
+         suffix="\n        else:\n            self.traverse(node.value)\n\n    def other(self):\n",
+         copy_window="\n        else:\n            self.traverse(node.value)\n\n"),
+    Case("a line the code above the cursor has too is the code's own (symmetric branches), not a copy",
+         raw="value = convert(action, arg_strings)\n\n", text="value = convert(action, arg_strings)",
+         complete=True, line_prefix="            ",
+         suffix="\n        else:\n            value = convert(action, arg_strings)\n",
+         above="        if many:\n            value = convert(action, arg_strings)\n        elif one:\n            "),
     Case("a copy is judged once the line is whole", raw="return len(self.it", text="return len(self.it",
          complete=False, line_prefix="        ", suffix="\n    def size(self):\n        return len(self.items)\n"),
     Case("a line the user has started may go on as one below does (they are writing it again)",
