@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from aipc_lsp.fim import FimTemplate
+from aipc_lsp.snippets import indent_width
 
 # Coarse window steps keep the prompt's beginning identical across keystrokes, so an
 # engine's prefix cache can reuse the KV of everything but the last few tokens.
@@ -174,22 +175,25 @@ def definition_end(before: str, after: str, limit: int) -> int:
     twentieth session)."""
     line_start = before.rfind("\n") + 1
     definition = None
-    for match in _DEFINITION.finditer(before, max(0, line_start - MAX_DEFINITION_DISTANCE), line_start):
-        definition = match  # the last one above the cursor's line
+    # Up from the cursor's line, line by line: on every keystroke, and the definition is most
+    # often a few lines up (a forward scan of the whole distance took ~1 ms).
+    start, lowest = line_start, max(0, line_start - MAX_DEFINITION_DISTANCE)
+    while start > lowest:
+        start = before.rfind("\n", lowest, start - 1) + 1
+        start = max(start, lowest)
+        definition = _DEFINITION.match(before, start, line_start)
+        if definition is not None:
+            break
     if definition is None:
         return len(after)
-    level = _indent_width(definition.group(1))
+    level = indent_width(definition.group(1))
     first_line_end = after.find("\n")
     if first_line_end < 0:
         return len(after)
     for match in _DEFINITION.finditer(after, first_line_end + 1, min(len(after), limit)):
-        if _indent_width(match.group(1)) <= level:
+        if indent_width(match.group(1)) <= level:
             return match.start()
     return len(after)
-
-
-def _indent_width(indent: str) -> int:
-    return len(indent.expandtabs(4))
 
 
 # The FIM markers (and a repo-level format's path line) in tokens, roughly.

@@ -487,7 +487,7 @@ def _declarations(lines: list[str], max_lines: int, max_line_chars: int) -> list
     while i < len(lines) and len(kept) < max_lines:
         line = lines[i]
         body = line.lstrip()
-        indent = _indent_width(line)
+        indent = indent_width(line)
         i += 1
         if closing:
             closing = "" if closing in line else closing
@@ -550,7 +550,8 @@ def _opens_block(body: str) -> str:
     return ""
 
 
-def _indent_width(line: str) -> int:
+def indent_width(line: str) -> int:
+    """Columns of a line's leading whitespace (tab stops of 4)."""
     expanded = line.expandtabs(4)
     return len(expanded) - len(expanded.lstrip(" "))
 
