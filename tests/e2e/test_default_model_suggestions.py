@@ -4,6 +4,9 @@ single-line rule mid-line, and inline chat in the model's own chat template."""
 
 from __future__ import annotations
 
+import argparse
+import ast
+
 import pytest
 import pytest_lsp
 from lsprotocol import types
@@ -70,6 +73,34 @@ async def test_mid_line_the_suggestion_is_one_line_that_fits_before_the_rest(cli
     assert suggestion and "\n" not in suggestion, suggestion
     assert "age" in suggestion, suggestion
     assert suggestion.count("(") - suggestion.count(")") >= 0, suggestion  # the `)` after the cursor stays the only one
+
+
+def hole_in_module(module, before: str, hole: str, after: str) -> tuple[str, types.Position]:
+    """A standard-library module's source with `hole` cut out between `before` and `after`."""
+    source = open(module.__file__, encoding="utf-8").read()
+    if source.count(before + hole + after) != 1:
+        pytest.skip(f"this Python's {module.__name__}.py does not have the lines this test cuts")
+    head = source[: source.index(before + hole + after) + len(before)]
+    lines = head.split("\n")
+    return head + source[len(head) + len(hole):], types.Position(line=len(lines) - 1, character=len(lines[-1]))
+
+
+@pytest.mark.parametrize("module, before, hole, after", [
+    # The next method (not in the prompt: the suffix ends with visit_AnnAssign) has this line too.
+    (ast, '            self.write(" = ")\n            ', "self.traverse(node.value)",
+     "\n\n    def visit_Return(self, node):"),
+    # The next branch repeats it, and so does the branch above: the code's own, not a copy.
+    (argparse, "        elif action.nargs == PARSER:\n            ",
+     "value = [self._get_value(action, v) for v in arg_strings]\n            self._check_value(action, value[0])",
+     "\n\n        # SUPPRESS"),
+], ids=["next-method", "alike-branches"])
+async def test_a_right_line_that_also_comes_below_is_not_dropped_as_a_copy(client: LanguageClient, module, before,
+                                                                          hole, after):
+    text, position = hole_in_module(module, before, hole, after)
+    uri = f"file:///project/{module.__name__}.py"
+    open_document(client, uri, text)
+    [suggestion] = await inline(client, uri, position)
+    assert suggestion.split("\n")[0] == hole.split("\n")[0], suggestion
 
 
 async def test_inline_chat_speaks_the_code_models_own_template(client: LanguageClient):
