@@ -158,6 +158,17 @@ def trim_suggestion(
         if _indent_width(first) < base_indent:
             return Trimmed("", True)
         raw = _dedent_first(stripped, base_indent)
+    elif line_prefix.strip() and raw.startswith("\n"):
+        # On a started line the model broke it and wrote it again from its start (`self.` ->
+        # "\n        self.hits = 0"): the rest of that line is the suggestion. Any other line after
+        # the break is the next statement (the typed one may be complete), judged as always below.
+        typed = line_prefix.lstrip()
+        stripped = raw.lstrip("\n")
+        first = stripped.split("\n", 1)[0]
+        if "\n" not in stripped and typed.startswith(first.lstrip()) and len(first) <= len(line_prefix):
+            return Trimmed("", complete or finished)  # perhaps the typed start again: not judged yet
+        if _indent_width(first) == base_indent and first.lstrip().startswith(typed):
+            raw = stripped[len(first) - len(first.lstrip()) + len(typed):]
 
     lines = raw.split("\n")
     has_more = len(lines) > 1  # the first line is finished once a newline follows it

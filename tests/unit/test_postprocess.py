@@ -119,6 +119,28 @@ INDENT_ONLY = [
          text="import os\nimport sys", complete=True, line_prefix="", suffix=""),
 ]
 
+# --- a started line the model breaks and writes again from its start ------------------------
+
+RESTARTED = [
+    Case("the line written again after a break: the rest of it", raw="\n        self.hits = 0\n\n",
+         text="hits = 0", complete=True, line_prefix="        self.", suffix="\n        self.misses = 0\n"),
+    Case("the line written again, a mid-line cursor: the rest less the overlap",
+         raw="\n    total = sum(values)\n", text="values", complete=True,
+         line_prefix="    total = sum(", line_suffix=")", suffix=")\n"),
+    Case("written again with a block: its lines follow", raw="\n    for v in values:\n        x += v\n\n",
+         text=" v in values:\n        x += v", complete=None, line_prefix="    for", suffix="\n"),
+    Case("the break so far: nothing to judge yet", raw="\n        se", text="", complete=False,
+         line_prefix="        self."),
+    Case("only a break so far: nothing to judge yet", raw="\n", text="", complete=False,
+         line_prefix="        self."),
+    Case("a break and the model finished: nothing", raw="\n", text="", complete=True,
+         line_prefix="        self.", finished=True),
+    Case("another line after a finished statement: kept as the next line",
+         raw="\n    y = 2\n", text="\n    y = 2", complete=None, line_prefix="    x = 1", finished=True),
+    Case("the typed start at another indentation is no rewrite", raw="\n            self.hits = 0\n",
+         text="\n            self.hits = 0", complete=None, line_prefix="        self.", finished=True),
+]
+
 # --- mid-line: single-line mode with overlap trimming ---------------------------------------
 
 MID_LINE = [
@@ -255,6 +277,11 @@ def test_held_back(case):
 
 @pytest.mark.parametrize("case", params(INDENT_ONLY))
 def test_indent_only_line(case):
+    check(case)
+
+
+@pytest.mark.parametrize("case", params(RESTARTED))
+def test_a_started_line_written_again(case):
     check(case)
 
 
