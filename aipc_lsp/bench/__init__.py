@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aipc_lsp import setting_pairs
 from aipc_lsp.bench.corpus import DECODE_ROUNDS, DECODE_RUNS, corpus_text, typing_parts
-from aipc_lsp.bench.prompts import template_named
+from aipc_lsp.bench.prompts import PromptSettings, template_named
 from aipc_lsp.bench.reference import ReferenceEngine
 from aipc_lsp.bench.report import check_targets, render_table
 from aipc_lsp.config import (PRECISIONS, CompletionSettings, OpenVINOSettings, SettingsLayers, default_config_path,
@@ -130,14 +130,13 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
     contexts = QUICK_CONTEXTS if quick else FULL_CONTEXTS
     options = bench_options(contexts, str(path) if model else None, sets or {})
     completion = effective_completion(options)
-    prompts = {"fim": completion.fim, "suffix_tokens": completion.suffix_tokens,
-               "budget_tokens": completion.context_tokens,
-               "suffix_to_definition_end": completion.suffix_to_definition_end}
+    prompts = PromptSettings.of(completion)
     report: dict = {"quick": quick, "model": path.name, "machine": machine()}
     report["engines"] = []
     for index, spec in enumerate(engine_configs(path, quick, Path(ir) if ir else None)):
         progress(f"engine: {spec['label']} ...")
-        spec.update(quick=quick, context_tokens=1536, doc_tokens=list(contexts) if index == 0 else [], **prompts)
+        spec.update(quick=quick, context_tokens=1536, doc_tokens=list(contexts) if index == 0 else [],
+                    prompts=prompts.to_json())
         report["engines"].append(run_engine_config(spec))
     first = report["engines"][0]
     sizes = first.get("doc_sizes")
@@ -154,9 +153,7 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
         try:
             if not docs:
                 raise PeerError("the engine benchmark failed, so the prompts for the peer are not known")
-            peer.prepare(template_named(first.get("fim")), budget_tokens=completion.context_tokens,
-                         suffix_tokens=completion.suffix_tokens,
-                         suffix_to_definition_end=completion.suffix_to_definition_end)
+            peer.prepare(template_named(first.get("fim")), prompts)
         except PeerError as exc:
             report["remote"], peer = {"url": remote, "error": str(exc)}, None
     if not skip_server and docs:
@@ -171,7 +168,7 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
             progress("engine: the bare reference beside the server (its configuration) ...")
             reference = ReferenceEngine({"label": first["label"], "model": first["model"], "device": first["device"],
                                          "prompt_lookup_tokens": SERVER_PROMPT_LOOKUP, "context_tokens": 1536,
-                                         **prompts})
+                                         "prompts": prompts.to_json()})
         try:
             report["server"] = asyncio.run(server.run(docs=docs, quick=quick, options=options, reference=reference,
                                                       peer=peer, config=config))

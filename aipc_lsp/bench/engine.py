@@ -17,7 +17,7 @@ import time
 import uuid
 
 from aipc_lsp.bench.corpus import DECODE_RUNS, LONG_PROMPT, SHORT, corpus_text, decode_document, typing_parts
-from aipc_lsp.bench.prompts import server_prompt, suffix_reserve
+from aipc_lsp.bench.prompts import PromptBuilder, PromptSettings
 
 
 def peak_rss_mb() -> float | None:
@@ -75,32 +75,27 @@ def prompt_of_tokens(count_tokens, text: str, tokens: int) -> str:
     return "\n".join(lines[:lo]) + "\n"
 
 
-def server_prompts(spec: dict, engine) -> dict:
-    """How the server builds its prompts for this model, from the bench's settings (`fim`: the
-    completion.fim setting, `suffix_tokens`, `budget_tokens`: completion.context_tokens), as
-    keyword arguments of bench.prompts.server_prompt."""
+def server_prompts(spec: dict, engine) -> PromptBuilder:
+    """How the server builds its prompts for this model, from the bench's prompt settings
+    (`spec["prompts"]`, bench.prompts.PromptSettings as JSON)."""
     from aipc_lsp import fim
-    from aipc_lsp.config import CompletionSettings
 
-    defaults = CompletionSettings()
-    return {"template": fim.choose(spec.get("fim", defaults.fim), engine.count_tokens),
-            "budget_tokens": spec.get("budget_tokens", defaults.context_tokens),
-            "suffix_tokens": spec.get("suffix_tokens", defaults.suffix_tokens), "count_tokens": engine.count_tokens,
-            "suffix_to_definition_end": spec.get("suffix_to_definition_end", defaults.suffix_to_definition_end)}
+    settings = PromptSettings.from_json(spec.get("prompts"))
+    return settings.builder(fim.choose(settings.fim, engine.count_tokens), engine.count_tokens)
 
 
-def typing_document(text: str, tokens: int, prompts: dict) -> tuple[str, str, str]:
+def typing_document(text: str, tokens: int, prompts: PromptBuilder) -> tuple[str, str, str]:
     """The server bench's typing document whose prompt at the cursor has about `tokens` tokens:
     (code before the cursor, the characters typed there, code after it). Room is left for a
     unique first line (a tokenizer may split its hex digits one by one); with FIM the suffix
     budget and the markers come out of the rest."""
-    count = prompts["count_tokens"]
-    reserve = count(f"# bench {uuid.uuid4().hex}\n") + suffix_reserve(prompts["template"], prompts["suffix_tokens"])
+    count = prompts.count_tokens
+    reserve = count(f"# bench {uuid.uuid4().hex}\n") + prompts.suffix_reserve()
     prefix = prompt_of_tokens(count, text, max(64, tokens - reserve))
     return typing_parts(text, len(prefix))
 
 
-def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts: dict) -> dict:
+def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts: PromptBuilder) -> dict:
     """The server's cold and typing figures without the server: our engine API (typing
     checkpoint, prompt lookup, settling between answers: what the worker runs) on the server
     bench's document of `tokens` tokens, cold, then typed on with the same keystrokes, its prompts
@@ -109,12 +104,12 @@ def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts:
     from aipc_lsp.engines.base import GenerationParams
 
     prefix, typed, suffix = typing_document(corpus_text(), tokens, prompts)
-    stop = prompts["template"].stop if prompts["template"] is not None else ()
+    stop = prompts.template.stop if prompts.template is not None else ()
     cold, typing = [], []
     for _ in range(docs):
         head = f"# run {uuid.uuid4().hex}\n" + prefix
         for k in range(min(keystrokes, len(typed)) + 1):
-            prompt = server_prompt(head + typed[:k] + suffix, len(head) + k, **prompts)
+            prompt = prompts.prompt(head + typed[:k] + suffix, len(head) + k)
             result = engine.generate(prompt, GenerationParams(max_new_tokens=4, stop=stop), threading.Event())
             if result.first_token_s is not None:
                 (typing if k else cold).append(result.first_token_s * 1000)
@@ -123,11 +118,11 @@ def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts:
             "api_typing_first_ms": statistics.median(typing) if typing else None}
 
 
-def reference_decode(engine, og, round_: int, decode_tokens: int, prompts: dict) -> dict:
+def reference_decode(engine, og, round_: int, decode_tokens: int, prompts: PromptBuilder) -> dict:
     """The reference for the server's decode rate: what the server decodes in that round (its
     prompt at the document's end, built as the server builds it), by the library's own generate."""
     docs = [decode_document(run, round_) for run in range(DECODE_RUNS)]
-    runs = [_timed_generate(engine, og, server_prompt(doc, len(doc), **prompts), decode_tokens) for doc in docs]
+    runs = [_timed_generate(engine, og, prompts.prompt(doc, len(doc)), decode_tokens) for doc in docs]
     return {"long_tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
             "step_ms": statistics.median(r["step_ms"] for r in runs)}
 
@@ -227,13 +222,13 @@ def run(spec: dict) -> dict:
         # Documents for the server bench, sized by this tokenizer so that the prompt the server builds
         # at the cursor has about N tokens, and that prompt's size, counted.
         text, prompts = corpus_text(), server_prompts(spec, engine)
-        out["fim"] = prompts["template"].name if prompts["template"] is not None else None
+        out["fim"] = prompts.template.name if prompts.template is not None else None
         out["doc_sizes"], out["prompt_tokens"] = {}, {}
         for n in spec["doc_tokens"]:
             prefix, _, suffix = typing_document(text, n, prompts)
             head = f"# bench {uuid.uuid4().hex}\n{prefix}"
             out["doc_sizes"][n] = len(prefix)
-            out["prompt_tokens"][n] = engine.count_tokens(server_prompt(head + suffix, len(head), **prompts))
+            out["prompt_tokens"][n] = engine.count_tokens(prompts.prompt(head + suffix, len(head)))
     out["peak_rss_mb"] = peak_rss_mb()
     engine.close()
     return out

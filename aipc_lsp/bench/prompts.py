@@ -3,10 +3,60 @@ beside the server and for the --remote peer, so all three do the same work."""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
 from aipc_lsp import fim
+from aipc_lsp.config import CompletionSettings
 from aipc_lsp.context import FIM_MARKER_TOKENS, LineCountCache, build_completion_context
+
+_DEFAULTS = CompletionSettings()
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """The completion settings that shape the server's prompt at a cursor. The bench builds that
+    prompt again in three places (the bare engine's child process, the reference engine beside
+    the server, the peer), so they travel as this one value: a new prompt setting is added here."""
+
+    fim: str = _DEFAULTS.fim
+    budget_tokens: int = _DEFAULTS.context_tokens
+    suffix_tokens: int = _DEFAULTS.suffix_tokens
+    suffix_to_definition_end: bool = _DEFAULTS.suffix_to_definition_end
+
+    @classmethod
+    def of(cls, completion: CompletionSettings) -> "PromptSettings":
+        return cls(fim=completion.fim, budget_tokens=completion.context_tokens,
+                   suffix_tokens=completion.suffix_tokens,
+                   suffix_to_definition_end=completion.suffix_to_definition_end)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict | None) -> "PromptSettings":
+        return cls(**(values or {}))
+
+    def builder(self, template: fim.FimTemplate | None, count_tokens: Callable[[str], int] | None) -> "PromptBuilder":
+        """Prompts for a model with `template` (None: prefix only), counted by `count_tokens`."""
+        return PromptBuilder(self, template, count_tokens)
+
+
+@dataclass(frozen=True)
+class PromptBuilder:
+    settings: PromptSettings
+    template: fim.FimTemplate | None
+    # None: sizes are estimated from characters (a peer without a token count endpoint).
+    count_tokens: Callable[[str], int] | None
+
+    def prompt(self, text: str, offset: int) -> str:
+        return server_prompt(text, offset, template=self.template, budget_tokens=self.settings.budget_tokens,
+                             suffix_tokens=self.settings.suffix_tokens, count_tokens=self.count_tokens,
+                             suffix_to_definition_end=self.settings.suffix_to_definition_end)
+
+    def suffix_reserve(self) -> int:
+        return suffix_reserve(self.template, self.settings.suffix_tokens)
 
 
 def template_named(name: str | None) -> fim.FimTemplate | None:

@@ -22,7 +22,7 @@ from typing import Callable
 
 from aipc_lsp.bench import rss
 from aipc_lsp.bench.corpus import DECODE_RUNS, decode_document
-from aipc_lsp.bench.prompts import server_prompt
+from aipc_lsp.bench.prompts import PromptBuilder, PromptSettings
 from aipc_lsp.bench.stats import summary
 from aipc_lsp.fim import FimTemplate
 
@@ -60,14 +60,13 @@ class Peer:
         # Its memory, when it is a process of this machine: named, or the one listening on a loopback URL.
         self.pid = pid if pid is not None else _loopback_pid(self.url)
         self._count_path: str | None = None
-        self._prompt: dict = {}
+        self._prompt: PromptBuilder | None = None
         self._typing: dict = {}
         self._decode: list[float | None] = []
         # The first failure mid-run: the peer is asked nothing more, the server bench goes on.
         self.error: str | None = None
 
-    def prepare(self, template: FimTemplate | None, *, budget_tokens: int, suffix_tokens: int,
-                suffix_to_definition_end: bool = False) -> None:
+    def prepare(self, template: FimTemplate | None, prompts: PromptSettings) -> None:
         """Checks that an OpenAI-compatible server answers (PeerError if not) and sets the
         server's prompt settings, counted by the peer's tokenizer when it has a count endpoint."""
         try:
@@ -75,8 +74,7 @@ class Peer:
                 json.loads(response.read())
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise PeerError(f"{self.url} is unreachable or not an OpenAI-compatible server: {exc}") from None
-        self._prompt = {"template": template, "budget_tokens": budget_tokens, "suffix_tokens": suffix_tokens,
-                        "count_tokens": self._token_counter(), "suffix_to_definition_end": suffix_to_definition_end}
+        self._prompt = prompts.builder(template, self._token_counter())
 
     # --- its tokenizer (the same model's: the prompt's budget is counted as the server counts it) ---
 
@@ -114,7 +112,7 @@ class Peer:
                 "tokens_per_s": rate}
 
     def _first_ms(self, text: str, offset: int) -> float | None:
-        return self.stream(server_prompt(text, offset, **self._prompt), FIRST_TOKEN_REQUEST)["first_ms"]
+        return self.stream(self._prompt.prompt(text, offset), FIRST_TOKEN_REQUEST)["first_ms"]
 
     @_guarded
     def typing(self, prefix: str, typed: str, suffix: str, *, cold_reps: int, pause_s: float) -> None:
@@ -127,10 +125,10 @@ class Peer:
         for k in range(1, len(typed) + 1):
             incremental.append(self._first_ms(head + typed[:k] + suffix, len(head) + k))
             time.sleep(pause_s)
-        count = self._prompt["count_tokens"]
+        count = self._prompt.count_tokens
         self._typing = {"cold": [v for v in cold if v is not None],
                         "incremental": [v for v in incremental if v is not None],
-                        "prompt_tokens": count(server_prompt(head + suffix, len(head), **self._prompt)) if count else None}
+                        "prompt_tokens": count(self._prompt.prompt(head + suffix, len(head))) if count else None}
 
     @_guarded
     def decode(self, round_: int, *, max_tokens: int, runs: int = DECODE_RUNS) -> float | None:
@@ -138,7 +136,7 @@ class Peer:
         rates = []
         for run in range(runs):
             doc = decode_document(run, round_)
-            rate = self.stream(server_prompt(doc, len(doc), **self._prompt), max_tokens)["tokens_per_s"]
+            rate = self.stream(self._prompt.prompt(doc, len(doc)), max_tokens)["tokens_per_s"]
             if rate:
                 rates.append(rate)
         self._decode.append(statistics.median(rates) if rates else None)

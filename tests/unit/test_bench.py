@@ -17,7 +17,7 @@ import pytest
 
 from aipc_lsp.bench import remote
 from aipc_lsp.bench.corpus import TYPED_CHARS, corpus_text, typing_parts
-from aipc_lsp.bench.prompts import server_prompt
+from aipc_lsp.bench.prompts import PromptSettings, server_prompt
 from aipc_lsp.bench.report import check_targets, render_table
 from aipc_lsp.bench.server import edit_between, percentile, position_of, summary
 from aipc_lsp.context import LineCountCache, build_completion_context
@@ -97,12 +97,13 @@ def stub():
 PREFIX = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
 SUFFIX = "\n" + "".join(f"def g{i}(y):\n    return y * {i}\n" for i in range(40))
 TYPED = "def new"
+PROMPTS = PromptSettings(budget_tokens=4096, suffix_tokens=24, suffix_to_definition_end=False)
 
 
 def test_the_peer_is_sent_the_servers_fim_prompts_and_reuses_its_cache(stub):
     server, url = stub
     peer = remote.Peer(url)
-    peer.prepare(QWEN, budget_tokens=4096, suffix_tokens=24)
+    peer.prepare(QWEN, PROMPTS)
     peer.typing(PREFIX, TYPED, SUFFIX, cold_reps=2, pause_s=0)
     cold, typed = Stub.prompts[:2], Stub.prompts[2:]
     assert len(typed) == len(TYPED)
@@ -136,12 +137,12 @@ def test_the_peers_own_tokenizer_sizes_the_prompt_or_an_estimate_does(stub):
     server, url = stub
     Stub.tokenize = "/tokenize"  # llama.cpp's own server
     peer = remote.Peer(url)
-    peer.prepare(QWEN, budget_tokens=4096, suffix_tokens=24)
+    peer.prepare(QWEN, PROMPTS)
     peer.typing(PREFIX, "d", SUFFIX, cold_reps=1, pause_s=0)
     assert peer.report()["counted_by"] == "its /tokenize"
     Stub.tokenize = "none"
     peer = remote.Peer(url)
-    peer.prepare(None, budget_tokens=4096, suffix_tokens=24)  # a model without FIM: the prefix alone
+    peer.prepare(None, PROMPTS)  # a model without FIM: the prefix alone
     peer.typing(PREFIX, "d", SUFFIX, cold_reps=1, pause_s=0)
     out = peer.report()
     assert out["counted_by"] == "a characters-per-token estimate" and out["prompt_tokens"] is None
@@ -150,10 +151,10 @@ def test_the_peers_own_tokenizer_sizes_the_prompt_or_an_estimate_does(stub):
 
 def test_an_unreachable_peer_says_so_and_one_failing_mid_run_is_recorded(stub):
     with pytest.raises(remote.PeerError, match="unreachable or not an OpenAI-compatible server"):
-        remote.Peer("http://127.0.0.1:9").prepare(QWEN, budget_tokens=4096, suffix_tokens=24)
+        remote.Peer("http://127.0.0.1:9").prepare(QWEN, PROMPTS)
     server, url = stub
     peer = remote.Peer(url)
-    peer.prepare(QWEN, budget_tokens=4096, suffix_tokens=24)
+    peer.prepare(QWEN, PROMPTS)
     server.shutdown()
     server.server_close()
     peer.typing(PREFIX, TYPED, SUFFIX, cold_reps=1, pause_s=0)  # no exception: the server bench goes on
@@ -362,3 +363,16 @@ def test_the_default_models_prepared_folders_are_benched_for_engines_that_import
         ("onnxruntime int4 CPU", "onnxruntime", f"{name}-onnxruntime-int4", "int4"),
         ("openvino ir int8 CPU", "openvino", f"{name}-openvino-int8", "int8"),
     ]  # transformers does not import here (faked): left out
+
+
+def test_the_prompt_settings_carry_every_completion_setting_they_name_through_json():
+    from aipc_lsp.config import CompletionSettings
+
+    completion = CompletionSettings(fim="off", context_tokens=777, suffix_tokens=33, suffix_to_definition_end=False)
+    settings = PromptSettings.of(completion)
+    assert settings == PromptSettings(fim="off", budget_tokens=777, suffix_tokens=33, suffix_to_definition_end=False)
+    assert PromptSettings.from_json(json.loads(json.dumps(settings.to_json()))) == settings
+    assert PromptSettings.from_json(None) == PromptSettings.of(CompletionSettings())  # the server's defaults
+    built = settings.builder(QWEN, None)
+    assert built.prompt(PREFIX + SUFFIX, len(PREFIX)) == server_prompt(
+        PREFIX + SUFFIX, len(PREFIX), template=QWEN, budget_tokens=777, suffix_tokens=33, count_tokens=None)
