@@ -36,6 +36,7 @@ from aipc_lsp.engines import ENGINE_NAMES, ENGINES, PRECISIONS  # the one table 
 LOG_LEVELS = ("error", "warning", "info", "debug")
 # completion.fim: "auto", "off", or one template by name (aipc_lsp/fim.py).
 FIM_CHOICES = ("auto", "off", "qwen", "starcoder", "deepseek", "codellama", "codegemma", "codestral")
+FIM_ORDERS = ("auto", "psm", "spm")
 
 
 # Settings that were renamed, and what to write instead.
@@ -123,6 +124,10 @@ class CompletionSettings:
     fim: str = _opt("auto", "fill-in-the-middle prompt: auto = the model's own FIM tokens when its tokenizer has them "
                             "(else the code before the cursor only); off; or force a template",
                     choices=FIM_CHOICES)
+    fim_order: str = _opt("auto", "FIM: the order of the prompt's parts: auto = the template's own (suffix-prefix-"
+                                  "middle for Qwen2.5-Coder, measured the better; prefix-suffix-middle for the "
+                                  "others); psm; spm (the suffix first: a keystroke prefills only what was typed)",
+                          choices=FIM_ORDERS)
     suffix_tokens: int = _opt(256, "FIM: most tokens of code after the cursor in the prompt (taken from "
                                    "context_tokens)", minimum=0, maximum=131072)
     suffix_to_definition_end: bool = _opt(True, "FIM: the code after the cursor in the prompt ends where the "

@@ -9,19 +9,27 @@ needs is ONE token of the vocabulary (a special token), not a string the tokeniz
 Templates are tried most specific first (Qwen and CodeGemma share `<|fim_prefix|>`; they differ in
 the file separator).
 
-Order: prefix-suffix-middle (PSM) is what the models were trained on most, but every keystroke
-changes the prefix's end, which in PSM sits before the whole suffix, so the suffix's tokens are
-prefilled again on every keystroke. Suffix-prefix-middle (SPM) keeps the prompt's start stable
-(the suffix does not change while the user types before it). docs/QUALITY.md has the measurements
-behind the order each template uses.
+Order: in prefix-suffix-middle (PSM) every keystroke changes the prefix's end, which sits before
+the whole suffix, so the suffix's tokens are prefilled again on every keystroke. Suffix-prefix-middle
+(SPM, the FIM paper's form: `<PRE><SUF>suffix<MID>prefix`, the prefix running straight into the
+answer) keeps everything but the typed characters cached (the suffix does not change while the
+user types before it). Models trained on both take either. For Qwen2.5-Coder SPM was measured the
+better by far (docs/QUALITY.md, twenty-second session: 58 against 42 first lines of 158 on the
+development tasks), so its template uses it; the others keep PSM, the order their cards document.
+`completion.fim_order` forces one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from aipc_lsp.snippets import Snippet
+
+
+PSM, SPM, SUFFIX_FIRST = "psm", "spm", "suffix-first"
+ORDERS = (PSM, SPM, SUFFIX_FIRST)
 
 
 @dataclass(frozen=True)
@@ -30,8 +38,9 @@ class FimTemplate:
     prefix: str
     suffix: str
     middle: str
-    # True: the suffix comes first (SPM). Codestral has only this order.
-    suffix_first: bool = False
+    # The order of the parts (ORDERS): PSM, SPM, or Codestral's only layout, suffix first with its
+    # own prefix marker (`[SUFFIX]suffix[PREFIX]prefix`).
+    order: str = "psm"
     # Repo-level format: `{repo_name}{repo}\n` then `{file_sep}{path}\n{text}\n` per file, the
     # current file last (its path, then the FIM body). None: other files go in as comments.
     repo_name: str | None = None
@@ -49,10 +58,13 @@ class FimTemplate:
         return self.detect or tuple(m for m in (self.prefix, self.suffix, self.middle) if m)
 
     def body(self, prefix: str, suffix: str) -> str:
-        """The FIM part: markers around the prefix and the suffix."""
+        """The FIM part: markers around the prefix and the suffix, in the template's order."""
+        if self.order == SPM:
+            return (f"{self.prefix}{self.after_prefix_marker}{self.suffix}{suffix}"
+                    f"{self.before_middle_marker}{self.middle}{prefix}")
         p = f"{self.prefix}{self.after_prefix_marker}{prefix}{self.before_suffix_marker}"
         s = f"{self.suffix}{suffix}"
-        if self.suffix_first:
+        if self.order == SUFFIX_FIRST:
             return f"{s}{p}{self.before_middle_marker}{self.middle}"
         return f"{p}{s}{self.before_middle_marker}{self.middle}"
 
@@ -93,7 +105,7 @@ def _repo_of(path: str) -> str:
 
 
 QWEN = FimTemplate(
-    "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>",
+    "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", order=SPM,
     repo_name="<|repo_name|>", file_sep="<|file_sep|>",
     stop=("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|fim_prefix|>", "<|fim_suffix|>",
           "<|fim_middle|>", "<|im_end|>"),
@@ -118,7 +130,7 @@ CODELLAMA = FimTemplate(
     before_middle_marker=" ", stop=("<EOT>", "</s>", "<PRE>", "<SUF>", "<MID>"),
 )
 CODESTRAL = FimTemplate(
-    "codestral", "[PREFIX]", "[SUFFIX]", "", suffix_first=True, stop=("</s>", "[PREFIX]", "[SUFFIX]"),
+    "codestral", "[PREFIX]", "[SUFFIX]", "", order=SUFFIX_FIRST, stop=("</s>", "[PREFIX]", "[SUFFIX]"),
 )
 
 # Most specific first: a vocabulary with `<|file_separator|>` is CodeGemma's, with `<|file_sep|>` Qwen's.
@@ -152,3 +164,11 @@ def choose(setting: str, count_tokens: Callable[[str], int]) -> FimTemplate | No
     if setting == "auto":
         return detect(count_tokens)
     return TEMPLATES[setting]
+
+
+def ordered(template: FimTemplate | None, order: str) -> FimTemplate | None:
+    """`completion.fim_order`: "auto" keeps the template's own order, "psm" / "spm" force one
+    (not on a template with a single layout of its own, Codestral's)."""
+    if template is None or order == "auto" or template.order == SUFFIX_FIRST:
+        return template
+    return dataclasses.replace(template, order=order)

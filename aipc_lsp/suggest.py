@@ -68,8 +68,8 @@ class Suggester:
         self._count: LineCountCache | None = None
         self._count_exactly = None
         self._last_token: LastTokenCache | None = None
-        # completion.fim setting -> the template it means for the current model (detected once).
-        self._fim: dict[str, fim.FimTemplate | None] = {}
+        # completion.fim and .fim_order -> the template they mean for the current model (detected once).
+        self._fim: dict[tuple[str, str], fim.FimTemplate | None] = {}
         self._scheduler_ref: weakref.ref | None = None
         self._warming: asyncio.Task | None = None
         self._warming_uri: str | None = None
@@ -275,20 +275,23 @@ class Suggester:
 
     def prompt_format(self, settings: CompletionSettings) -> str | None:
         """The FIM template's name for `settings`, "prefix" without one, None until known."""
-        if settings.fim not in self._fim:
+        if (settings.fim, settings.fim_order) not in self._fim:
             return None
-        template = self._fim[settings.fim]
+        template = self._fim[settings.fim, settings.fim_order]
         return template.name if template is not None else "prefix"
 
     async def _template(self, scheduler, settings: CompletionSettings) -> fim.FimTemplate | None:
-        """The FIM template `completion.fim` means for this model; detection asks the tokenizer
-        (a round trip to the engine's worker), so it runs off the event loop, once per model."""
-        if settings.fim not in self._fim:
+        """The FIM template `completion.fim` means for this model, in the order `completion.fim_order`
+        says; detection asks the tokenizer (a round trip to the engine's worker), so it runs off the
+        event loop, once per model."""
+        key = (settings.fim, settings.fim_order)
+        if key not in self._fim:
             # Exact counts: the line cache bounds a short last line by its bytes instead of counting it.
-            self._fim[settings.fim] = await asyncio.to_thread(fim.choose, settings.fim, self._count_exactly)
-            log.info("completion prompt: %s", f"fill-in-the-middle ({self._fim[settings.fim].name})"
-                     if self._fim[settings.fim] else "the code before the cursor")
-        return self._fim[settings.fim]
+            chosen = await asyncio.to_thread(fim.choose, settings.fim, self._count_exactly)
+            self._fim[key] = template = fim.ordered(chosen, settings.fim_order)
+            log.info("completion prompt: %s", f"fill-in-the-middle ({template.name}, {template.order})"
+                     if template else "the code before the cursor")
+        return self._fim[key]
 
     async def _counted(self, work: Callable[[Callable[[str], int], Callable[[str], str]], T]) -> T:
         """`work(count, last_token)`, on the event loop when every token count and last token it

@@ -21,13 +21,14 @@ class PromptSettings:
     the server, the peer), so they travel as this one value: a new prompt setting is added here."""
 
     fim: str = _DEFAULTS.fim
+    fim_order: str = _DEFAULTS.fim_order
     budget_tokens: int = _DEFAULTS.context_tokens
     suffix_tokens: int = _DEFAULTS.suffix_tokens
     suffix_to_definition_end: bool = _DEFAULTS.suffix_to_definition_end
 
     @classmethod
     def of(cls, completion: CompletionSettings) -> "PromptSettings":
-        return cls(fim=completion.fim, budget_tokens=completion.context_tokens,
+        return cls(fim=completion.fim, fim_order=completion.fim_order, budget_tokens=completion.context_tokens,
                    suffix_tokens=completion.suffix_tokens,
                    suffix_to_definition_end=completion.suffix_to_definition_end)
 
@@ -39,8 +40,9 @@ class PromptSettings:
         return cls(**(values or {}))
 
     def builder(self, template: fim.FimTemplate | None, count_tokens: Callable[[str], int] | None) -> "PromptBuilder":
-        """Prompts for a model with `template` (None: prefix only), counted by `count_tokens`."""
-        return PromptBuilder(self, template, count_tokens)
+        """Prompts for a model with `template` (None: prefix only; in `fim_order`'s order, as the
+        server puts it), counted by `count_tokens`."""
+        return PromptBuilder(self, fim.ordered(template, self.fim_order), count_tokens)
 
 
 @dataclass(frozen=True)
