@@ -23,7 +23,6 @@ from aipc_lsp.bench.prompts import PromptSettings, server_prompt
 from aipc_lsp.bench.report import check_targets, render_table
 from aipc_lsp.bench.server import edit_between, percentile, position_of, summary
 from aipc_lsp.context import LineCountCache, build_completion_context
-from aipc_lsp import fim
 from aipc_lsp.fim import QWEN
 
 TOKEN_DELAY = 0.01
@@ -101,13 +100,12 @@ PREFIX = "".join(f"def f{i}(x):\n    return x + {i}\n\n" for i in range(40))
 SUFFIX = "\n" + "".join(f"def g{i}(y):\n    return y * {i}\n" for i in range(40))
 TYPED = "def new"
 PROMPTS = PromptSettings(budget_tokens=4096, suffix_tokens=24, suffix_to_definition_end=False)
-QWEN_PSM = fim.ordered(QWEN, "psm")
 
 
 def test_the_peer_is_sent_the_servers_fim_prompts_and_reuses_its_cache(stub):
     server, url = stub
     peer = remote.Peer(url)
-    peer.prepare(QWEN, dataclasses.replace(PROMPTS, fim_order="psm"))
+    peer.prepare(QWEN, PROMPTS)
     peer.typing(PREFIX, TYPED, SUFFIX, cold_reps=2, pause_s=0)
     cold, typed = Stub.prompts[:2], Stub.prompts[2:]
     assert len(typed) == len(TYPED)
@@ -115,7 +113,7 @@ def test_the_peer_is_sent_the_servers_fim_prompts_and_reuses_its_cache(stub):
     head = cold[1][len("<|fim_prefix|>"):cold[1].index(PREFIX)] + PREFIX
     for k, prompt in enumerate(typed, start=1):
         text = head + TYPED[:k] + SUFFIX
-        assert prompt == build_completion_context(text, len(head) + k, budget_tokens=4096, fim=QWEN_PSM,
+        assert prompt == build_completion_context(text, len(head) + k, budget_tokens=4096, fim=QWEN,
                                                   suffix_tokens=24, count_tokens=LineCountCache(stub_count)).prompt
     # Prefix-suffix-middle, the suffix cut at a line end within its budget, unchanged by typing.
     assert typed[-1] == f"<|fim_prefix|>{head}{TYPED}<|fim_suffix|>{typed[-1].split('<|fim_suffix|>')[1]}"
@@ -131,7 +129,7 @@ def test_the_peer_is_sent_the_servers_fim_prompts_and_reuses_its_cache(stub):
     assert out["cold_ms"]["n"] == 2 and out["incremental_ms"]["n"] == len(TYPED)
     assert 0.5 / TOKEN_DELAY <= out["tokens_per_s"] <= 1.2 / TOKEN_DELAY  # one chunk per TOKEN_DELAY
     assert out["counted_by"] == "its /extras/tokenize/count"
-    assert out["prompt_tokens"] == stub_count(server_prompt(head + SUFFIX, len(head), template=QWEN_PSM, budget_tokens=4096,
+    assert out["prompt_tokens"] == stub_count(server_prompt(head + SUFFIX, len(head), template=QWEN, budget_tokens=4096,
                                                             suffix_tokens=24, count_tokens=stub_count))
     assert "error" not in out
     json.dumps(out)
@@ -140,7 +138,7 @@ def test_the_peer_is_sent_the_servers_fim_prompts_and_reuses_its_cache(stub):
 def test_in_suffix_prefix_middle_order_a_keystroke_only_adds_what_was_typed(stub):
     server, url = stub
     peer = remote.Peer(url)
-    peer.prepare(QWEN, PROMPTS)  # Qwen's own order: the suffix first
+    peer.prepare(QWEN, dataclasses.replace(PROMPTS, fim_order="spm"))  # the server's prompts with the suffix first
     peer.typing(PREFIX, TYPED, SUFFIX, cold_reps=1, pause_s=0)
     cold, typed = Stub.prompts[0], Stub.prompts[1:]
     assert cold.startswith("<|fim_prefix|><|fim_suffix|>\ndef g0(y):") and "<|fim_middle|># bench " in cold

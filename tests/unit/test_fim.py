@@ -62,9 +62,9 @@ def test_the_setting_forces_a_template_or_turns_fim_off():
 
 
 def test_layouts():
-    # Qwen2.5-Coder in suffix-prefix-middle order (the FIM paper's SPM), the prefix running into the answer.
-    assert fim.QWEN.body("a = ", "\nb") == "<|fim_prefix|><|fim_suffix|>\nb<|fim_middle|>a = "
-    assert fim.ordered(fim.QWEN, "psm").body("a = ", "\nb") == "<|fim_prefix|>a = <|fim_suffix|>\nb<|fim_middle|>"
+    assert fim.QWEN.body("a = ", "\nb") == "<|fim_prefix|>a = <|fim_suffix|>\nb<|fim_middle|>"
+    # Suffix-prefix-middle (the FIM paper's SPM), the prefix running into the answer.
+    assert fim.ordered(fim.QWEN, "spm").body("a = ", "\nb") == "<|fim_prefix|><|fim_suffix|>\nb<|fim_middle|>a = "
     assert fim.STARCODER.body("a = ", "\nb") == "<fim_prefix>a = <fim_suffix>\nb<fim_middle>"
     assert fim.ordered(fim.STARCODER, "spm").body("a = ", "\nb") == "<fim_prefix><fim_suffix>\nb<fim_middle>a = "
     assert fim.CODELLAMA.body("a =", "\nb") == "<PRE> a = <SUF>\nb <MID>"
@@ -73,9 +73,9 @@ def test_layouts():
 
 
 def test_the_order_setting_keeps_or_forces_an_order_but_not_codestrals_own_layout():
-    assert fim.ordered(fim.QWEN, "auto") is fim.QWEN and fim.QWEN.order == "spm"
+    assert fim.ordered(fim.QWEN, "auto") is fim.QWEN and fim.QWEN.order == "psm"
     assert fim.ordered(fim.DEEPSEEK, "auto").order == "psm"
-    assert fim.ordered(fim.QWEN, "psm").order == "psm" and fim.ordered(fim.QWEN, "psm").name == "qwen"
+    assert fim.ordered(fim.QWEN, "spm").order == "spm" and fim.ordered(fim.QWEN, "spm").name == "qwen"
     assert fim.ordered(fim.CODESTRAL, "psm") is fim.CODESTRAL
     assert fim.ordered(None, "spm") is None
 
@@ -101,8 +101,8 @@ def test_the_fim_prompt_holds_the_suffix_within_its_budget():
     text = before + after
     ctx = build_completion_context(text, len(before), budget_tokens=400, count_tokens=count_chars, fim=fim.QWEN,
                                    suffix_tokens=100)
-    assert ctx.prompt.startswith("<|fim_prefix|><|fim_suffix|>\n    line0 = 0\n")
-    assert ctx.prompt.endswith("<|fim_middle|>def f(x):\n    y =")
+    assert ctx.prompt.startswith("<|fim_prefix|>def f(x):\n    y =<|fim_suffix|>\n    line0 = 0\n")
+    assert ctx.prompt.endswith("<|fim_middle|>")
     assert len(ctx.suffix_window) <= 100 and ctx.suffix_window.endswith("\n" + ctx.suffix_window.split("\n")[-1])
     assert after.startswith(ctx.suffix_window)
     assert ctx.held_back == " "  # token healing as without FIM
@@ -152,14 +152,14 @@ def test_token_healing_holds_back_the_last_space_of_an_indentation_with_fim_too(
     a token the model rarely saw there (measured with the eval: pass@1 and edit similarity lower)."""
     text = "def f():\n    "
     ctx = build_completion_context(text, len(text), fim=fim.QWEN)
-    assert ctx.held_back == " " and ctx.prompt.endswith("<|fim_middle|>def f():\n   ")
-    ctx = build_completion_context(text, len(text), fim=fim.ordered(fim.QWEN, "psm"))
     assert ctx.held_back == " " and ctx.prompt.startswith("<|fim_prefix|>def f():\n   <|fim_suffix|>")
+    ctx = build_completion_context(text, len(text), fim=fim.ordered(fim.QWEN, "spm"))
+    assert ctx.held_back == " " and ctx.prompt.endswith("<|fim_middle|>def f():\n   ")
 
 
 def test_typing_changes_only_the_prompt_where_the_cursor_is():
-    """The header and the prefix's beginning stay, so the prefix cache keeps them; in SPM (Qwen's order)
-    the suffix too, which comes before the prefix: the prompt only grows by what was typed."""
+    """The header and the prefix's beginning stay, so the prefix cache keeps them; in SPM the suffix
+    too, which comes before the prefix: the prompt only grows by what was typed."""
     doc = "import os\n\ndef f():\n    return os.pa|\n\nprint(f())\n"
     offset = doc.index("|")
     doc = doc.replace("|", "")
@@ -169,8 +169,8 @@ def test_typing_changes_only_the_prompt_where_the_cursor_is():
     two = build_completion_context(typed, offset + 1, fim=fim.QWEN, header=header).prompt
     common = len(next((a for a in [one[:i] for i in range(len(one), 0, -1)] if two.startswith(a)), ""))
     assert one[:common].endswith("return os.pa")
-    assert two == one + "t"
-    psm = fim.ordered(fim.QWEN, "psm")
-    one = build_completion_context(doc, offset, fim=psm, header=header).prompt
-    two = build_completion_context(typed, offset + 1, fim=psm, header=header).prompt
     assert one.startswith(header + "<|fim_prefix|>") and one.split("<|fim_suffix|>")[0] + "t" == two.split("<|fim_suffix|>")[0]
+    spm = fim.ordered(fim.QWEN, "spm")
+    one = build_completion_context(doc, offset, fim=spm, header=header).prompt
+    two = build_completion_context(typed, offset + 1, fim=spm, header=header).prompt
+    assert two == one + "t"
