@@ -140,7 +140,7 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
         report["engines"].append(run_engine_config(spec))
     first = report["engines"][0]
     sizes = first.get("doc_sizes")
-    report["settings"] = {"fim": first.get("fim"), "fim_setting": completion.fim,
+    report["settings"] = {"fim": first.get("fim"), "fim_order": first.get("fim_order"), "fim_setting": completion.fim,
                           "suffix_tokens": completion.suffix_tokens, "context_tokens": completion.context_tokens,
                           "other_files": completion.other_files, "prompt_tokens": first.get("prompt_tokens"),
                           "set": sets or {}}

@@ -223,6 +223,7 @@ def run(spec: dict) -> dict:
         # at the cursor has about N tokens, and that prompt's size, counted.
         text, prompts = corpus_text(), server_prompts(spec, engine)
         out["fim"] = prompts.template.name if prompts.template is not None else None
+        out["fim_order"] = prompts.template.order if prompts.template is not None else None
         out["doc_sizes"], out["prompt_tokens"] = {}, {}
         for n in spec["doc_tokens"]:
             prefix, _, suffix = typing_document(text, n, prompts)

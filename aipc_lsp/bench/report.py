@@ -175,7 +175,8 @@ def prompt_line(report: dict) -> str:
     if not settings:
         return ""
     if settings.get("fim"):
-        what = (f"fill-in-the-middle ({settings['fim']}, completion.fim = {settings.get('fim_setting')}), "
+        order = f"{settings['fim_order']}, " if settings.get("fim_order") else ""
+        what = (f"fill-in-the-middle ({settings['fim']}, {order}completion.fim = {settings.get('fim_setting')}), "
                 f"the code after the cursor up to completion.suffix_tokens = {settings.get('suffix_tokens')}")
     else:
         what = f"the code before the cursor only (completion.fim = {settings.get('fim_setting')})"

@@ -287,6 +287,8 @@ def test_targets_are_ratios_to_the_peer_in_the_same_run():
     assert "fill-in-the-middle (qwen, completion.fim = auto), the code after the cursor up to " \
            "completion.suffix_tokens = 256; other files off; 1529 tokens at the cursor of the 1.5k document" in table
     assert "peak RSS 700 MB (pid 4321)" in table and "prompt at the cursor 1530 tokens" in table
+    data["settings"]["fim_order"] = "spm"  # the order the bench's engine put the parts in
+    assert "fill-in-the-middle (qwen, spm, completion.fim = auto)" in render_table({**data, "targets": check_targets(data)})
     assert "BUT" not in table
     data["server"]["completion_prompt"] = "prefix"  # the server's own word differs from the bench's detection
     assert "BUT the server says its prompt is 'prefix'" in render_table({**data, "targets": check_targets(data)})
