@@ -33,7 +33,6 @@ from aipc_lsp.snippets import Snippet
 
 
 PSM, SPM, SUFFIX_FIRST = "psm", "spm", "suffix-first"
-ORDERS = (PSM, SPM, SUFFIX_FIRST)
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class FimTemplate:
     prefix: str
     suffix: str
     middle: str
-    # The order of the parts (ORDERS): PSM, SPM, or Codestral's only layout, suffix first with its
+    # The order of the parts: PSM, SPM, or Codestral's only layout, suffix first with its
     # own prefix marker (`[SUFFIX]suffix[PREFIX]prefix`).
     order: str = "psm"
     # Repo-level format: `{repo_name}{repo}\n` then `{file_sep}{path}\n{text}\n` per file, the
