@@ -12,7 +12,8 @@ import pytest_lsp
 from lsprotocol import types
 from pytest_lsp import LanguageClient, client_capabilities
 
-from conftest import inline, open_document, plain, server_config, status, wait_ready
+from aipc_lsp.eval.tasks import build_tasks
+from conftest import configure, inline, open_document, plain, server_config, status, wait_ready
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -101,6 +102,36 @@ async def test_a_right_line_that_also_comes_below_is_not_dropped_as_a_copy(clien
     open_document(client, uri, text)
     [suggestion] = await inline(client, uri, position)
     assert suggestion.split("\n")[0] == hole.split("\n")[0], suggestion
+
+
+def eval_task(task_id: str, sources: tuple[str, ...]):
+    task = next((t for t in build_tasks(sources=sources) if t.id == task_id), None)
+    if task is None:
+        pytest.skip(f"no task {task_id} here (its source is not on this machine)")
+    return task, types.Position(line=task.line, character=task.column)
+
+
+async def test_a_started_line_the_model_writes_again_is_suggested_as_its_rest(client: LanguageClient):
+    # `        self.|` in LRUCache.__init__: the model ends the line and writes `self.hits = 0` again below.
+    task, position = eval_task("corpus/lru.py:13:midline", ("tests",))
+    uri = "file:///project/corpus/lru.py"
+    open_document(client, uri, task.text)
+    [suggestion] = await inline(client, uri, position)
+    assert suggestion == "hits = 0", suggestion
+
+
+async def test_the_fim_order_setting_reaches_the_model(client: LanguageClient):
+    # heapq.merge: with the suffix first the default model recalls this line; in PSM it writes another.
+    task, position = eval_task("stdlib/heapq.py:369:line", ("dev",))
+    answers = {}
+    for order in ("spm", "psm"):
+        await configure(client, {"model": "default", "chat": {"max_tokens": 96}, "completion": {"fim_order": order}})
+        uri = f"file:///project/{order}/heapq.py"
+        open_document(client, uri, task.text)
+        [answers[order]] = await inline(client, uri, position)
+    await configure(client, {"model": "default", "chat": {"max_tokens": 96}})
+    assert answers["spm"].split("\n")[0] == task.expected.split("\n")[0] == "yield from next.__self__", answers
+    assert answers["psm"].split("\n")[0] != answers["spm"].split("\n")[0], answers
 
 
 async def test_inline_chat_speaks_the_code_models_own_template(client: LanguageClient):
