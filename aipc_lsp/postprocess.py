@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import islice
 
+# One measure of indentation for the whole server (tab stops of 4, as an editor shows them).
+from aipc_lsp.snippets import indent_width
+
 # Markers a chat model emits when it leaves the code and starts talking.
 END_MARKERS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|end|>", "<|eot_id|>",
                "<|user|>", "<|assistant|>", "```", "<file_sep>", "<|file_separator|>")
@@ -24,27 +27,11 @@ class Trimmed:
     complete: bool
 
 
-def _indent_width(line: str) -> int:
-    width = 0
-    for ch in line:
-        if ch == " ":
-            width += 1
-        elif ch == "\t":
-            width += 4
-        else:
-            break
-    return width
-
-
 def _dedent_first(text: str, width: int) -> str:
     """Remove `width` columns of indentation from the first line (already at the cursor)."""
     first, sep, rest = text.partition("\n")
     drop = 0
-    columns = 0
-    for ch in first:
-        if columns >= width or ch not in " \t":
-            break
-        columns += 4 if ch == "\t" else 1
+    while drop < len(first) and first[drop] in " \t" and indent_width(first[:drop]) < width:
         drop += 1
     return first[drop:] + sep + rest
 
@@ -134,7 +121,7 @@ def trim_suggestion(
         if at >= 0:
             raw, complete = raw[:at], True
 
-    base_indent = _indent_width(line_prefix)
+    base_indent = indent_width(line_prefix)
     if len(raw) < len(held_back) and held_back.startswith(raw):
         return Trimmed("", complete or finished)  # still rewriting the held-back text
     if held_back.strip() and not raw.startswith(held_back):
@@ -155,7 +142,7 @@ def trim_suggestion(
         first = stripped.split("\n", 1)[0]
         if not first.strip():
             return Trimmed("", complete or finished)  # nothing to judge yet
-        if _indent_width(first) < base_indent:
+        if indent_width(first) < base_indent:
             return Trimmed("", True)
         raw = _dedent_first(stripped, base_indent)
     elif line_prefix.strip() and raw.startswith("\n"):
@@ -167,7 +154,7 @@ def trim_suggestion(
         first = stripped.split("\n", 1)[0]
         if "\n" not in stripped and typed.startswith(first.lstrip()) and len(first) <= len(line_prefix):
             return Trimmed("", complete or finished)  # perhaps the typed start again: not judged yet
-        if _indent_width(first) == base_indent and first.lstrip().startswith(typed):
+        if indent_width(first) == base_indent and first.lstrip().startswith(typed):
             raw = stripped[len(first) - len(first.lstrip()) + len(typed):]
 
     lines = raw.split("\n")
@@ -202,7 +189,7 @@ def trim_suggestion(
                 break
             kept.append("")
             continue
-        width = _indent_width(line)
+        width = indent_width(line)
         if width < base_indent:
             complete = True
             break

@@ -115,6 +115,10 @@ INDENT_ONLY = [
     Case("tab-indented Go body; the closing brace is already there",
          raw="\n\tx := compute()\n\treturn x\n}\n", text="x := compute()\n\treturn x", complete=True,
          line_prefix="\t", suffix="\n}\n"),
+    Case("mixed indentation counts in tab stops: ' \\t' is column 4, the next line at 4 stays",
+         raw="x = 1\n    y = 2\n\n", text="x = 1\n    y = 2", complete=True, line_prefix=" \t", suffix=""),
+    Case("mixed indentation counts in tab stops: '  \\t  ' is column 6, a line at 4 ends it",
+         raw="x = 1\n    y = 2\n", text="x = 1", complete=True, line_prefix="  \t  ", suffix=""),
     Case("empty line at top level", raw="\nimport os\nimport sys\n\n",
          text="import os\nimport sys", complete=True, line_prefix="", suffix=""),
 ]
