@@ -48,6 +48,8 @@ class CompletionContext:
     window: str = ""
     # The code after the cursor that the prompt holds (FIM only).
     suffix_window: str = ""
+    # The other files whose snippets the prompt's header holds (their paths; aipc/status shows them).
+    other_files: tuple[str, ...] = ()
 
 
 def build_completion_context(

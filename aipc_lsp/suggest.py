@@ -21,7 +21,7 @@ import logging
 import time
 import weakref
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, TypeVar
 
 from aipc_lsp.config import CompletionSettings
@@ -233,7 +233,7 @@ class Suggester:
         cached = self._results.get(cache_key)
         if cached is not None:
             self._results.move_to_end(cache_key)
-            return self._done(uri, version, started, cached, "cache", started, 0)
+            return self._done(uri, version, started, cached, "cache", started, 0, ctx.other_files)
 
         latest = self._latest.get(uri)
         if latest is not None and latest.may_serve(before, after, params):
@@ -242,7 +242,7 @@ class Suggester:
                 return None  # the document changed meanwhile
             if outcome is not MISS:
                 self._remember(cache_key, answer)
-                return self._done(uri, version, started, answer, "typed-ahead", first_at, 0)
+                return self._done(uri, version, started, answer, "typed-ahead", first_at, 0, ctx.other_files)
 
         if stale.is_set():
             return None
@@ -256,7 +256,7 @@ class Suggester:
         if outcome is CANCELLED or outcome is MISS:
             return None
         self._remember(cache_key, answer)
-        return self._done(uri, version, started, answer, "generated", first_at, g.tokens)
+        return self._done(uri, version, started, answer, "generated", first_at, g.tokens, ctx.other_files)
 
     def _prepare(self, scheduler, settings: CompletionSettings) -> int:
         """The prompt budget on this scheduler (its token counter set up for it)."""
@@ -307,7 +307,7 @@ class Suggester:
                        heal: bool = False) -> CompletionContext:
         """The prompt at `offset`: other files first (when enabled), then the FIM body or the code
         before the cursor. The other files' header is picked here, on the loop that feeds the ring."""
-        header = ""
+        header, chosen = "", []
         if snippets is not None and settings.other_files and settings.other_files_tokens:
             near = int(budget * CHARS_PER_TOKEN)
             local = text[max(0, offset - near): offset + int(settings.suffix_tokens * CHARS_PER_TOKEN)]
@@ -317,10 +317,11 @@ class Suggester:
                 path = snippets.path_of(uri) if hasattr(snippets, "path_of") else uri.rsplit("/", 1)[-1]
                 header = (template.header(chosen, path) if template is not None
                           else fim.comment_header(chosen, fim.comment_prefix(language_id)))
-        return await self._counted(lambda count, last_token: build_completion_context(
+        ctx = await self._counted(lambda count, last_token: build_completion_context(
             text, offset, budget_tokens=budget, count_tokens=count, fim=template,
             suffix_tokens=settings.suffix_tokens, header=header, last_token=last_token if heal else None,
             suffix_to_definition_end=settings.suffix_to_definition_end))
+        return replace(ctx, other_files=tuple(dict.fromkeys(snippet.path for snippet in chosen)))
 
     def _remember(self, key: tuple, text: str) -> None:
         self._results[key] = text
@@ -328,12 +329,12 @@ class Suggester:
         while len(self._results) > RESULT_CACHE_SIZE:
             self._results.popitem(last=False)
 
-    def _done(self, uri, version, started, text, source, first_at, tokens) -> Suggestion:
+    def _done(self, uri, version, started, text, source, first_at, tokens, other_files=()) -> Suggestion:
         now = time.perf_counter()
         first_ms = (max(first_at, started) - started) * 1000 if first_at is not None else None
         total_ms = (now - started) * 1000
         self.recent.append({"uri": uri, "version": version, "source": source, "firstTokenMs": first_ms,
-                            "totalMs": total_ms, "tokens": tokens})
+                            "totalMs": total_ms, "tokens": tokens, "otherFiles": list(other_files)})
         log.debug("suggestion for %s@%s (%s): %s (%.0f ms)", uri, version, source, shown(text), total_ms)
         return Suggestion(text=text, first_token_ms=first_ms, total_ms=total_ms, tokens=tokens, source=source)
 
