@@ -36,7 +36,7 @@ from aipc_lsp.engines import ENGINE_NAMES, ENGINES, PRECISIONS  # the one table 
 LOG_LEVELS = ("error", "warning", "info", "debug")
 # completion.fim: "auto", "off", or one template by name (aipc_lsp/fim.py).
 FIM_CHOICES = ("auto", "off", "qwen", "starcoder", "deepseek", "codellama", "codegemma", "codestral")
-FIM_ORDERS = ("auto", "psm", "spm")
+FIM_ORDERS = ("auto", "psm", "psm-line", "spm")
 
 
 # Settings that were renamed, and what to write instead.
@@ -125,8 +125,10 @@ class CompletionSettings:
                             "(else the code before the cursor only); off; or force a template",
                     choices=FIM_CHOICES)
     fim_order: str = _opt("auto", "FIM: the order of the prompt's parts: auto = the template's own (prefix-suffix-"
-                                  "middle); psm; spm = the suffix first: a keystroke prefills only what was typed, "
-                                  "but a moved cursor the whole prompt (docs/QUALITY.md)", choices=FIM_ORDERS)
+                                  "middle: the suffix is prefilled again on every keystroke); psm; psm-line = the "
+                                  "cursor line's code after the middle marker: a keystroke prefills only what was "
+                                  "typed; spm = the suffix first: a moved cursor prefills the whole prompt "
+                                  "(docs/QUALITY.md)", choices=FIM_ORDERS)
     suffix_tokens: int = _opt(256, "FIM: most tokens of code after the cursor in the prompt (taken from "
                                    "context_tokens)", minimum=0, maximum=131072)
     suffix_to_definition_end: bool = _opt(True, "FIM: the code after the cursor in the prompt ends where the "

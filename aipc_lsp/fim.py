@@ -9,18 +9,27 @@ needs is ONE token of the vocabulary (a special token), not a string the tokeniz
 Templates are tried most specific first (Qwen and CodeGemma share `<|fim_prefix|>`; they differ in
 the file separator).
 
-Order: in prefix-suffix-middle (PSM) every keystroke changes the prefix's end, which sits before
-the whole suffix, so the suffix's tokens are prefilled again on every keystroke (the typing
-checkpoint keeps that to the suffix). Suffix-prefix-middle (SPM, the FIM paper's form:
-`<PRE><SUF>suffix<MID>prefix`, the prefix running straight into the answer) keeps everything but
-the typed characters cached, but a cursor moved elsewhere changes the suffix at the prompt's start,
-so all of it is prefilled again. Measured for Qwen2.5-Coder-0.5B (docs/QUALITY.md, twenty-second
-session): SPM gets more lines of the standard library right (58 against 42 of 158 development
-tasks: lines it recalls, such as heapq's `yield from next.__self__`), none more of code it cannot
-have seen (the eval's corpus: 44 against 46 of 96), where it also spaces brackets oddly (` current )`
-for `current)`).
-So every template keeps PSM, the order the models' cards document; `completion.fim_order = "spm"`
-chooses the other.
+Order: in prefix-suffix-middle (PSM) as the model cards write it, every keystroke changes the
+prefix's end, which sits before the whole suffix, so the suffix's tokens (up to 256) are prefilled
+again on every keystroke the model must answer: ~0.25 s on 2 Xeon cores with AMX (bf16), ~1.5 s on
+2 AVX2 cores (f32). Two other orders keep the typed characters at the prompt's end, so a keystroke
+prefills only them:
+- PSM_LINE ("psm-line"): PSM with the cursor line's code after the middle marker,
+  `<PRE>{code above the line}<SUF>{suffix}<MID>{line up to the cursor}` (the middle is the text
+  between prefix and suffix; the model is given its start). A new line, or a cursor moved to
+  another line, prefills the suffix once, as PSM does on every keystroke. A line of only
+  indentation stays in the prefix, as in PSM. On the 386 development and eval tasks it got as many
+  first lines right as PSM (87 and 42 against 87 and 41), better edit similarity mid-line (docs/QUALITY.md,
+  twenty-fourth session); but in two of the end-to-end tests' hand-written cases it answered worse
+  (`sorted(people, key=|)` got a comment that swallows the `)`, and `geometry.|` a constant where
+  PSM calls the function the other file declares).
+- SPM, the FIM paper's form (`<PRE><SUF>suffix<MID>prefix`): a cursor moved anywhere changes the
+  suffix at the prompt's start, so all of it is prefilled again. It gets more lines of the standard
+  library right (lines the model recalls, such as heapq's `yield from next.__self__`), none more of
+  code it cannot have seen, where it also spaces brackets oddly (` current )` for `current)`)
+  (twenty-second session).
+So every template keeps PSM, the order the models' cards document; `completion.fim_order` chooses
+"psm-line" (worth it on a CPU that prefills slowly) or "spm".
 """
 
 from __future__ import annotations
@@ -33,6 +42,10 @@ from aipc_lsp.snippets import Snippet
 
 
 PSM, SPM, SUFFIX_FIRST = "psm", "spm", "suffix-first"
+# PSM with the cursor line's typed code moved after the middle marker: the prefix part ends at the
+# cursor line's start, and the answer continues the line the middle has begun. A line of only
+# indentation stays in the prefix (as PSM): there the model answered worse (FizzBuzz's first branch).
+PSM_LINE = "psm-line"
 
 
 @dataclass(frozen=True)
@@ -41,7 +54,7 @@ class FimTemplate:
     prefix: str
     suffix: str
     middle: str
-    # The order of the parts: PSM, SPM, or Codestral's only layout, suffix first with its
+    # The order of the parts: PSM, PSM_LINE, SPM, or Codestral's only layout, suffix first with its
     # own prefix marker (`[SUFFIX]suffix[PREFIX]prefix`).
     order: str = "psm"
     # Repo-level format: `{repo_name}{repo}\n` then `{file_sep}{path}\n{text}\n` per file, the
@@ -65,8 +78,15 @@ class FimTemplate:
         if self.order == SPM:
             return (f"{self.prefix}{self.after_prefix_marker}{self.suffix}{suffix}"
                     f"{self.before_middle_marker}{self.middle}{prefix}")
+        typed = ""
+        if self.order == PSM_LINE:
+            cut = prefix.rfind("\n") + 1
+            if prefix[cut:].strip():
+                prefix, typed = prefix[:cut], prefix[cut:]
         p = f"{self.prefix}{self.after_prefix_marker}{prefix}{self.before_suffix_marker}"
         s = f"{self.suffix}{suffix}"
+        if self.order == PSM_LINE:
+            return f"{p}{s}{self.before_middle_marker}{self.middle}{typed}"
         if self.order == SUFFIX_FIRST:
             return f"{s}{p}{self.before_middle_marker}{self.middle}"
         return f"{p}{s}{self.before_middle_marker}{self.middle}"
@@ -170,8 +190,8 @@ def choose(setting: str, count_tokens: Callable[[str], int]) -> FimTemplate | No
 
 
 def ordered(template: FimTemplate | None, order: str) -> FimTemplate | None:
-    """`completion.fim_order`: "auto" keeps the template's own order, "psm" / "spm" force one
-    (not on a template with a single layout of its own, Codestral's)."""
+    """`completion.fim_order`: "auto" keeps the template's own order, "psm" / "psm-line" / "spm"
+    force one (not on a template with a single layout of its own, Codestral's)."""
     if template is None or order == "auto" or template.order == SUFFIX_FIRST:
         return template
-    return dataclasses.replace(template, order=order)
+    return template if order == template.order else dataclasses.replace(template, order=order)

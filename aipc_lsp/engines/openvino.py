@@ -383,10 +383,12 @@ class OpenVINOEngine(Engine):
 
     @staticmethod
     def _checkpoint_ids(input_ids, markers: set[int] = frozenset()):
-        """The prompt less its last tokens, or None for a short prompt. A fill-in-the-middle prompt
-        (`markers`: its template's marker ids) is cut before its last marker but the final one (the
-        suffix's, in prefix-suffix-middle order): the keystroke changes the prompt at the cursor,
-        so what comes after it is prefilled anew anyway.
+        """The prompt less its last tokens, or None for a short prompt. The checkpoint ends where the
+        next keystroke changes the prompt, the cursor. A fill-in-the-middle prompt (`markers`: its
+        template's marker ids) that ends in a marker has the cursor before its last marker but the
+        final one (the suffix's, in prefix-suffix-middle order): it is cut there, since what comes
+        after is prefilled anew anyway. One that ends in text (the code before the cursor, or the
+        cursor line's start, after the middle marker: SPM, psm-line) has it at its end.
 
         Why: prefix caching restores whole KV blocks (32 tokens on the CPU), and the block
         holding the prompt's end is filled with generated tokens by the time the user types
@@ -399,7 +401,7 @@ class OpenVINOEngine(Engine):
 
         ids = np.asarray(input_ids.data)
         end = ids.shape[1]
-        if markers:
+        if markers and int(ids[0, -1]) in markers:
             found = np.flatnonzero(np.isin(ids[0, :-1], list(markers)))
             end = int(found[-1]) if len(found) else end
         cut = end - CHECKPOINT_HELD_TOKENS

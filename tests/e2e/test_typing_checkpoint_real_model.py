@@ -65,13 +65,20 @@ def _common(a: list[int], b: list[int]) -> int:
     return n
 
 
-def test_each_keystroke_prefills_only_the_tokens_it_changed(monkeypatch):
+# A fill-in-the-middle prompt with the cursor line's code after the middle marker
+# (completion.fim_order = "psm-line"), SmolLM2's special tokens standing for the markers.
+PSM_LINE_MARKERS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+@pytest.mark.parametrize("layout", ["code", "psm-line"])
+def test_each_keystroke_prefills_only_the_tokens_it_changed(monkeypatch, layout):
     """Typing along a line of code, settling after each answer as the worker does. The pipeline
     is made to compute one token per step, so the steps before the first token are the tokens
     the keystroke prefilled. Where the last answer's checkpoint (its prompt less the last token)
     prefixes the new prompt, those are at most the tokens after it: 1 where the typed character
     joined the last word, 2 where it began a new one. (A checkpoint filed under an older length
-    made them grow with each token typed into the block.)"""
+    made them grow with each token typed into the block.) With the line after the middle marker
+    the same holds: the checkpoint is cut at the prompt's end, not before its last marker."""
     import openvino_genai as og
 
     class OneTokenPerStep(og.SchedulerConfig):
@@ -103,13 +110,18 @@ def test_each_keystroke_prefills_only_the_tokens_it_changed(monkeypatch):
         head = head[:head.rindex("\n") + 1]
         line = TEXT[start + len(head):].split("\n")[0].lstrip()[:20]
         indent = " " * 8
+        stop: tuple[str, ...] = ()
+        if layout == "psm-line":
+            prefix, suffix, middle = stop = PSM_LINE_MARKERS
+            below = TEXT[start + len(head):][:600]
+            head = f"{prefix}{head}{suffix}{below[:below.rindex(chr(10))]}{middle}"
         checked, previous = [], None
         for k in range(1, len(line) + 1):
             prompt = head + indent + line[:k]
             prompt = prompt[:-1] if prompt.endswith(" ") else prompt  # as the server: a space waits for its word
             steps.clear()
             first_at.clear()
-            engine.generate(prompt, GenerationParams(max_new_tokens=4), threading.Event(), on_text)
+            engine.generate(prompt, GenerationParams(max_new_tokens=4, stop=stop), threading.Event(), on_text)
             engine.settle()
             tokens = ids(prompt)
             # (A prompt the same as the last, a space held back, is the server's to answer from

@@ -105,7 +105,7 @@ PROMPTS = PromptSettings(budget_tokens=4096, suffix_tokens=24, suffix_to_definit
 def test_the_peer_is_sent_the_servers_fim_prompts_and_reuses_its_cache(stub):
     server, url = stub
     peer = remote.Peer(url)
-    peer.prepare(QWEN, PROMPTS)
+    peer.prepare(QWEN, dataclasses.replace(PROMPTS, fim_order="psm"))
     peer.typing(PREFIX, TYPED, SUFFIX, cold_reps=2, pause_s=0)
     cold, typed = Stub.prompts[:2], Stub.prompts[2:]
     assert len(typed) == len(TYPED)
@@ -135,13 +135,19 @@ def test_the_peer_is_sent_the_servers_fim_prompts_and_reuses_its_cache(stub):
     json.dumps(out)
 
 
-def test_in_suffix_prefix_middle_order_a_keystroke_only_adds_what_was_typed(stub):
+@pytest.mark.parametrize("order", ["spm", "psm-line"])
+def test_with_the_typed_text_last_a_keystroke_only_adds_what_was_typed(stub, order):
+    """Suffix-prefix-middle, and psm-line (the cursor line's code after the middle marker)."""
     server, url = stub
     peer = remote.Peer(url)
-    peer.prepare(QWEN, dataclasses.replace(PROMPTS, fim_order="spm"))  # the server's prompts with the suffix first
+    peer.prepare(QWEN, dataclasses.replace(PROMPTS, fim_order=order))  # the server's prompts in that order
     peer.typing(PREFIX, TYPED, SUFFIX, cold_reps=1, pause_s=0)
     cold, typed = Stub.prompts[0], Stub.prompts[1:]
-    assert cold.startswith("<|fim_prefix|><|fim_suffix|>\ndef g0(y):") and "<|fim_middle|># bench " in cold
+    if order == "spm":
+        assert cold.startswith("<|fim_prefix|><|fim_suffix|>\ndef g0(y):") and "<|fim_middle|># bench " in cold
+    else:  # the prefix part ends at the cursor line's start; nothing is typed on it yet (then PSM)
+        assert cold.startswith("<|fim_prefix|># bench ") and cold.endswith("<|fim_middle|>")
+        assert cold.split("<|fim_suffix|>")[0].endswith(PREFIX) and PREFIX.endswith("\n")
     suffix_part = cold.split("<|fim_suffix|>")[1].split("<|fim_middle|>")[0]
     assert SUFFIX.startswith(suffix_part) and stub_count(suffix_part) <= 24
     for k, prompt in enumerate(typed, start=1):

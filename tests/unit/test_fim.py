@@ -68,13 +68,21 @@ def test_layouts():
     assert fim.STARCODER.body("a = ", "\nb") == "<fim_prefix>a = <fim_suffix>\nb<fim_middle>"
     assert fim.ordered(fim.STARCODER, "spm").body("a = ", "\nb") == "<fim_prefix><fim_suffix>\nb<fim_middle>a = "
     assert fim.CODELLAMA.body("a =", "\nb") == "<PRE> a = <SUF>\nb <MID>"
+    # PSM with the cursor line's typed start after the middle marker: the prefix part ends at a line start.
+    line = fim.ordered(fim.QWEN, "psm-line")
+    assert line.body("x = 1\n    a = ", "\nb") == "<|fim_prefix|>x = 1\n<|fim_suffix|>\nb<|fim_middle|>    a = "
+    assert line.body("x = 1\n", "b") == fim.QWEN.body("x = 1\n", "b")  # nothing typed on the line: PSM
+    assert line.body("x = 1\n    ", "b") == fim.QWEN.body("x = 1\n    ", "b")  # only its indentation: PSM
+    assert line.body("a = ", "\nb") == "<|fim_prefix|><|fim_suffix|>\nb<|fim_middle|>a = "
+    assert fim.ordered(fim.CODELLAMA, "psm-line").body("x\na =", "\nb") == "<PRE> x\n <SUF>\nb <MID>a ="
     assert fim.CODESTRAL.body("a = ", "\nb") == "[SUFFIX]\nb[PREFIX]a = "
     assert fim.DEEPSEEK.body("x", "y") == "<｜fim▁begin｜>x<｜fim▁hole｜>y<｜fim▁end｜>"
 
 
 def test_the_order_setting_keeps_or_forces_an_order_but_not_codestrals_own_layout():
     assert fim.ordered(fim.QWEN, "auto") is fim.QWEN and fim.QWEN.order == "psm"
-    assert fim.ordered(fim.DEEPSEEK, "auto").order == "psm"
+    assert fim.ordered(fim.QWEN, "psm") is fim.QWEN and fim.ordered(fim.DEEPSEEK, "auto").order == "psm"
+    assert fim.ordered(fim.QWEN, "psm-line").order == "psm-line"
     assert fim.ordered(fim.QWEN, "spm").order == "spm" and fim.ordered(fim.QWEN, "spm").name == "qwen"
     assert fim.ordered(fim.CODESTRAL, "psm") is fim.CODESTRAL
     assert fim.ordered(None, "spm") is None
@@ -170,7 +178,23 @@ def test_typing_changes_only_the_prompt_where_the_cursor_is():
     common = len(next((a for a in [one[:i] for i in range(len(one), 0, -1)] if two.startswith(a)), ""))
     assert one[:common].endswith("return os.pa")
     assert one.startswith(header + "<|fim_prefix|>") and one.split("<|fim_suffix|>")[0] + "t" == two.split("<|fim_suffix|>")[0]
-    spm = fim.ordered(fim.QWEN, "spm")
-    one = build_completion_context(doc, offset, fim=spm, header=header).prompt
-    two = build_completion_context(typed, offset + 1, fim=spm, header=header).prompt
-    assert two == one + "t"
+    for order in ("spm", "psm-line"):
+        template = fim.ordered(fim.QWEN, order)
+        one = build_completion_context(doc, offset, fim=template, header=header).prompt
+        two = build_completion_context(typed, offset + 1, fim=template, header=header).prompt
+        assert two == one + "t", order
+
+
+def test_with_the_typed_line_in_the_middle_only_a_new_line_changes_the_prompt_before_the_typed_text():
+    """psm-line: the prefix part ends where the cursor's line starts, so a keystroke on the line grows
+    the prompt at its end (the suffix stays cached); Enter, or the line's first character, moves the
+    prompt's change before the suffix, once."""
+    line = fim.ordered(fim.QWEN, "psm-line")
+    doc = "def f(x):\n    y = x + 1\n    return y\n"
+    offset = doc.index("+ 1")
+    ctx = build_completion_context(doc, offset, fim=line)
+    assert ctx.prompt == "<|fim_prefix|>def f(x):\n<|fim_suffix|>+ 1\n    return y<|fim_middle|>    y = x"
+    assert ctx.held_back == " " and ctx.window.endswith("    y = x")
+    doc = "def f(x):\n    "  # a line of indentation only stays in the prefix, as in PSM
+    ctx = build_completion_context(doc, len(doc), fim=line)
+    assert ctx.prompt == "<|fim_prefix|>def f(x):\n   <|fim_suffix|><|fim_middle|>"

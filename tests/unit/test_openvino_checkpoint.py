@@ -110,6 +110,21 @@ def test_a_fill_in_the_middle_prompt_is_checkpointed_up_to_the_cursor():
     assert checkpoint["ids"] == [ord(c) for c in prefix + LONG][:-CHECKPOINT_HELD_TOKENS]
 
 
+@pytest.mark.parametrize("order", ["spm", "psm-line"])
+def test_a_fill_in_the_middle_prompt_that_ends_in_the_typed_text_is_checkpointed_to_its_end(order):
+    """Suffix-prefix-middle, or the cursor line's start after the middle marker: a keystroke grows the
+    prompt at its end, so the checkpoint is the prompt less its last token, the suffix in it."""
+    prefix, suffix, middle = "\x01", "\x02", "\x03"
+    engine, pipe = _engine()
+    if order == "spm":
+        prompt = f"{prefix}{suffix}\n    return y\n{middle}{LONG}"
+    else:
+        prompt = f"{prefix}{LONG}\n{suffix}\n    return y\n{middle}    y = x"
+    engine.generate(prompt, GenerationParams(max_new_tokens=6, stop=(prefix, suffix, middle)), threading.Event())
+    engine.settle()
+    assert pipe.requests[1]["ids"] == [ord(c) for c in prompt][:-CHECKPOINT_HELD_TOKENS]
+
+
 @pytest.mark.parametrize("case", ["short prompt", "switched off", "one-token request", "cancelled"])
 def test_no_checkpoint_when_it_cannot_help(case):
     engine, pipe = _engine(typing_checkpoint=case != "switched off")
