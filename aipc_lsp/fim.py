@@ -11,7 +11,7 @@ the file separator).
 
 Order: in prefix-suffix-middle (PSM) as the model cards write it, every keystroke changes the
 prefix's end, which sits before the whole suffix, so the suffix's tokens (up to 256) are prefilled
-again on every keystroke the model must answer: ~0.25 s on 2 Xeon cores with AMX (bf16), ~1.5 s on
+again on every keystroke the model must answer: ~0.25 s on 2 Xeon cores with AMX (bf16), ~1.2 s on
 2 AVX2 cores (f32). Two other orders keep the typed characters at the prompt's end, so a keystroke
 prefills only them:
 - PSM_LINE ("psm-line"): PSM with the cursor line's code after the middle marker,
