@@ -78,18 +78,16 @@ class FimTemplate:
         if self.order == SPM:
             return (f"{self.prefix}{self.after_prefix_marker}{self.suffix}{suffix}"
                     f"{self.before_middle_marker}{self.middle}{prefix}")
-        typed = ""
+        typed = ""  # PSM_LINE: the cursor line's code, after the middle marker
         if self.order == PSM_LINE:
             cut = prefix.rfind("\n") + 1
             if prefix[cut:].strip():
                 prefix, typed = prefix[:cut], prefix[cut:]
         p = f"{self.prefix}{self.after_prefix_marker}{prefix}{self.before_suffix_marker}"
         s = f"{self.suffix}{suffix}"
-        if self.order == PSM_LINE:
-            return f"{p}{s}{self.before_middle_marker}{self.middle}{typed}"
         if self.order == SUFFIX_FIRST:
             return f"{s}{p}{self.before_middle_marker}{self.middle}"
-        return f"{p}{s}{self.before_middle_marker}{self.middle}"
+        return f"{p}{s}{self.before_middle_marker}{self.middle}{typed}"
 
     def header(self, snippets: Sequence[Snippet], path: str, comment: str = "#") -> str:
         """What goes before the FIM body: other files, in the repo-level format when the model has

@@ -28,9 +28,10 @@ def cursors(text: str, starts=(20000, 30000, 40000)):
     """A cursor after the first 4 characters of the first code line (20+ characters) after each start."""
     for start in starts:
         cut = text.index("\n", start) + 1
-        while len(text[cut:text.index("\n", cut)].strip()) < 20:
-            cut = text.index("\n", cut) + 1
         line = text[cut:text.index("\n", cut)]
+        while len(line.strip()) < 20:
+            cut += len(line) + 1
+            line = text[cut:text.index("\n", cut)]
         yield cut + len(line) - len(line.lstrip()) + 4
 
 
