@@ -81,7 +81,8 @@ class FimTemplate:
         typed = ""  # PSM_LINE: the cursor line's code, after the middle marker
         if self.order == PSM_LINE:
             cut = prefix.rfind("\n") + 1
-            if prefix[cut:].strip():
+            # With no code after the cursor (a file's end) a keystroke costs PSM no more: its layout.
+            if prefix[cut:].strip() and suffix.strip():
                 prefix, typed = prefix[:cut], prefix[cut:]
         p = f"{self.prefix}{self.after_prefix_marker}{prefix}{self.before_suffix_marker}"
         s = f"{self.suffix}{suffix}"

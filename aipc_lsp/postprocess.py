@@ -99,6 +99,28 @@ def _trim_line_suffix_overlap(line: str, line_suffix: str, line_prefix: str = ""
     return line
 
 
+def _without_trailing_comment(line: str, comment: str) -> str:
+    """`line` up to a line comment that starts outside a string literal (at the start or after
+    whitespace: `//` right after code may be an operator)."""
+    if not comment:
+        return line
+    quote = ""
+    index = 0
+    while index < len(line):
+        ch = line[index]
+        if quote:
+            if ch == "\\":
+                index += 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"`":
+            quote = ch
+        elif line.startswith(comment, index) and (index == 0 or line[index - 1] in " \t"):
+            return line[:index].rstrip()
+        index += 1
+    return line
+
+
 def trim_suggestion(
     raw: str,
     *,
@@ -110,11 +132,13 @@ def trim_suggestion(
     finished: bool = False,
     copy_window: str | None = None,
     above: str = "",
+    line_comment: str = "",
 ) -> Trimmed:
     """`finished`: the model ended on its own, so the last line is whole too. `copy_window`: the
     code after the cursor the model saw (a FIM prompt's suffix), whose lines a suggestion on a line
     the user has not started may not copy; None: `suffix`, the rest of the document. `above`: the
-    code before the cursor the model saw; a line it has is no copy."""
+    code before the cursor the model saw; a line it has is no copy. `line_comment`: the document's
+    line comment (fim.comment_prefix), "" when not known."""
     complete = False
     for marker in END_MARKERS:
         at = raw.find(marker)
@@ -161,8 +185,11 @@ def trim_suggestion(
     has_more = len(lines) > 1  # the first line is finished once a newline follows it
 
     if line_suffix.strip():
-        # Mid-line: only the rest of this line makes sense.
-        first = _trim_line_suffix_overlap(lines[0].rstrip(), line_suffix, line_prefix)
+        # Mid-line: only the rest of this line makes sense, and no comment of the model's: it would
+        # swallow the line's own rest (`key=|)` -> `lambda x: x['age'])  # by age` leaves the `)`
+        # commented out). A comment the line has after the cursor stays.
+        first = _without_trailing_comment(lines[0].rstrip(), line_comment)
+        first = _trim_line_suffix_overlap(first, line_suffix, line_prefix)
         return Trimmed(first, complete or has_more)
 
     opens_block = (line_prefix + lines[0]).rstrip().endswith(BLOCK_OPENERS)

@@ -226,7 +226,7 @@ class Suggester:
             held_back=ctx.held_back, max_lines=settings.max_lines,
             # What the model saw below the cursor: a copy of a line it was not shown is no copy.
             copy_window=ctx.suffix_window if template is not None else None,
-            above=ctx.window,
+            above=ctx.window, line_comment=fim.comment_prefix(language_id),
         )
         cache_key = (ctx.prompt, ctx.held_back, ctx.line_suffix, after, settings.max_lines, params)
 

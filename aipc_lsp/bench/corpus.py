@@ -44,7 +44,13 @@ def typing_parts(text: str, prefix_chars: int) -> tuple[str, str, str]:
     """A cursor in the middle of a real file, as when editing: (the code before the cursor, what
     the user types there, the code after it). The typed characters are the code that really
     follows; the code after the cursor starts at the end of the line where they end, so the user
-    writes new lines between existing ones."""
+    writes new lines between existing ones. A cursor at a line's start moves past blank lines
+    and the indentation of the next line of code: an editor indents a new line itself, so what a
+    user types is code, and from the second keystroke on the cursor is in a started line (where
+    the FIM prompt's order decides what a keystroke costs: `completion.fim_order`)."""
+    if prefix_chars == 0 or text[prefix_chars - 1:prefix_chars] == "\n":
+        while prefix_chars < len(text) and text[prefix_chars] in " \t\n":
+            prefix_chars += 1
     prefix = text[:prefix_chars]
     typed = text[prefix_chars:prefix_chars + TYPED_CHARS]
     line_end = text.find("\n", prefix_chars + TYPED_CHARS)

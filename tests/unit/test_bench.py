@@ -213,6 +213,15 @@ def test_typing_documents_put_the_cursor_in_the_middle_of_real_code():
     assert suffix.startswith("\n") and text.index(suffix) == text.index("\n", 5000 + TYPED_CHARS) and len(suffix) > 5000
 
 
+def test_typing_at_a_line_start_begins_after_its_indentation():
+    # An editor indents a new line itself: the user types code, from its second keystroke in a started line.
+    text = "def f():\n    a = 1\n\n    return a\n" + "x = 2\n" * 20
+    prefix, typed, _ = typing_parts(text, len("def f():\n    a = 1\n"))
+    assert prefix == "def f():\n    a = 1\n\n    " and typed.startswith("return a\n")
+    assert typing_parts(text, len(prefix))[0] == prefix  # the engine's size gives the server the same cursor
+    assert typing_parts(text, len("def f():\n    a"))[0] == "def f():\n    a"  # mid-line: where it is
+
+
 def test_a_keystroke_in_the_middle_is_sent_as_an_insertion():
     old = "a = 1\nb = é\nc = 3\n"
     edit = edit_between(old, old[:11] + "x" + old[11:])

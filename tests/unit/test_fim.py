@@ -73,6 +73,8 @@ def test_layouts():
     assert line.body("x = 1\n    a = ", "\nb") == "<|fim_prefix|>x = 1\n<|fim_suffix|>\nb<|fim_middle|>    a = "
     assert line.body("x = 1\n", "b") == fim.QWEN.body("x = 1\n", "b")  # nothing typed on the line: PSM
     assert line.body("x = 1\n    ", "b") == fim.QWEN.body("x = 1\n    ", "b")  # only its indentation: PSM
+    for nothing_after in ("", "\n\n"):  # the file's end: a keystroke costs PSM no more, so PSM
+        assert line.body("x = 1\n    a = ", nothing_after) == fim.QWEN.body("x = 1\n    a = ", nothing_after)
     assert line.body("a = ", "\nb") == "<|fim_prefix|><|fim_suffix|>\nb<|fim_middle|>a = "
     assert fim.ordered(fim.CODELLAMA, "psm-line").body("x\na =", "\nb") == "<PRE> x\n <SUF>\nb <MID>a ="
     assert fim.CODESTRAL.body("a = ", "\nb") == "[SUFFIX]\nb[PREFIX]a = "

@@ -29,6 +29,7 @@ class Case:
     marks: list = field(default_factory=list)
     copy_window: str | None = None
     above: str = ""
+    line_comment: str = "#"
 
     def run(self) -> Trimmed:
         return trim_suggestion(
@@ -41,6 +42,7 @@ class Case:
             finished=self.finished,
             copy_window=self.copy_window,
             above=self.above,
+            line_comment=self.line_comment,
         )
 
 
@@ -177,6 +179,21 @@ MID_LINE = [
          line_prefix="    ", held_back=" ", suffix="\n"),
     Case("mid-line end marker", raw="'hi'<|im_end|>junk", text="'hi'", complete=True,
          line_prefix="print(", line_suffix=")"),
+    Case("a comment of the model's would swallow the line's rest: cut, then the duplicate closer",
+         raw="lambda x: x['age'])  # Sorts by age in ascending order\n", text="lambda x: x['age']", complete=True,
+         line_prefix="    return sorted(people, key=", line_suffix=")", suffix=")\n"),
+    Case("a comment marker inside a string is code", raw="'# of items: ' + str(n)",
+         text="'# of items: ' + str(n)", complete=False, line_prefix="    print(", line_suffix=")", suffix=")\n"),
+    Case("an escaped quote does not end the string", raw="'it\\'s # not a comment'",
+         text="'it\\'s # not a comment'", complete=False, line_prefix="    print(", line_suffix=")", suffix=")\n"),
+    Case("the line's own comment after the cursor stays; the model's copy of it goes", raw="5  # the count",
+         text="5", complete=False, line_prefix="    n = ", line_suffix="  # the count", suffix="  # the count\n"),
+    Case("the C family's comment", raw="a + b); // sum", text="a + b", complete=False, line_comment="//",
+         line_prefix="  f(", line_suffix=");", suffix=");\n"),
+    Case("`//` right after code is no comment (an operator in some languages)", raw="a//b", text="a//b",
+         complete=False, line_comment="//", line_prefix="  f(", line_suffix=")", suffix=")\n"),
+    Case("no line comment known: kept", raw="x)  # note", text="x)  # note", complete=False, line_comment="",
+         line_prefix="f(", line_suffix=")", suffix=")\n"),
     Case("whitespace-only line suffix means end of line (multi-line mode)",
          raw="\n    return 1\nprint()\n", text="\n    return 1", complete=True,
          line_prefix="def f():", line_suffix="   ", suffix="   \n"),
