@@ -1,9 +1,10 @@
 """Keystroke -> first token for each FIM order, typing code in the middle of a line.
 
-`aipc-lsp bench` types from a line's start, indentation first; this types the 6 characters after
-the first 4 of a code line (3 places in the bench's corpus, about 1.5k tokens before the cursor and
-the suffix budget after it), through the server's engine as its worker runs it (the typing
-checkpoint, settling after each answer), prompts built as the server builds them:
+`aipc-lsp bench` types a new line of code at one place, through the server (token healing, typed-ahead
+answers); this types the 6 characters after the first 4 of a code line (3 places in the bench's
+corpus, about 1.5k tokens before the cursor and the suffix budget after it), through the server's
+engine alone as its worker runs it (the typing checkpoint, settling after each answer), prompts
+built as the server builds them without token healing:
 
     python scripts/keystroke_by_fim_order.py IR_FOLDER psm-line psm
 """

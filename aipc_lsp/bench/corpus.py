@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 # ~9 tokens, like the guides' short prompts.
@@ -21,7 +22,7 @@ DECODE_RUNS = 3
 # The server's decode and the bare engine's take turns this many times: the ratio is taken per
 # round, between runs a few seconds apart, so a drift of the shared host cancels out.
 DECODE_ROUNDS = 3
-# Characters typed, one keystroke each, in the typing benchmarks: the code that really follows.
+# Characters typed, one keystroke each, in the typing benchmarks: a line of the corpus's code.
 TYPED_CHARS = 64
 # Most characters of the code after the cursor kept in a typing document (~3k tokens: more than
 # any suffix budget the server is likely to be given).
@@ -40,19 +41,53 @@ def corpus_text() -> str:
     return "\n\n".join(parts)
 
 
-def typing_parts(text: str, prefix_chars: int) -> tuple[str, str, str]:
+def typing_parts(text: str, line_start: int) -> tuple[str, str, str]:
     """A cursor in the middle of a real file, as when editing: (the code before the cursor, what
-    the user types there, the code after it). The typed characters are the code that really
-    follows; the code after the cursor starts at the end of the line where they end, so the user
-    writes new lines between existing ones. A cursor at a line's start moves past blank lines
-    and the indentation of the next line of code: an editor indents a new line itself, so what a
-    user types is code, and from the second keystroke on the cursor is in a started line (where
-    the FIM prompt's order decides what a keystroke costs: `completion.fim_order`)."""
-    if prefix_chars == 0 or text[prefix_chars - 1:prefix_chars] == "\n":
-        while prefix_chars < len(text) and text[prefix_chars] in " \t\n":
-            prefix_chars += 1
-    prefix = text[:prefix_chars]
-    typed = text[prefix_chars:prefix_chars + TYPED_CHARS]
-    line_end = text.find("\n", prefix_chars + TYPED_CHARS)
-    suffix = text[line_end:line_end + SUFFIX_CHARS] if line_end >= 0 else ""
-    return prefix, typed, suffix
+    the user types there, the code after it). The user opens a new line between existing ones, at
+    `line_start` (moved back to its line's start) or the first line after it whose block goes on
+    for BLOCK_LINES_BELOW lines of code inside a definition (so a FIM prompt has code after the
+    cursor to hold, as in the middle of a function), indented as the code after it. There they type a line of real code
+    that is not the one that follows: the first line of code (not a comment) at that indentation
+    half the corpus away. What the model predicted the server answers from its last suggestion
+    (the bench's *keystroke* figures); this way each keystroke is one the model must answer anew,
+    the one whose cost the FIM prompt decides. What is typed is code (the editor indented the
+    line): from the second keystroke on the cursor is in a started line, where
+    `completion.fim_order` matters."""
+    lines = text[text.rfind("\n", 0, line_start) + 1:].split("\n")
+    at = next((i for i in range(len(lines)) if _block_goes_on(lines, i)), 0)
+    start = text.rfind("\n", 0, line_start) + 1 + sum(len(line) + 1 for line in lines[:at])
+    indent = _indentation(next((line for line in lines[at:] if line.strip()), ""))
+    elsewhere = re.compile(rf"^{re.escape(indent)}([^\s#])", re.M)  # code, not a comment
+    found = elsewhere.search(text, (start + len(text) // 2) % len(text)) or elsewhere.search(text)
+    typed = text[found.start(1):found.start(1) + TYPED_CHARS] if found else ""
+    return text[:start] + indent, typed, "\n" + text[start:start + SUFFIX_CHARS]
+
+
+# The typing document's cursor is in a block with at least this many lines of code after it.
+BLOCK_LINES_BELOW = 8
+
+
+def typing_line_starts(text: str) -> list[int]:
+    """The line starts where typing_parts opens its new line as it is (no line further down)."""
+    lines = text.split("\n")
+    starts, offset = [], 0
+    for index, line in enumerate(lines):
+        if _block_goes_on(lines, index):
+            starts.append(offset)
+        offset += len(line) + 1
+    return starts
+
+
+def _indentation(line: str) -> str:
+    return line[:len(line) - len(line.lstrip())]
+
+
+def _block_goes_on(lines: list[str], at: int) -> bool:
+    """Whether a new line before `lines[at]`, inside a definition, has BLOCK_LINES_BELOW lines of
+    code after it at the indentation of the next one or deeper."""
+    code = [line for line in lines[at:at + 4 * BLOCK_LINES_BELOW] if line.strip()]
+    if len(code) < BLOCK_LINES_BELOW:
+        return False
+    width = len(_indentation(code[0]))
+    # Indented: inside a definition (the prompt's suffix ends with the definition holding the cursor).
+    return width > 0 and all(len(_indentation(line)) >= width for line in code[:BLOCK_LINES_BELOW])

@@ -16,7 +16,8 @@ import threading
 import time
 import uuid
 
-from aipc_lsp.bench.corpus import DECODE_RUNS, LONG_PROMPT, SHORT, corpus_text, decode_document, typing_parts
+from aipc_lsp.bench.corpus import (DECODE_RUNS, LONG_PROMPT, SHORT, corpus_text, decode_document, typing_line_starts,
+                                   typing_parts)
 from aipc_lsp.bench.prompts import PromptBuilder, PromptSettings
 
 
@@ -84,15 +85,33 @@ def server_prompts(spec: dict, engine) -> PromptBuilder:
     return settings.builder(fim.choose(settings.fim, engine.count_tokens), engine.count_tokens)
 
 
-def typing_document(text: str, tokens: int, prompts: PromptBuilder) -> tuple[str, str, str]:
-    """The server bench's typing document whose prompt at the cursor has about `tokens` tokens:
-    (code before the cursor, the characters typed there, code after it). Room is left for a
-    unique first line (a tokenizer may split its hex digits one by one); with FIM the suffix
-    budget and the markers come out of the rest."""
+def typing_start(text: str, tokens: int, prompts: PromptBuilder) -> int:
+    """Where the server bench's typing document opens its new line (corpus.typing_parts): the last
+    such line whose prompt at the cursor, built as the server builds it (its real suffix, to the
+    end of the definition), has at most `tokens` tokens with a unique first line before it."""
     count = prompts.count_tokens
-    reserve = count(f"# bench {uuid.uuid4().hex}\n") + prompts.suffix_reserve()
-    prefix = prompt_of_tokens(count, text, max(64, tokens - reserve))
-    return typing_parts(text, len(prefix))
+    starts = typing_line_starts(text)
+    if not starts:
+        return len(prompt_of_tokens(count, text, max(64, tokens - prompts.suffix_reserve())))
+    head = f"# bench {uuid.uuid4().hex}\n"
+
+    def size(start: int) -> int:
+        prefix, _, suffix = typing_parts(text, start)
+        return count(prompts.prompt(head + prefix + suffix, len(head) + len(prefix)))
+
+    lo, hi = 0, len(starts) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if size(starts[mid]) <= tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return starts[lo]
+
+
+def typing_document(text: str, tokens: int, prompts: PromptBuilder) -> tuple[str, str, str]:
+    """(code before the cursor, the characters typed there, code after it) of that document."""
+    return typing_parts(text, typing_start(text, tokens, prompts))
 
 
 def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts: PromptBuilder) -> dict:
@@ -226,9 +245,9 @@ def run(spec: dict) -> dict:
         out["fim_order"] = prompts.template.order if prompts.template is not None else None
         out["doc_sizes"], out["prompt_tokens"] = {}, {}
         for n in spec["doc_tokens"]:
-            prefix, _, suffix = typing_document(text, n, prompts)
+            out["doc_sizes"][n] = start = typing_start(text, n, prompts)
+            prefix, _, suffix = typing_parts(text, start)
             head = f"# bench {uuid.uuid4().hex}\n{prefix}"
-            out["doc_sizes"][n] = len(prefix)
             out["prompt_tokens"][n] = engine.count_tokens(prompts.prompt(head + suffix, len(head)))
     out["peak_rss_mb"] = peak_rss_mb()
     engine.close()

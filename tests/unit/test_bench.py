@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from aipc_lsp.bench import remote
-from aipc_lsp.bench.corpus import TYPED_CHARS, corpus_text, typing_parts
+from aipc_lsp.bench.corpus import BLOCK_LINES_BELOW, TYPED_CHARS, corpus_text, typing_line_starts, typing_parts
 from aipc_lsp.bench.prompts import PromptSettings, server_prompt
 from aipc_lsp.bench.report import check_targets, render_table
 from aipc_lsp.bench.server import edit_between, percentile, position_of, summary
@@ -205,21 +205,45 @@ def test_percentiles():
     assert summary([5.0]) == {"p50": 5.0, "p95": 5.0, "n": 1}
 
 
-def test_typing_documents_put_the_cursor_in_the_middle_of_real_code():
+def test_typing_documents_open_a_new_line_in_the_middle_of_real_code():
     text = corpus_text()
-    prefix, typed, suffix = typing_parts(text, 5000)
-    assert text.startswith(prefix) and len(prefix) == 5000 and typed == text[5000:5000 + TYPED_CHARS]
-    # The code after the cursor: the file's from the end of the line the typed characters end in.
-    assert suffix.startswith("\n") and text.index(suffix) == text.index("\n", 5000 + TYPED_CHARS) and len(suffix) > 5000
+    at = text.index("\n", 5000) + 1
+    prefix, typed, suffix = typing_parts(text, at)
+    start = len(prefix.rstrip(" \t"))
+    assert text.startswith(prefix[:start]) and text[start - 1] == "\n" and start >= at
+    # The new line is indented as the code after it, which stays whole below it, and that code's
+    # block goes on (a FIM prompt has code after the cursor to hold).
+    code_below = [line for line in text[start:].split("\n") if line.strip()][:BLOCK_LINES_BELOW]
+    indent = prefix[start:]
+    assert code_below[0].startswith(indent) and not code_below[0][len(indent)].isspace()
+    assert all(line.startswith(indent) for line in code_below)
+    assert suffix == "\n" + text[start:start + len(suffix) - 1] and len(suffix) > 5000
+    # What is typed is real code from elsewhere (not the line that follows: the model would have
+    # suggested it), starting with its first character of code.
+    assert len(typed) == TYPED_CHARS and typed in text and not typed[0].isspace() and not typed.startswith("#")
+    assert not text[start:].lstrip().startswith(typed[:16])
+    assert typing_parts(text, at + 3) == (prefix, typed, suffix)  # a cursor inside the line: its start
 
 
-def test_typing_at_a_line_start_begins_after_its_indentation():
-    # An editor indents a new line itself: the user types code, from its second keystroke in a started line.
-    text = "def f():\n    a = 1\n\n    return a\n" + "x = 2\n" * 20
-    prefix, typed, _ = typing_parts(text, len("def f():\n    a = 1\n"))
-    assert prefix == "def f():\n    a = 1\n\n    " and typed.startswith("return a\n")
-    assert typing_parts(text, len(prefix))[0] == prefix  # the engine's size gives the server the same cursor
-    assert typing_parts(text, len("def f():\n    a"))[0] == "def f():\n    a"  # mid-line: where it is
+def test_typing_goes_where_a_block_goes_on_and_types_code_at_its_indentation():
+    body = "".join(f"    v{i} = {i}\n" for i in range(10))
+    text = "def f():\n    a = 1\n    return a\n\n\ndef g():\n" + body
+    # f's body ends a line down: the new line opens in g's body, where the code goes on, indented
+    # as it, and an indented line of code is typed.
+    for start in (text.index("    a = 1"), text.index("    v0")):
+        prefix, typed, suffix = typing_parts(text, start)
+        assert prefix == text[:text.index("    v0")] + "    " and suffix == "\n" + body
+        assert typed[0] in "arv" and not typed.startswith("    ")
+
+
+def test_the_bench_sizes_its_typing_document_at_a_line_the_new_line_opens_at():
+    # The engine sizes the document by the tokens before such a line start: the cursor stays there.
+    text = corpus_text()
+    starts = typing_line_starts(text)
+    assert len(starts) > 100
+    for start in starts[::len(starts) // 20]:
+        prefix, _, suffix = typing_parts(text, start)
+        assert prefix[:start] == text[:start] and not prefix[start:].strip() and suffix == "\n" + text[start:start + len(suffix) - 1]
 
 
 def test_a_keystroke_in_the_middle_is_sent_as_an_insertion():
