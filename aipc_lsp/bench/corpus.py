@@ -46,9 +46,9 @@ def typing_parts(text: str, line_start: int) -> tuple[str, str, str]:
     the user types there, the code after it). The user opens a new line between existing ones, at
     `line_start` (moved back to its line's start) or the first line after it whose block goes on
     for BLOCK_LINES_BELOW lines of code inside a definition (so a FIM prompt has code after the
-    cursor to hold, as in the middle of a function), indented as the code after it. There they type a line of real code
-    that is not the one that follows: the first line of code (not a comment) at that indentation
-    half the corpus away. What the model predicted the server answers from its last suggestion
+    cursor to hold, as in the middle of a function), indented as the code after it. There they
+    type a line of real code that is not the one that follows: the first line of code (not a
+    comment) at that indentation half the corpus away. What the model predicted the server answers from its last suggestion
     (the bench's *keystroke* figures); this way each keystroke is one the model must answer anew,
     the one whose cost the FIM prompt decides. What is typed is code (the editor indented the
     line): from the second keystroke on the cursor is in a started line, where
