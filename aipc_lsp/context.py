@@ -131,7 +131,7 @@ def build_completion_context(
             count = count_tokens(prompt)
     window_text = prompt
     if fim is not None:
-        prompt = fim.body(prompt, suffix_window)
+        prompt = fim.body(prompt, suffix_window, held_back)
     return CompletionContext(
         prompt=header + prompt,
         suffix=after,

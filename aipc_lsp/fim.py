@@ -73,8 +73,10 @@ class FimTemplate:
     def markers(self) -> tuple[str, ...]:
         return self.detect or tuple(m for m in (self.prefix, self.suffix, self.middle) if m)
 
-    def body(self, prefix: str, suffix: str) -> str:
-        """The FIM part: markers around the prefix and the suffix, in the template's order."""
+    def body(self, prefix: str, suffix: str, held_back: str = "") -> str:
+        """The FIM part: markers around the prefix and the suffix, in the template's order.
+        `held_back`: the text before the cursor that token healing keeps out of `prefix` (the
+        answer must start with it); part of the cursor's line, which it decides psm-line's layout."""
         if self.order == SPM:
             return (f"{self.prefix}{self.after_prefix_marker}{self.suffix}{suffix}"
                     f"{self.before_middle_marker}{self.middle}{prefix}")
@@ -82,7 +84,11 @@ class FimTemplate:
         if self.order == PSM_LINE:
             cut = prefix.rfind("\n") + 1
             # With no code after the cursor (a file's end) a keystroke costs PSM no more: its layout.
-            if prefix[cut:].strip() and suffix.strip():
+            # The line's code counts with what token healing holds back: a word typed on an empty
+            # line is held back whole until its first token is complete (` ret`, then `u` of
+            # `retu`), and a layout that followed the prompt alone would flip, the suffix prefilled
+            # again at each flip.
+            if (prefix[cut:] + held_back).strip() and suffix.strip():
                 prefix, typed = prefix[:cut], prefix[cut:]
         p = f"{self.prefix}{self.after_prefix_marker}{prefix}{self.before_suffix_marker}"
         s = f"{self.suffix}{suffix}"

@@ -73,6 +73,9 @@ def test_layouts():
     assert line.body("x = 1\n    a = ", "\nb") == "<|fim_prefix|>x = 1\n<|fim_suffix|>\nb<|fim_middle|>    a = "
     assert line.body("x = 1\n", "b") == fim.QWEN.body("x = 1\n", "b")  # nothing typed on the line: PSM
     assert line.body("x = 1\n    ", "b") == fim.QWEN.body("x = 1\n    ", "b")  # only its indentation: PSM
+    # A word typed on an empty line that token healing holds back whole is the line's code too.
+    assert line.body("x = 1\n   ", "\nb", held_back=" ret") == "<|fim_prefix|>x = 1\n<|fim_suffix|>\nb<|fim_middle|>   "
+    assert line.body("x = 1\n   ", "\nb", held_back=" ") == fim.QWEN.body("x = 1\n   ", "\nb")  # only indentation
     for nothing_after in ("", "\n\n"):  # the file's end: a keystroke costs PSM no more, so PSM
         assert line.body("x = 1\n    a = ", nothing_after) == fim.QWEN.body("x = 1\n    a = ", nothing_after)
     assert line.body("a = ", "\nb") == "<|fim_prefix|><|fim_suffix|>\nb<|fim_middle|>a = "
@@ -197,6 +200,14 @@ def test_with_the_typed_line_in_the_middle_only_a_new_line_changes_the_prompt_be
     ctx = build_completion_context(doc, offset, fim=line)
     assert ctx.prompt == "<|fim_prefix|>def f(x):\n<|fim_suffix|>+ 1\n    return y<|fim_middle|>    y = x"
     assert ctx.held_back == " " and ctx.window.endswith("    y = x")
+    # Typing a word with token healing: the layout stays psm-line whether the word is held back
+    # whole (` ret`) or in part (`u` of `retu`), so the suffix is not prefilled again.
+    healed = lambda tail: tail if len(tail) <= 4 else tail[4:]  # a tokenizer whose first token is 4 characters
+    for typed in ("r", "ret", "retu", "return"):
+        doc = f"def f(x):\n    y = 1\n    {typed}\n    return y\n"
+        ctx = build_completion_context(doc, doc.index(f"{typed}\n") + len(typed), fim=line, last_token=healed)
+        assert ctx.prompt.startswith("<|fim_prefix|>def f(x):\n    y = 1\n<|fim_suffix|>"), (typed, ctx.prompt)
+        assert ctx.prompt.endswith("<|fim_middle|>" + f"    {typed}"[:len(f"    {typed}") - len(ctx.held_back)])
     doc = "def f(x):\n    "  # a line of indentation only stays in the prefix, as in PSM
     ctx = build_completion_context(doc, len(doc), fim=line)
     assert ctx.prompt == "<|fim_prefix|>def f(x):\n   <|fim_suffix|><|fim_middle|>"
