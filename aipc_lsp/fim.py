@@ -20,9 +20,9 @@ prefills only them:
   another line, prefills the suffix once, as PSM does on every keystroke. A line of only
   indentation stays in the prefix, as in PSM, and so does the line at a file's end (no code after
   it: a keystroke costs PSM no more there). On the 228 eval tasks it got as many first lines right
-  as PSM on an AVX2 host in f32 (87), two fewer on a Xeon with AMX in bf16 (84 against 86, 3 fewer
-  checks passed), most of them in code the model cannot have seen (docs/QUALITY.md, twenty-fourth
-  and twenty-fifth sessions).
+  as PSM on an AVX2 host in f32 (87) and on a Xeon with AMX in bf16 (86, 2 checks fewer), more of
+  the standard library and fewer of code the model cannot have seen (docs/QUALITY.md,
+  twenty-fourth and twenty-fifth sessions).
 - SPM, the FIM paper's form (`<PRE><SUF>suffix<MID>prefix`): a cursor moved anywhere changes the
   suffix at the prompt's start, so all of it is prefilled again. It gets more lines of the standard
   library right (lines the model recalls, such as heapq's `yield from next.__self__`), none more of
