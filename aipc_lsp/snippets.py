@@ -550,6 +550,11 @@ def _opens_block(body: str) -> str:
     return ""
 
 
+def indentation(line: str) -> str:
+    """A line's leading spaces and tabs, as written."""
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
 def indent_width(line: str) -> int:
     """Columns of a line's leading whitespace (tab stops of 4)."""
     expanded = line.expandtabs(4)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from aipc_lsp.snippets import indent_width, indentation
+
 # ~9 tokens, like the guides' short prompts.
 SHORT = "def fibonacci(n):\n    "
 # A document a code model keeps extending line by line at the cursor's indentation for 200+
@@ -48,15 +50,16 @@ def typing_parts(text: str, line_start: int) -> tuple[str, str, str]:
     for BLOCK_LINES_BELOW lines of code inside a definition (so a FIM prompt has code after the
     cursor to hold, as in the middle of a function), indented as the code after it. There they
     type a line of real code that is not the one that follows: the first line of code (not a
-    comment) at that indentation half the corpus away. What the model predicted the server answers from its last suggestion
-    (the bench's *keystroke* figures); this way each keystroke is one the model must answer anew,
-    the one whose cost the FIM prompt decides. What is typed is code (the editor indented the
-    line): from the second keystroke on the cursor is in a started line, where
-    `completion.fim_order` matters."""
-    lines = text[text.rfind("\n", 0, line_start) + 1:].split("\n")
+    comment) at that indentation half the corpus away. What the model predicted the server
+    answers from its last suggestion (the bench's *keystroke* figures); this way each keystroke is
+    one the model must answer anew, the one whose cost the FIM prompt decides. What is typed is
+    code (the editor indented the line): from the second keystroke on the cursor is in a started
+    line, where `completion.fim_order` matters."""
+    line_start = text.rfind("\n", 0, line_start) + 1
+    lines = text[line_start:].split("\n")
     at = next((i for i in range(len(lines)) if _block_goes_on(lines, i)), 0)
-    start = text.rfind("\n", 0, line_start) + 1 + sum(len(line) + 1 for line in lines[:at])
-    indent = _indentation(next((line for line in lines[at:] if line.strip()), ""))
+    start = line_start + sum(len(line) + 1 for line in lines[:at])
+    indent = indentation(next((line for line in lines[at:] if line.strip()), ""))
     elsewhere = re.compile(rf"^{re.escape(indent)}([^\s#])", re.M)  # code, not a comment
     found = elsewhere.search(text, (start + len(text) // 2) % len(text)) or elsewhere.search(text)
     typed = text[found.start(1):found.start(1) + TYPED_CHARS] if found else ""
@@ -78,16 +81,12 @@ def typing_line_starts(text: str) -> list[int]:
     return starts
 
 
-def _indentation(line: str) -> str:
-    return line[:len(line) - len(line.lstrip())]
-
-
 def _block_goes_on(lines: list[str], at: int) -> bool:
     """Whether a new line before `lines[at]`, inside a definition, has BLOCK_LINES_BELOW lines of
     code after it at the indentation of the next one or deeper."""
     code = [line for line in lines[at:at + 4 * BLOCK_LINES_BELOW] if line.strip()]
     if len(code) < BLOCK_LINES_BELOW:
         return False
-    width = len(_indentation(code[0]))
+    width = indent_width(code[0])
     # Indented: inside a definition (the prompt's suffix ends with the definition holding the cursor).
-    return width > 0 and all(len(_indentation(line)) >= width for line in code[:BLOCK_LINES_BELOW])
+    return width > 0 and all(indent_width(line) >= width for line in code[:BLOCK_LINES_BELOW])

@@ -11,6 +11,7 @@ from pygls.workspace import TextDocument
 
 from aipc_lsp.engines.base import RequestError
 from aipc_lsp.messages import WARM, WarmParams
+from aipc_lsp.snippets import indentation
 from aipc_lsp.suggest import Suggestion
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,6 @@ def _snippets_supported(ls) -> bool:
     return bool(item and item.snippet_support)
 
 
-def _indentation(line: str) -> str:
-    return line[: len(line) - len(line.lstrip(" \t"))]
-
-
 def _as_snippet(text: str, base_indent: str) -> str:
     """Plain text as a snippet body: `$`, `}` and `\\` escaped, later lines relative to the
     cursor line's indentation."""
@@ -120,7 +117,7 @@ def register(server) -> None:
             # inserts all of it, re-indenting later lines by the cursor line's indentation
             # (VS Code does the same), so those lines are made relative to it.
             text_format = types.InsertTextFormat.Snippet
-            edit_text = _as_snippet(new_text, _indentation(line))
+            edit_text = _as_snippet(new_text, indentation(line))
         label = first_line if len(first_line) <= 60 else first_line[:57] + "..."
         item = types.CompletionItem(
             label=label,
