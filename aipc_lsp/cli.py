@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, metavar="N", help="at most N tasks (every source and kind kept)")
     ev.add_argument("--kinds", metavar="LIST", help="comma-separated: line, midline, block, midword (default: all)")
     ev.add_argument("--sources", metavar="LIST", help="comma-separated: stdlib, tests, crossfile (default: all three), or dev: tasks from "
-                         "other modules to try a change on before the eval measures it")
+                         "other modules to try a change on before the eval measures it, or project: tasks from this "
+                         "server's own modules (code no model can have seen; they follow the code)")
     ev.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="a setting for the server, e.g. fim=off or completion.other_files=false (repeatable)")
     ev.add_argument("--no-other-files", action="store_true",

@@ -124,11 +124,12 @@ class CompletionSettings:
     fim: str = _opt("auto", "fill-in-the-middle prompt: auto = the model's own FIM tokens when its tokenizer has them "
                             "(else the code before the cursor only); off; or force a template",
                     choices=FIM_CHOICES)
-    fim_order: str = _opt("auto", "FIM: the order of the prompt's parts: auto = the template's own (prefix-suffix-"
-                                  "middle: the suffix is prefilled again on every keystroke); psm; psm-line = the "
-                                  "cursor line's code after the middle marker: a keystroke prefills only what was "
-                                  "typed; spm = the suffix first: a moved cursor prefills the whole prompt "
-                                  "(docs/QUALITY.md)", choices=FIM_ORDERS)
+    fim_order: str = _opt("psm-line", "FIM: the order of the prompt's parts: psm-line = prefix-suffix-middle with "
+                                      "the cursor line's code after the middle marker: a keystroke prefills only what "
+                                      "was typed; auto = the template's own (psm for all but Codestral); psm = "
+                                      "prefix-suffix-middle: the suffix is prefilled again whenever the code before "
+                                      "the cursor changes; spm = the suffix first: a moved cursor prefills the whole "
+                                      "prompt (docs/QUALITY.md)", choices=FIM_ORDERS)
     suffix_tokens: int = _opt(256, "FIM: most tokens of code after the cursor in the prompt (taken from "
                                    "context_tokens)", minimum=0, maximum=131072)
     suffix_to_definition_end: bool = _opt(True, "FIM: the code after the cursor in the prompt ends where the "

@@ -9,27 +9,27 @@ needs is ONE token of the vocabulary (a special token), not a string the tokeniz
 Templates are tried most specific first (Qwen and CodeGemma share `<|fim_prefix|>`; they differ in
 the file separator).
 
-Order: in prefix-suffix-middle (PSM) as the model cards write it, every keystroke changes the
-prefix's end, which sits before the whole suffix, so the suffix's tokens (up to 256) are prefilled
-again on every keystroke the model must answer: ~0.25 s on 2 Xeon cores with AMX (bf16), ~1.2 s on
-2 AVX2 cores (f32). Two other orders keep the typed characters at the prompt's end, so a keystroke
-prefills only them:
-- PSM_LINE ("psm-line"): PSM with the cursor line's code after the middle marker,
+Order: in prefix-suffix-middle (PSM) as the model cards write it, a change to the code before the
+cursor sits before the whole suffix, so the suffix's tokens (up to 256) are prefilled again on
+every keystroke the model must answer that changes the prompt (with token healing, one per word):
+~0.25 s on 2 Xeon cores with AMX (bf16), ~1.2 s on 2 AVX2 cores (f32). Two other orders keep the
+typed characters at the prompt's end, so a keystroke prefills only them:
+- PSM_LINE ("psm-line", the default): PSM with the cursor line's code after the middle marker,
   `<PRE>{code above the line}<SUF>{suffix}<MID>{line up to the cursor}` (the middle is the text
   between prefix and suffix; the model is given its start). A new line, or a cursor moved to
-  another line, prefills the suffix once, as PSM does on every keystroke. A line of only
-  indentation stays in the prefix, as in PSM, and so does the line at a file's end (no code after
-  it: a keystroke costs PSM no more there). On the 228 eval tasks it got as many first lines right
-  as PSM on an AVX2 host in f32 (87) and on a Xeon with AMX in bf16 (86, 2 checks fewer), more of
-  the standard library and fewer of code the model cannot have seen (docs/QUALITY.md,
-  twenty-fourth and twenty-fifth sessions).
+  another line, prefills the suffix once. A line of only indentation stays in the prefix, as in
+  PSM, and so does the line at a file's end (no code after it: a keystroke costs PSM no more
+  there). On the 228 eval tasks it got as many first lines right as PSM on an AVX2 host in f32
+  (87) and on a Xeon with AMX in bf16 (86, 2 checks fewer); on 280 mid-line tasks in this
+  server's own modules, code no model can have seen, 86 against 79 (docs/QUALITY.md,
+  twenty-fourth to twenty-sixth sessions).
 - SPM, the FIM paper's form (`<PRE><SUF>suffix<MID>prefix`): a cursor moved anywhere changes the
   suffix at the prompt's start, so all of it is prefilled again. It gets more lines of the standard
   library right (lines the model recalls, such as heapq's `yield from next.__self__`), none more of
   code it cannot have seen, where it also spaces brackets oddly (` current )` for `current)`)
   (twenty-second session).
-So every template keeps PSM, the order the models' cards document; `completion.fim_order` chooses
-"psm-line" (worth it on a CPU that prefills slowly) or "spm".
+So the templates keep PSM, the order the models' cards document ("auto"), and `completion.fim_order`
+defaults to "psm-line".
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from aipc_lsp.eval import remote as remote_peer
 from aipc_lsp.eval import runner
 from aipc_lsp.eval.report import breakdown, check_targets, render_table, summarize
 from aipc_lsp.eval.scoring import evaluate
-from aipc_lsp.eval.tasks import DEV_SOURCE, KINDS, SOURCES, Task, build_tasks, with_unrelated
+from aipc_lsp.eval.tasks import DEV_SOURCE, KINDS, PROJECT_SOURCE, SOURCES, Task, build_tasks, with_unrelated
 
 
 class EvalError(Exception):
@@ -76,7 +76,7 @@ def run_eval(*, model: str | None = None, quick: bool = False, limit: int | None
     if model:
         options["model"] = model
     chosen_kinds = _choice(kinds, KINDS, "--kinds")
-    tasks = build_tasks(sources=_choice(sources, SOURCES + (DEV_SOURCE,), "--sources", default=SOURCES), kinds=chosen_kinds, quick=quick, limit=limit)
+    tasks = build_tasks(sources=_choice(sources, SOURCES + (DEV_SOURCE, PROJECT_SOURCE), "--sources", default=SOURCES), kinds=chosen_kinds, quick=quick, limit=limit)
     if not tasks:
         raise EvalError("no tasks match --sources/--kinds/--limit")
     if unrelated < 0:

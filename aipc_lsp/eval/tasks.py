@@ -35,6 +35,10 @@ SOURCES = ("stdlib", "tests", "crossfile")
 # Not in the eval unless asked for: tasks to try a prompt or post-processing change on first, so
 # that what the eval reports was not tuned on its own tasks.
 DEV_SOURCE = "dev"
+# Also not in the eval unless asked for: holes in this server's own modules, code written after the
+# models were trained, so none of them can have seen it (the standard library's they may have).
+# They follow the code: a commit's tasks are that commit's.
+PROJECT_SOURCE = "project"
 SEED = "aipc-lsp-eval-1"
 
 # Pure-Python standard library modules present in every CPython 3.10-3.14.
@@ -57,8 +61,10 @@ CROSSFILE_MODULES = {"invoice": "money", "layout": "geometry", "importer": "sche
 PER_FILE = {"stdlib": {"line": 3, "midline": 3, "block": 3, "midword": 2},
             "tests": {"line": 4, "midline": 3, "block": 2, "midword": 2},
             "crossfile": {"line": 3, "midline": 3, "block": 2, "midword": 2},
-            "dev": {"line": 2, "midline": 2, "block": 2, "midword": 2}}
+            "dev": {"line": 2, "midline": 2, "block": 2, "midword": 2},
+            "project": {"line": 2, "midline": 2, "block": 2, "midword": 2}}
 ORIGINAL_PER_FILE = {"stdlib": {"line": 1, "midline": 1, "block": 1}, "dev": {"line": 0, "midline": 0, "block": 0},
+                     "project": {},
                      "tests": {"line": 2, "midline": 1, "block": 1},
                      "crossfile": {"line": 2, "midline": 1, "block": 1}}
 QUICK_PER_GROUP = 2
@@ -301,6 +307,18 @@ def dev_tasks(per_file: dict = PER_FILE) -> list[Task]:
     return stdlib_tasks(per_file, DEV_FILES, DEV_SOURCE)
 
 
+def project_tasks(per_file: dict = PER_FILE) -> list[Task]:
+    package = Path(__file__).resolve().parents[1]
+    tasks = []
+    for file in sorted(package.rglob("*.py")):
+        relative = file.relative_to(package.parent).as_posix()
+        if "/eval/corpus/" in relative:
+            continue  # the eval's own
+        tasks += tasks_for_file(source=PROJECT_SOURCE, path=relative, text=file.read_text(encoding="utf-8"),
+                                per_kind=per_file[PROJECT_SOURCE])
+    return tasks
+
+
 def corpus_tasks(per_file: dict = PER_FILE) -> list[Task]:
     tasks = []
     for name in CORPUS_MODULES:
@@ -320,7 +338,8 @@ def crossfile_tasks(per_file: dict = PER_FILE) -> list[Task]:
     return tasks
 
 
-BUILDERS = {"stdlib": stdlib_tasks, "tests": corpus_tasks, "crossfile": crossfile_tasks, DEV_SOURCE: dev_tasks}
+BUILDERS = {"stdlib": stdlib_tasks, "tests": corpus_tasks, "crossfile": crossfile_tasks, DEV_SOURCE: dev_tasks,
+            PROJECT_SOURCE: project_tasks}
 
 
 def build_tasks(*, sources=SOURCES, kinds=KINDS, quick: bool = False, limit: int | None = None) -> list[Task]:

@@ -46,7 +46,7 @@ def test_bench_quick_measures_everything(tmp_path):
     # the documents are sized so that the prompt at the cursor holds about 1.5k tokens.
     settings = report["settings"]
     assert settings["fim_setting"] == "auto" and settings["suffix_tokens"] == 256
-    assert settings["fim_order"] == (settings["fim"] and "psm")  # a template's own order (fim_order = auto)
+    assert settings["fim_order"] == (settings["fim"] and "psm-line")  # the default order (none without a template)
     assert server["completion_prompt"] == (settings["fim"] or "prefix")  # the bench built what the server did
     assert 1450 <= settings["prompt_tokens"]["1536"] <= 1560, settings
     # Without --remote the rows that compare with the peer say so; cancel is judged on its own.

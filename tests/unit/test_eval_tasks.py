@@ -151,3 +151,17 @@ def test_stdlib_tasks_have_no_checks_and_come_from_this_interpreter():
     assert len(tasks) >= 30
     assert all(t.checks is None and t.path.startswith("stdlib/") for t in tasks)
     assert run_checks(tasks[0], tasks[0].text) is None
+
+
+def test_project_tasks_are_holes_in_this_servers_own_modules_and_not_in_the_eval():
+    import aipc_lsp
+    from pathlib import Path
+
+    package = Path(aipc_lsp.__file__).resolve().parent
+    tasks = build_tasks(sources=("project",))
+    assert len(tasks) >= 200 and {t.kind for t in tasks} == set(KINDS)
+    for task in tasks[:40]:
+        assert task.path.startswith("aipc_lsp/") and "/eval/corpus/" not in task.path and task.checks is None
+        original = (package.parent / task.path).read_text(encoding="utf-8")
+        assert accept(task.text, task.offset, task.offset, task.expected) == original, task.id
+    assert not {t.source for t in build_tasks()} & {"project", "dev"}
