@@ -120,7 +120,9 @@ class CompletionSettings:
     warm_on_open: bool = _opt(True, "when a document is opened and the model is idle, compute its first window's KV "
                                     "cache, so the first suggestion there skips the cold prefill")
     warm_at_cursor: bool = _opt(True, "when the client says where the cursor rests (aipc/warm: a document brought to "
-                                      "the front, the cursor moved) and the model is idle, compute the window there")
+                                      "the front, the cursor moved) and the model is idle, compute the window there; "
+                                      "and after a suggestion on a line of only indentation (fim_order psm-line), "
+                                      "the prompt that typing code there extends")
     fim: str = _opt("auto", "fill-in-the-middle prompt: auto = the model's own FIM tokens when its tokenizer has them "
                             "(else the code before the cursor only); off; or force a template",
                     choices=FIM_CHOICES)

@@ -50,6 +50,9 @@ class CompletionContext:
     suffix_window: str = ""
     # The other files whose snippets the prompt's header holds (their paths; aipc/status shows them).
     other_files: tuple[str, ...] = ()
+    # psm-line, a cursor line of only indentation: the prompt once code is typed on it (FimTemplate.
+    # line_body), to compute while the user reads the suggestion; "" when there is none.
+    line_prompt: str = ""
 
 
 def build_completion_context(
@@ -130,10 +133,14 @@ def build_completion_context(
             prompt = prompt[-keep:] if keep > 0 else ""
             count = count_tokens(prompt)
     window_text = prompt
+    line_prompt = ""
     if fim is not None:
         prompt = fim.body(prompt, suffix_window, held_back)
+        line_body = fim.line_body(window_text, suffix_window) if not line_prefix.strip() else ""
+        line_prompt = header + line_body if line_body else ""
     return CompletionContext(
         prompt=header + prompt,
+        line_prompt=line_prompt,
         suffix=after,
         line_prefix=line_prefix,
         line_suffix=line_suffix,

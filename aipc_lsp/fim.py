@@ -96,6 +96,17 @@ class FimTemplate:
             return f"{s}{p}{self.before_middle_marker}{self.middle}"
         return f"{p}{s}{self.before_middle_marker}{self.middle}{typed}"
 
+    def line_body(self, prefix: str, suffix: str) -> str:
+        """psm-line, a cursor line of only indentation (which body() keeps in the prefix, as PSM
+        does): the body once code is typed on it, the line after the middle marker. Its first
+        character then prefills only itself where this was computed ahead. "" for other orders,
+        an empty line or one with code (body() has this layout already), or nothing after the cursor."""
+        cut = prefix.rfind("\n") + 1
+        if self.order != PSM_LINE or not prefix[cut:] or prefix[cut:].strip() or not suffix.strip():
+            return ""  # (an empty line: the two layouts are one)
+        return (f"{self.prefix}{self.after_prefix_marker}{prefix[:cut]}{self.before_suffix_marker}"
+                f"{self.suffix}{suffix}{self.before_middle_marker}{self.middle}{prefix[cut:]}")
+
     def header(self, snippets: Sequence[Snippet], path: str, comment: str = "#") -> str:
         """What goes before the FIM body: other files, in the repo-level format when the model has
         one (and the current file's path after them), else as comment blocks."""

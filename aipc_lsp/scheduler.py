@@ -47,7 +47,7 @@ class JobKind(str, enum.Enum):
     CHAT = "chat"
     # Background work (warming a document's KV cache): runs only when nothing else waits, and is
     # stopped as soon as another job does (within the engine's step in flight; the prefix cache
-    # keeps what it computed).
+    # keeps what it computed), unless that job's prompt begins with its prompt: it then waits for it.
     WARM = "warm"
 
     def __str__(self) -> str:  # its value in logs and messages (Python 3.10 has no StrEnum)
@@ -449,11 +449,15 @@ class Scheduler:
         if self._closed:
             return
         ready = [s for s in self.slots if s.ready and not s.closed]
-        if any(not j.yields and not j.cancel.is_set() for j in self._pending):
-            for slot in ready:
-                if slot.busy_with is not None and slot.busy_with.yields and not slot.busy_with.cancel.is_set():
-                    log.debug("job %d gives way on slot %s", slot.busy_with.id, slot.name)
-                    slot.busy_with.abandon()
+        waiting = [j for j in self._pending if not j.yields and not j.cancel.is_set()]
+        for slot in ready if waiting else ():
+            background = slot.busy_with
+            if background is None or not background.yields or background.cancel.is_set():
+                continue
+            if any(j.prompt.startswith(background.prompt) for j in waiting):
+                continue  # it computes the start of a waiting prompt: stopped, that would compute it again
+            log.debug("job %d gives way on slot %s", background.id, slot.name)
+            background.abandon()
         wait = {s.name: self._remaining_ms(s) for s in ready}
         for job in sorted(self._pending, key=lambda j: (j.priority, j.created)):
             if job.cancel.is_set():

@@ -73,6 +73,7 @@ class Suggester:
         self._scheduler_ref: weakref.ref | None = None
         self._warming: asyncio.Task | None = None
         self._warming_uri: str | None = None
+        self._warming_prompt = ""  # what the running warm-up computes, once it has its prompt
         # The latest warm-ups, for aipc/status.
         self.warmups: deque[dict] = deque(maxlen=RECENT_SIZE)
         # The prompt the engine computed last (a suggestion's or a warm-up's): a cursor warm-up of
@@ -118,49 +119,75 @@ class Suggester:
         self._warming_uri = uri
         self._warming = loop.create_task(self._warm(uri, text, settings, offset, snippets, language_id))
 
-    def _stop_warming(self) -> None:
+    def _stop_warming(self, unless_extended_by: str | None = None) -> None:
+        """Stop the warm-up, unless it is computing a prompt that `unless_extended_by` (a request's)
+        begins with: stopped, its work would only be done again for the request, which waits for it
+        instead (the scheduler lets such a warm-up finish too)."""
+        if (unless_extended_by is not None and self._warming_prompt
+                and unless_extended_by.startswith(self._warming_prompt)):
+            return
         if self._warming is not None and not self._warming.done():
             self._warming.cancel()
         self._warming = self._warming_uri = None
+        self._warming_prompt = ""
 
     async def _warm(self, uri: str, text: str, settings: CompletionSettings, offset: int | None,
                     snippets=None, language_id: str = "") -> None:
         await asyncio.sleep(WARM_DELAY_S)
-        started = time.perf_counter()
-        prompt, cancelled = "", True
+        prompt = ""
         try:
             scheduler = await self.runtime.scheduler()
-            if not scheduler.keeps_prompt_cache():
-                return  # e.g. OpenVINO on the NPU: every request prefills anew, a warm-up is lost work
-            budget = self._prepare(scheduler, settings)
-            template = await self._template(scheduler, settings)
-            heal = settings.token_healing and scheduler.constrains_start()
-            if offset is None:
-                end = await self._counted(lambda count, _: _first_window_end(text, budget, count))
-                ctx = await self._context(text, end, budget, settings, template, uri, snippets, language_id, heal)
-                if ctx.window_start_line != 0 or not ctx.prompt:
-                    return  # no cursor's window would start at the document's beginning
-            else:
-                ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id, heal)
-                if not ctx.prompt or ctx.prompt == self._last_computed:
-                    return  # cached: the last suggestion's, or the client said it twice
-            prompt = ctx.prompt
-            job = Job(key=("", WARM), prompt=prompt, params=GenerationParams(max_new_tokens=1))  # yields to any other
+            if scheduler.keeps_prompt_cache():  # (e.g. OpenVINO on the NPU prefills every request anew)
+                budget = self._prepare(scheduler, settings)
+                template = await self._template(scheduler, settings)
+                heal = settings.token_healing and scheduler.constrains_start()
+                if offset is None:
+                    end = await self._counted(lambda count, _: _first_window_end(text, budget, count))
+                    ctx = await self._context(text, end, budget, settings, template, uri, snippets, language_id, heal)
+                    # (none when no cursor's window would start at the document's beginning)
+                    prompt = ctx.prompt if ctx.window_start_line == 0 else ""
+                else:
+                    ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id,
+                                              heal)
+                    # (none when cached: the last suggestion's, or the client said it twice)
+                    prompt = ctx.prompt if ctx.prompt != self._last_computed else ""
+        except Exception as exc:  # no model: the completion path says so when it is asked
+            log.debug("no warm-up for %s: %s", uri, exc)
+        if not prompt:
+            if self._warming is asyncio.current_task():
+                self._warming = self._warming_uri = None
+            return
+        await self._compute_ahead(uri, prompt, "open" if offset is None else "cursor", scheduler)
+
+    def _warm_line(self, uri: str, prompt: str, scheduler) -> None:
+        """After a suggestion on a line of only indentation (psm-line): compute the prompt that
+        typing code on it will extend (CompletionContext.line_prompt) while the user reads, so
+        that its first character does not prefill the code after the cursor again. Skipped when
+        the user types what was suggested (answered from it), stopped by any request."""
+        self._stop_warming()
+        self._warming_uri = uri
+        self._warming = asyncio.get_running_loop().create_task(self._compute_ahead(uri, prompt, "line", scheduler))
+
+    async def _compute_ahead(self, uri: str, prompt: str, at: str, scheduler) -> None:
+        """The KV cache of `prompt`, once the model is idle (a job that yields to any other)."""
+        started = time.perf_counter()
+        cancelled = True
+        self._warming_prompt = prompt
+        try:
+            job = Job(key=("", WARM), prompt=prompt, params=GenerationParams(max_new_tokens=1))
             cancelled = (await scheduler.run(job)).cancelled
             self._last_computed = None if cancelled else prompt
         except asyncio.CancelledError:
-            raise  # a request took over (recorded below when the warm-up had begun)
-        except Exception as exc:  # no model: the completion path says so when it is asked
+            raise  # a request took over (recorded below)
+        except Exception as exc:  # the slot failed: the next request finds out and says so
             log.debug("no warm-up for %s: %s", uri, exc)
-            prompt = ""
         finally:
             if self._warming is asyncio.current_task():
                 self._warming = self._warming_uri = None
-            if prompt:
-                self.warmups.append({"uri": uri, "promptChars": len(prompt), "cancelled": cancelled,
-                                     "at": "open" if offset is None else "cursor",
-                                     "ms": round((time.perf_counter() - started) * 1000, 1)})
-                log.debug("warm-up of %s: %d chars, %s", uri, len(prompt), "cancelled" if cancelled else "done")
+                self._warming_prompt = ""
+            self.warmups.append({"uri": uri, "promptChars": len(prompt), "cancelled": cancelled, "at": at,
+                                 "ms": round((time.perf_counter() - started) * 1000, 1)})
+            log.debug("warm-up of %s (%s): %d chars, %s", uri, at, len(prompt), "cancelled" if cancelled else "done")
 
     async def suggest(
         self,
@@ -175,7 +202,6 @@ class Suggester:
     ) -> Suggestion | None:
         """None when the request was superseded or no model can serve. `snippets`: the other
         files' source (snippets.SnippetRing), None for none."""
-        self._stop_warming()  # the model is not idle any more; the request does that work itself
         key = (uri, version, offset, text if version is None else None)
         shared = self._inflight.get(key)
         if shared is not None and not shared.done():
@@ -215,6 +241,8 @@ class Suggester:
         template = await self._template(scheduler, settings)
         heal = settings.token_healing and scheduler.constrains_start()
         ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id, heal)
+        # The model is not idle any more: the request does a warm-up's work itself, or waits for it.
+        self._stop_warming(unless_extended_by=ctx.prompt)
         if not ctx.window.strip() and not ctx.suffix_window.strip():
             return None  # an empty document: no code to go on (other files' snippets alone are not its code)
         before, after = text[:offset], text[offset:]
@@ -256,6 +284,8 @@ class Suggester:
         if outcome is CANCELLED or outcome is MISS:
             return None
         self._remember(cache_key, answer)
+        if ctx.line_prompt and settings.warm_at_cursor and scheduler.keeps_prompt_cache():
+            self._warm_line(uri, ctx.line_prompt, scheduler)
         return self._done(uri, version, started, answer, "generated", first_at, g.tokens, ctx.other_files)
 
     def _prepare(self, scheduler, settings: CompletionSettings) -> int:

@@ -211,3 +211,18 @@ def test_with_the_typed_line_in_the_middle_only_a_new_line_changes_the_prompt_be
     doc = "def f(x):\n    "  # a line of indentation only stays in the prefix, as in PSM
     ctx = build_completion_context(doc, len(doc), fim=line)
     assert ctx.prompt == "<|fim_prefix|>def f(x):\n   <|fim_suffix|><|fim_middle|>"
+
+
+def test_the_line_body_is_what_typing_code_on_a_line_of_only_indentation_extends():
+    line = fim.ordered(fim.QWEN, "psm-line")
+    ahead = line.line_body("x = 1\n   ", "\nb")
+    assert ahead == "<|fim_prefix|>x = 1\n<|fim_suffix|>\nb<|fim_middle|>   "
+    # The first character typed there (its space held back or not) gives a prompt that extends it.
+    assert line.body("x = 1\n   ", "\nb", held_back=" r").startswith(ahead)
+    assert line.body("x = 1\n    (", "\nb").startswith(ahead)
+    # None where body() has that layout already, the two layouts are one, or for other orders.
+    assert line.line_body("x = 1\n    a", "\nb") == ""  # code on the line
+    assert line.line_body("x = 1\n", "\nb") == ""  # an empty line
+    assert line.line_body("x = 1\n    ", "\n\n") == ""  # nothing after the cursor: PSM's layout stays
+    assert fim.QWEN.line_body("x = 1\n    ", "\nb") == ""
+    assert fim.ordered(fim.QWEN, "spm").line_body("x = 1\n    ", "\nb") == ""

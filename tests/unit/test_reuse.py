@@ -202,7 +202,8 @@ async def test_nothing_from_a_previous_model_is_served(make):
 async def warm_ups_ended() -> None:
     """Wait for every warm-up task there is to end: one postponed rather than stopped would run
     to its end here (and be recorded)."""
-    tasks = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Suggester._warm"]
+    tasks = [t for t in asyncio.all_tasks()
+             if t.get_coro().__qualname__ in ("Suggester._warm", "Suggester._compute_ahead")]
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -271,3 +272,47 @@ async def test_a_cursor_warm_up_computes_the_prompt_a_request_there_sends_unless
     s.warm(URI, text, settings, cursor - len(lines[299]))
     await warm_ups_ended()
     assert len(engine.prompts) == 3 and s.warmups[-1]["at"] == "cursor"
+
+
+LINE_ABOVE = "def total(items):\n    result = 0\n    for item in items:\n        "
+LINE_BELOW = "\n    return result\n"
+
+
+@pytest.mark.parametrize("order, enabled, warmed", [("psm-line", True, True), ("psm-line", False, False),
+                                                    ("psm", True, False)])
+async def test_after_a_suggestion_on_a_line_of_indentation_the_prompt_typing_there_extends_is_computed(
+        make, order, enabled, warmed):
+    s, engine = make(script({"<|fim_middle|>": "result += item.price\n"}))
+    engine.keeps_prompt_cache = True
+    settings = CompletionSettings(max_tokens=32, fim="qwen", fim_order=order, warm_at_cursor=enabled)
+    answer = await s.suggest(text=LINE_ABOVE + LINE_BELOW, offset=len(LINE_ABOVE), settings=settings, uri=URI,
+                             version=1)
+    assert answer.text == "result += item.price"
+    await warm_ups_ended()
+    assert [w["at"] for w in s.warmups] == (["line"] if warmed else [])
+    if not warmed:
+        assert len(engine.prompts) == 1
+        return
+    first, ahead = engine.prompts
+    assert engine.calls[1].params.max_new_tokens == 1 and ahead != first
+    # The user types something else than the suggestion: that prompt extends the one computed ahead.
+    text = LINE_ABOVE + "t" + LINE_BELOW
+    s.document_changed(URI, text)
+    await s.suggest(text=text, offset=len(LINE_ABOVE) + 1, settings=settings, uri=URI, version=2)
+    assert len(engine.prompts) == 3 and engine.prompts[2].startswith(ahead)
+
+
+async def test_a_keystroke_that_extends_the_prompt_being_computed_ahead_waits_for_it(make):
+    s, engine = make(script({"<|fim_middle|>": "result += item.price\n"}), delay=0.05)
+    engine.keeps_prompt_cache = True
+    settings = CompletionSettings(max_tokens=32, fim="qwen", fim_order="psm-line")
+    await s.suggest(text=LINE_ABOVE + LINE_BELOW, offset=len(LINE_ABOVE), settings=settings, uri=URI, version=1)
+    await until(lambda: len(engine.calls) == 2, "the line's prompt computed ahead")
+    text = LINE_ABOVE + "t" + LINE_BELOW
+    s.document_changed(URI, text)
+    await s.suggest(text=text, offset=len(LINE_ABOVE) + 1, settings=settings, uri=URI, version=2)
+    await warm_ups_ended()
+    assert [(w["at"], w["cancelled"]) for w in s.warmups] == [("line", False)]
+    assert engine.calls[2].started >= engine.calls[1].ended and engine.prompts[2].startswith(engine.prompts[1])
+    # A request elsewhere does not wait for it.
+    await s.suggest(text=LINE_ABOVE + LINE_BELOW, offset=len(LINE_ABOVE), settings=settings, uri=URI, version=3)

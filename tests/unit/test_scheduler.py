@@ -506,6 +506,18 @@ async def test_a_yielding_job_gives_way_to_a_completion_within_a_step(make_sched
     assert scheduler.slots[0].stats.served == 1 and scheduler.slots[0].stats.cancelled == 1
 
 
+async def test_a_yielding_job_computing_the_start_of_a_waiting_prompt_finishes_first(make_scheduler):
+    # Stopped, its work would only be done again for the completion, which extends its prompt.
+    engine = FakeEngine(output=by_prompt({"def f": "w1 w2 w3 w4", "def f(x": SHORT}), token_delay=DELAY)
+    scheduler = make_scheduler(engine)
+    warm = asyncio.ensure_future(scheduler.run(job("", "warm", prompt="def f")))
+    await started(engine)
+    result = await asyncio.wait_for(scheduler.run(job(URI_A, prompt="def f(x")), 2.0)
+    warmed = await warm
+    assert not warmed.cancelled and warmed.text == "w1 w2 w3 w4" and result.text == SHORT
+    assert engine.calls[1].started >= engine.calls[0].ended
+
+
 async def test_a_yielding_job_waits_for_an_idle_slot_and_never_delays_other_work(make_scheduler):
     engine = FakeEngine(output=by_prompt({"warm": "w1 w2", "chat": LONG}), token_delay=DELAY)
     scheduler = make_scheduler(engine)
