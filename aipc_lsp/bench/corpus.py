@@ -83,15 +83,10 @@ def typing_line_starts(text: str) -> list[int]:
 
 def _block_goes_on(lines: list[str], at: int) -> bool:
     """Whether a new line before `lines[at]`, inside a definition, has BLOCK_LINES_BELOW lines of
-    code after it at the indentation of the next one or deeper, the next one a statement of that
-    body (not a definition: the prompt's suffix ends where the next definition at the cursor's
-    level begins, so a new line between two methods has no code after it to hold)."""
+    code after it at the indentation of the next one or deeper."""
     code = [line for line in lines[at:at + 4 * BLOCK_LINES_BELOW] if line.strip()]
-    if len(code) < BLOCK_LINES_BELOW or _DEFINITION_START.match(code[0]):
+    if len(code) < BLOCK_LINES_BELOW:
         return False
     width = indent_width(code[0])
     # Indented: inside a definition (the prompt's suffix ends with the definition holding the cursor).
     return width > 0 and all(indent_width(line) >= width for line in code[:BLOCK_LINES_BELOW])
-
-
-_DEFINITION_START = re.compile(r"\s*(?:def |async def |class |@)")

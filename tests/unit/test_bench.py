@@ -236,16 +236,6 @@ def test_typing_goes_where_a_block_goes_on_and_types_code_at_its_indentation():
         assert typed[0] in "arv" and not typed.startswith("    ")
 
 
-def test_typing_does_not_open_its_line_between_two_methods():
-    # The suffix a FIM prompt holds ends at the next definition: there it would be empty.
-    methods = "".join(f"    def m{i}(self):\n        return {i}\n\n" for i in range(6))
-    text = "class C:\n" + methods + "    @property\n    def p(self):\n" + "".join(
-        f"        v{i} = {i}\n" for i in range(10))
-    prefix, _, suffix = typing_parts(text, text.index("    def m1"))
-    assert prefix == text[:text.index("        v0")] + "        " and suffix.startswith("\n        v0 = 0")
-    assert all(not text[s:].lstrip().startswith(("def ", "@")) for s in typing_line_starts(text))
-
-
 def test_the_bench_sizes_its_typing_document_at_a_line_the_new_line_opens_at():
     # The engine sizes the document by the tokens before such a line start: the cursor stays there.
     text = corpus_text()
