@@ -90,11 +90,7 @@ class FimTemplate:
             # again at each flip.
             if (prefix[cut:] + held_back).strip() and suffix.strip():
                 prefix, typed = prefix[:cut], prefix[cut:]
-        p = f"{self.prefix}{self.after_prefix_marker}{prefix}{self.before_suffix_marker}"
-        s = f"{self.suffix}{suffix}"
-        if self.order == SUFFIX_FIRST:
-            return f"{s}{p}{self.before_middle_marker}{self.middle}"
-        return f"{p}{s}{self.before_middle_marker}{self.middle}{typed}"
+        return self._laid_out(prefix, suffix, typed)
 
     def line_body(self, prefix: str, suffix: str) -> str:
         """psm-line, a cursor line of only indentation (which body() keeps in the prefix, as PSM
@@ -104,8 +100,16 @@ class FimTemplate:
         cut = prefix.rfind("\n") + 1
         if self.order != PSM_LINE or not prefix[cut:] or prefix[cut:].strip() or not suffix.strip():
             return ""  # (an empty line: the two layouts are one)
-        return (f"{self.prefix}{self.after_prefix_marker}{prefix[:cut]}{self.before_suffix_marker}"
-                f"{self.suffix}{suffix}{self.before_middle_marker}{self.middle}{prefix[cut:]}")
+        return self._laid_out(prefix[:cut], suffix, prefix[cut:])
+
+    def _laid_out(self, prefix: str, suffix: str, typed: str = "") -> str:
+        """The markers around the parts, prefix first (suffix first for Codestral); `typed` (psm-line:
+        the cursor line's code) after the middle marker."""
+        p = f"{self.prefix}{self.after_prefix_marker}{prefix}{self.before_suffix_marker}"
+        s = f"{self.suffix}{suffix}"
+        if self.order == SUFFIX_FIRST:
+            return f"{s}{p}{self.before_middle_marker}{self.middle}"
+        return f"{p}{s}{self.before_middle_marker}{self.middle}{typed}"
 
     def header(self, snippets: Sequence[Snippet], path: str, comment: str = "#") -> str:
         """What goes before the FIM body: other files, in the repo-level format when the model has

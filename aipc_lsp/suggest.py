@@ -22,7 +22,7 @@ import time
 import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
-from typing import Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 from aipc_lsp.config import CompletionSettings
 from aipc_lsp import fim
@@ -110,14 +110,24 @@ class Suggester:
         first budget's worth of a longer one). A cursor the client says rests at `offset` (a
         document brought to the front, a jump within it; aipc/warm): the prompt a request there
         would send, unless it is the prompt the engine computed last. The newest wins; any request
-        stops it (the prefix cache keeps what it computed)."""
+        stops it (the prefix cache keeps what it computed), unless the request's prompt extends it."""
+        self._start_warming(uri, lambda: self._warm(uri, text, settings, offset, snippets, language_id))
+
+    def _start_warming(self, uri: str, work: Callable[[], Awaitable[None]]) -> None:
+        """The newest warm-up replaces the one there is."""
         self._stop_warming()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return  # no event loop runs the server (the protocol driven by hand): nothing to warm with
         self._warming_uri = uri
-        self._warming = loop.create_task(self._warm(uri, text, settings, offset, snippets, language_id))
+        self._warming = loop.create_task(work())
+
+    def _warming_ended(self) -> None:
+        """The running warm-up task is over (called from it)."""
+        if self._warming is asyncio.current_task():
+            self._warming = self._warming_uri = None
+            self._warming_prompt = ""
 
     def _stop_warming(self, unless_extended_by: str | None = None) -> None:
         """Stop the warm-up, unless it is computing a prompt that `unless_extended_by` (a request's)
@@ -154,8 +164,7 @@ class Suggester:
         except Exception as exc:  # no model: the completion path says so when it is asked
             log.debug("no warm-up for %s: %s", uri, exc)
         if not prompt:
-            if self._warming is asyncio.current_task():
-                self._warming = self._warming_uri = None
+            self._warming_ended()
             return
         await self._compute_ahead(uri, prompt, "open" if offset is None else "cursor", scheduler)
 
@@ -164,9 +173,7 @@ class Suggester:
         typing code on it will extend (CompletionContext.line_prompt) while the user reads, so
         that its first character does not prefill the code after the cursor again. Skipped when
         the user types what was suggested (answered from it), stopped by any request."""
-        self._stop_warming()
-        self._warming_uri = uri
-        self._warming = asyncio.get_running_loop().create_task(self._compute_ahead(uri, prompt, "line", scheduler))
+        self._start_warming(uri, lambda: self._compute_ahead(uri, prompt, "line", scheduler))
 
     async def _compute_ahead(self, uri: str, prompt: str, at: str, scheduler) -> None:
         """The KV cache of `prompt`, once the model is idle (a job that yields to any other)."""
@@ -182,9 +189,7 @@ class Suggester:
         except Exception as exc:  # the slot failed: the next request finds out and says so
             log.debug("no warm-up for %s: %s", uri, exc)
         finally:
-            if self._warming is asyncio.current_task():
-                self._warming = self._warming_uri = None
-                self._warming_prompt = ""
+            self._warming_ended()
             self.warmups.append({"uri": uri, "promptChars": len(prompt), "cancelled": cancelled, "at": at,
                                  "ms": round((time.perf_counter() - started) * 1000, 1)})
             log.debug("warm-up of %s (%s): %d chars, %s", uri, at, len(prompt), "cancelled" if cancelled else "done")

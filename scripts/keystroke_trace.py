@@ -15,10 +15,8 @@ import asyncio
 import sys
 import uuid
 
-from lsprotocol import types
-
 from aipc_lsp.bench.corpus import corpus_text, typing_parts
-from aipc_lsp.bench.server import BenchClient, _unique
+from aipc_lsp.bench.server import BenchClient, _unique, initialized
 from aipc_lsp.lsp_client import drain
 
 KEYSTROKES = 8
@@ -30,13 +28,9 @@ async def trace(order: str, start: int, pause: float, warm: bool) -> None:
     asyncio.ensure_future(drain(client._server.stderr))
     options = {"completion": {"context_tokens": 3072, "max_tokens": 48, "other_files": False, "fim_order": order,
                               "warm_at_cursor": warm}}
-    await client.initialize_async(types.InitializeParams(
-        capabilities=types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
-            inline_completion=types.InlineCompletionClientCapabilities())),
-        process_id=None, initialization_options=options))
-    client.initialized(types.InitializedParams())
-    while not (await client.status())["ready"]:
-        await asyncio.sleep(0.1)
+    state = await initialized(client, options)
+    if state["error"]:
+        raise SystemExit(f"the server has no model: {state['error']}")
     prefix, typed, suffix = typing_parts(corpus_text(), start)
     uri, head = f"file:///bench/trace_{uuid.uuid4().hex[:6]}.py", _unique(prefix)
     client.open(uri, head + suffix)

@@ -134,6 +134,21 @@ def _unique(text: str) -> str:
     return f"# bench {uuid.uuid4().hex}\n{text}"
 
 
+async def initialized(client: BenchClient, options: dict) -> dict:
+    """Initialize the server as an editor with inline completion does (`options`: its
+    initializationOptions); its status once its model is ready or has failed."""
+    await client.initialize_async(types.InitializeParams(
+        capabilities=types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
+            inline_completion=types.InlineCompletionClientCapabilities())),
+        process_id=None, initialization_options=options))
+    client.initialized(types.InitializedParams())
+    while True:
+        state = await client.status()
+        if state["ready"] or state["error"]:
+            return state
+        await asyncio.sleep(0.1)
+
+
 async def run(*, docs: dict[int, tuple[str, str, str]], quick: bool, options: dict, reference=None,
               peer=None, config: str | None = None) -> dict:
     """`docs`: per context size, (code before the cursor, the characters typed there, code after
@@ -151,16 +166,7 @@ async def run(*, docs: dict[int, tuple[str, str, str]], quick: bool, options: di
     base_completion = options.get("completion", {})
     out: dict = {"contexts": {}}
     try:
-        await client.initialize_async(types.InitializeParams(
-            capabilities=types.ClientCapabilities(text_document=types.TextDocumentClientCapabilities(
-                inline_completion=types.InlineCompletionClientCapabilities())),
-            process_id=None, initialization_options=options))
-        client.initialized(types.InitializedParams())
-        while True:
-            state = await client.status()
-            if state["ready"] or state["error"]:
-                break
-            await asyncio.sleep(0.1)
+        state = await initialized(client, options)
         if state["error"]:
             return {"error": state["error"]}
         out["ready_s"] = time.perf_counter() - started
