@@ -42,6 +42,10 @@ RESULT_CACHE_SIZE = 128
 RECENT_SIZE = 64
 # A burst of opens (a restored session, a search result preview) warms only the last document.
 WARM_DELAY_S = 0.3
+# The line computed ahead after a suggestion waits this long: a request that comes at once (the
+# suggestion accepted, the cursor moved on) then finds the model free instead of the warm-up's
+# prefill step in flight, which it cannot stop.
+LINE_WARM_DELAY_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -173,10 +177,16 @@ class Suggester:
         typing code on it will extend (CompletionContext.line_prompt) while the user reads, so
         that its first character does not prefill the code after the cursor again. Skipped when
         the user types what was suggested (answered from it), stopped by any request."""
-        self._start_warming(uri, lambda: self._compute_ahead(uri, prompt, "line", scheduler))
+        self._start_warming(uri, lambda: self._compute_ahead(uri, prompt, "line", scheduler, LINE_WARM_DELAY_S))
 
-    async def _compute_ahead(self, uri: str, prompt: str, at: str, scheduler) -> None:
+    async def _compute_ahead(self, uri: str, prompt: str, at: str, scheduler, delay_s: float = 0.0) -> None:
         """The KV cache of `prompt`, once the model is idle (a job that yields to any other)."""
+        if delay_s:
+            try:
+                await asyncio.sleep(delay_s)
+            except asyncio.CancelledError:
+                self._warming_ended()
+                raise
         started = time.perf_counter()
         cancelled = True
         self._warming_prompt = prompt
