@@ -27,8 +27,17 @@ PROMPT_LOOKUP_NGRAM = 3
 CHECKPOINT_HELD_TOKENS = 1
 # Shorter prompts are cheap to prefill anyway.
 CHECKPOINT_MIN_TOKENS = 64
-# What `settle` runs: one token of prefill and one generated, the shape of a keystroke's first step.
-SETTLE_PROMPT = "\n"
+# What `settle` runs: one token of prefill and one generated, the shape of a keystroke's first step;
+# a different token each time, SETTLE_TOKENS of them from the id SETTLE_FIRST_TOKEN on. Why not the
+# same one: the paged pipeline files a freed KV block under its content's hash, and a block whose
+# hash is filed already sends the filed one back to the pool of never-used blocks, with its old
+# timestamp; a block taken from that pool keeps it. The same settling prompt after every answer
+# thus put an old block in that pool, the next new prompt (a warm-up's) took it for its first
+# block, and once that prompt was done its first block was the cache's least recently used: the
+# first evicted, when the cache was full, which lost the whole prompt (a prompt's blocks are found
+# from its first on). Measured: a warm-up's prompt asked again after it missed its cache 1 time
+# in 8 with the cache full (3 in 8 once a cache 2.7x larger had filled), with a different token each time 0 in 21.
+SETTLE_FIRST_TOKEN, SETTLE_TOKENS = 1000, 4096
 # Tokens per KV-cache block of the paged-attention pipeline: 32 on the CPU plugin, 16 on the GPU.
 CPU_BLOCK_TOKENS, OTHER_BLOCK_TOKENS = 32, 16
 # OpenVINO's tokenizer keeps only the last `max_length` tokens of a longer text, without a word
@@ -71,6 +80,7 @@ class OpenVINOEngine(Engine):
         self._special_ids: dict[str, int | None] = {}  # stop marker -> its special token's id
         self._stepped = False
         self._request_ids = itertools.count()
+        self._settlings = itertools.count()
 
     @property
     def block_tokens(self) -> int:
@@ -324,9 +334,13 @@ class OpenVINOEngine(Engine):
         # Wider than one token: prompt-lookup decode steps (4), or a prompt's prefill with no decode
         # step after it (a warm-up, an answer of one piece).
         self._unsettled = bool(self.prompt_lookup_tokens) if decode_steps else True
-        # One-token requests (a warm-up, settling) leave their own prompt's blocks; a cancelled
-        # answer's next request is on its way.
-        if self.typing_checkpoint and params.max_new_tokens > 1 and not result.cancelled:
+        # A cancelled answer's next request is on its way. After a warm-up (one token) the checkpoint
+        # also renews the prompt's blocks in the prefix cache: the pipeline evicts the least recently
+        # taken block first, and a block taken from its pool of never-used ones keeps an old time
+        # (SETTLE_FIRST_TOKEN's comment), so a warm-up's first block could be the next one evicted,
+        # and its whole prompt lost, before the request it was computed for (the bench's cursor
+        # warm-up: a prompt computed 1.1 s ahead, then asked as cold).
+        if self.typing_checkpoint and not result.cancelled:
             self._checkpoint = self._checkpoint_ids(input_ids, self._stop_token_ids(params.stop))
         return result
 
@@ -357,10 +371,10 @@ class OpenVINOEngine(Engine):
         if self._pipe is not None and self._stepped:
             checkpoint, self._checkpoint = self._checkpoint, None
             if checkpoint is not None and not busy():
-                self._cache_checkpoint(checkpoint)
+                self._compute(checkpoint)
                 self._unsettled = True  # its pass was the block's tail wide
             if self._unsettled and not busy():
-                self._generate_stepped(SETTLE_PROMPT, GenerationParams(max_new_tokens=1), threading.Event(), None)
+                self._compute(self._settling_ids())
                 self._unsettled = False  # its one token was the pass
         if self._weights is not None:
             release(self._weights)
@@ -409,7 +423,17 @@ class OpenVINOEngine(Engine):
             return None
         return np.ascontiguousarray(ids[:, :cut])
 
-    def _cache_checkpoint(self, ids) -> None:
+    def _settling_ids(self):
+        """One token, another than the last settlings' (SETTLE_TOKENS)."""
+        import numpy as np
+
+        vocabulary = len(self._byte_table) if self._byte_table is not None else SETTLE_FIRST_TOKEN + SETTLE_TOKENS
+        first = min(SETTLE_FIRST_TOKEN, vocabulary // 2)
+        token = first + next(self._settlings) % max(1, min(SETTLE_TOKENS, vocabulary - first))
+        return np.array([[token]], dtype=np.int64)
+
+    def _compute(self, ids) -> None:
+        """The KV cache of the prompt `ids` (and its one generated token), in the prefix cache after."""
         import openvino as ov
 
         config = self._generation_config(GenerationParams(max_new_tokens=1))

@@ -81,8 +81,6 @@ LONG = "def f(x):\n    return x\n" * 8  # 192 tokens here
 
 
 def test_settling_after_an_answer_caches_the_prompt_less_its_last_token_then_takes_the_one_token_shape():
-    from aipc_lsp.engines.openvino import SETTLE_PROMPT
-
     engine, pipe = _engine()
     result = engine.generate(LONG, GenerationParams(max_new_tokens=6), threading.Event())
     assert result.text == "x" * 6
@@ -92,7 +90,7 @@ def test_settling_after_an_answer_caches_the_prompt_less_its_last_token_then_tak
     assert main["ids"] == [ord(c) for c in LONG]
     assert checkpoint["ids"] == main["ids"][:-CHECKPOINT_HELD_TOKENS]
     assert checkpoint["max"] == 1 and checkpoint["done"] and checkpoint["added_at_step"] == 6  # after the answer
-    assert settling["ids"] == [ord(c) for c in SETTLE_PROMPT] and settling["done"]
+    assert len(settling["ids"]) == 1 and settling["max"] == 1 and settling["done"]
     engine.settle()
     assert len(pipe.requests) == 3  # once per answer
 
@@ -125,7 +123,17 @@ def test_a_fill_in_the_middle_prompt_that_ends_in_the_typed_text_is_checkpointed
     assert pipe.requests[1]["ids"] == [ord(c) for c in prompt][:-CHECKPOINT_HELD_TOKENS]
 
 
-@pytest.mark.parametrize("case", ["short prompt", "switched off", "one-token request", "cancelled"])
+def test_a_warm_up_is_checkpointed_too_which_renews_its_blocks_in_the_prefix_cache():
+    """A one-token request (a warm-up) left its prompt's blocks already; the checkpoint takes them
+    again, so that they are the cache's most recently taken and not the first evicted."""
+    engine, pipe = _engine()
+    engine.generate(LONG, GenerationParams(max_new_tokens=1), threading.Event())
+    engine.settle()
+    warm_up, checkpoint = pipe.requests[:2]
+    assert checkpoint["ids"] == warm_up["ids"][:-CHECKPOINT_HELD_TOKENS] and checkpoint["max"] == 1
+
+
+@pytest.mark.parametrize("case", ["short prompt", "switched off", "cancelled"])
 def test_no_checkpoint_when_it_cannot_help(case):
     engine, pipe = _engine(typing_checkpoint=case != "switched off")
     prompt = "x = 1\n" if case == "short prompt" else LONG
@@ -133,8 +141,7 @@ def test_no_checkpoint_when_it_cannot_help(case):
     if case == "cancelled":  # the user typed on: the next request is on its way, with its own prompt
         original = pipe.step
         pipe.step = lambda: (original(), cancel.set())
-    tokens = 1 if case == "one-token request" else 6  # a warm-up: its own prefill left its blocks
-    engine.generate(prompt, GenerationParams(max_new_tokens=tokens), cancel)
+    engine.generate(prompt, GenerationParams(max_new_tokens=6), cancel)
     engine.settle()
     assert not any(r["ids"] == [ord(c) for c in prompt][:-CHECKPOINT_HELD_TOKENS] for r in pipe.requests)
     assert not pipe.has_non_finished_requests()
@@ -197,8 +204,6 @@ def test_an_empty_prompt_is_answered_empty_without_the_pipeline():
 
 
 def test_settle_runs_one_tiny_request_after_prompt_lookup_decode_steps_once():
-    from aipc_lsp.engines.openvino import SETTLE_PROMPT
-
     engine, pipe = _engine()
     engine.settle()
     assert pipe.requests == []  # nothing ran yet: nothing to settle
@@ -207,15 +212,13 @@ def test_settle_runs_one_tiny_request_after_prompt_lookup_decode_steps_once():
     before = len(pipe.requests)
     engine.settle()
     settled = pipe.requests[before:]
-    assert [(r["ids"], r["max"], r["done"]) for r in settled] == [([ord(c) for c in SETTLE_PROMPT], 1, True)]
+    assert [(len(r["ids"]), r["max"], r["done"]) for r in settled] == [(1, 1, True)]
     engine.settle()
     assert len(pipe.requests) == before + 1  # once: its own one-token step is what the next request needs
 
 
 @pytest.mark.parametrize("case", ["answered by the first piece", "a warm-up", "cancelled at once"])
 def test_settle_runs_the_one_token_request_after_a_prefill_that_no_decode_step_followed(case):
-    from aipc_lsp.engines.openvino import SETTLE_PROMPT
-
     # The last pass was the prompt's (a chunk of it, or a keystroke's few tokens): not one token wide.
     engine, pipe = _engine(typing_checkpoint=False)
     cancel = threading.Event()
@@ -226,7 +229,7 @@ def test_settle_runs_the_one_token_request_after_a_prefill_that_no_decode_step_f
     engine.generate(LONG, GenerationParams(max_new_tokens=1 if case == "a warm-up" else 6), cancel, on_text)
     before = len(pipe.requests)
     engine.settle()
-    assert [r["ids"] for r in pipe.requests[before:]] == [[ord(c) for c in SETTLE_PROMPT]]
+    assert [len(r["ids"]) for r in pipe.requests[before:]] == [1]
 
 
 def test_settle_does_nothing_after_one_token_decode_steps():
@@ -253,3 +256,18 @@ def test_settle_gives_back_the_weights_pages_after_every_answer(monkeypatch, tmp
     before = len(pipe.requests)
     engine.settle()
     assert released == [engine._weights] and len(pipe.requests) == before
+
+
+def test_each_settling_prompt_is_another_token():
+    """The same one-token prompt again would put an old KV block back in the pool of never-used
+    blocks (SETTLE_FIRST_TOKEN's comment), and the next new prompt's first block would be evicted first."""
+    engine, pipe = _engine(typing_checkpoint=False)
+    engine._byte_table = [b"t"] * 3000  # a vocabulary of 3000 tokens
+    settled = []
+    for _ in range(3):
+        engine.generate(LONG, GenerationParams(max_new_tokens=1), threading.Event())
+        engine.settle()
+        settled.append(pipe.requests[-1]["ids"])
+    assert len({tuple(ids) for ids in settled}) == 3 and all(len(ids) == 1 for ids in settled)
+    engine._settlings = iter([10**6])  # any count stays inside the vocabulary
+    assert 0 <= int(engine._settling_ids()[0, 0]) < 3000
