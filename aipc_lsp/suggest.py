@@ -46,6 +46,8 @@ WARM_DELAY_S = 0.3
 # suggestion accepted, the cursor moved on) then finds the model free instead of the warm-up's
 # prefill step in flight, which it cannot stop.
 LINE_WARM_DELAY_S = 0.1
+# Ends tried for the first window of an opened document (Suggester._first_window).
+FIRST_WINDOW_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -156,8 +158,8 @@ class Suggester:
                 template = await self._template(scheduler, settings)
                 heal = settings.token_healing and scheduler.constrains_start()
                 if offset is None:
-                    end = await self._counted(lambda count, _: _first_window_end(text, budget, count))
-                    ctx = await self._context(text, end, budget, settings, template, uri, snippets, language_id, heal)
+                    ctx = await self._first_window(text, budget, settings, template, uri, snippets, language_id,
+                                                   heal)
                     # (none when no cursor's window would start at the document's beginning)
                     prompt = ctx.prompt if ctx.window_start_line == 0 else ""
                 else:
@@ -171,6 +173,26 @@ class Suggester:
             self._warming_ended()
             return
         await self._compute_ahead(uri, prompt, "open" if offset is None else "cursor", scheduler)
+
+    async def _first_window(self, text: str, budget: int, settings: CompletionSettings,
+                            template: fim.FimTemplate | None, uri: str, snippets, language_id: str,
+                            heal: bool) -> CompletionContext:
+        """The context at the last cursor whose window starts at the document's first line: every
+        cursor before it sends a prompt that begins as this one's does (up to the cursor). The
+        code before the cursor gets what the budget leaves after the code after it (FIM), the
+        markers and other files, which depend on where the cursor is: measured at a first end, the
+        end moves back by what they took (a few times: the code after a new end may be longer)."""
+        window_budget = budget
+        for _ in range(FIRST_WINDOW_TRIES):
+            end = await self._counted(lambda count, _: _first_window_end(text, window_budget, count))
+            ctx = await self._context(text, end, budget, settings, template, uri, snippets, language_id, heal)
+            if ctx.window_start_line == 0 or end == 0:
+                return ctx
+            taken = await self._counted(lambda count, _: count(ctx.prompt) - count(ctx.window))
+            window_budget = min(window_budget - 1, budget - taken)
+            if window_budget <= 0:
+                break
+        return ctx
 
     def _warm_line(self, uri: str, prompt: str, scheduler) -> None:
         """After a suggestion on a line of only indentation (psm-line): compute the prompt that

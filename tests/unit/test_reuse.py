@@ -240,6 +240,26 @@ async def test_a_long_document_warms_the_window_a_cursor_near_its_top_gets(make)
                                     count_tokens=engine.count_tokens).prompt == prompt
 
 
+async def test_with_fim_the_first_window_leaves_the_code_after_the_cursor_its_share(make):
+    s, engine = make("x")
+    engine.keeps_prompt_cache = True
+    lines = [f"value_{i} = compute({i}, {i + 1})\n" for i in range(400)]
+    text = "".join(lines)
+    settings = CompletionSettings(context_tokens=512, suffix_tokens=128, fim="qwen")
+    s.warm(URI, text, settings)
+    await warm_ups_ended()
+    (prompt,) = engine.prompts
+    assert prompt.startswith("<|fim_prefix|>value_0 =") and engine.count_tokens(prompt) <= 512
+    # A cursor inside that window sends a prompt that begins as the warmed one, up to the cursor.
+    from aipc_lsp import fim
+    from aipc_lsp.context import build_completion_context
+    cursor = len("".join(lines[:5]))
+    asked = build_completion_context(text, cursor, budget_tokens=512, count_tokens=engine.count_tokens,
+                                     fim=fim.ordered(fim.QWEN, "psm-line"), suffix_tokens=128).prompt
+    shared = "<|fim_prefix|>" + text[:cursor]
+    assert asked.startswith(shared) and prompt.startswith(shared)
+
+
 async def test_a_request_stops_a_pending_warm_up(make):
     s, engine = make(script({"return": " a + b\n"}))
     engine.keeps_prompt_cache = True
