@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from aipc_lsp import setting_pairs
-from aipc_lsp.bench.corpus import DECODE_ROUNDS, DECODE_RUNS, corpus_text, typing_parts
+from aipc_lsp.bench.corpus import DECODE_ROUNDS, DECODE_RUNS, corpus_text, typing_document
 from aipc_lsp.bench.prompts import PromptSettings, template_named
 from aipc_lsp.bench.reference import ReferenceEngine
 from aipc_lsp.bench.report import check_targets, render_table
@@ -95,7 +95,7 @@ def server_documents(sizes: dict) -> dict[int, tuple[str, str, str]]:
     model's tokenizer, so the server's prompt there has about that many tokens): the code before
     it, what the bench types there, the code after it."""
     text = corpus_text()
-    return {int(n): typing_parts(text, size) for n, size in sizes.items()}
+    return {int(n): typing_document(text, *place) for n, place in sizes.items()}
 
 
 def bench_options(contexts: tuple[int, ...], model: str | None, sets: dict) -> dict:

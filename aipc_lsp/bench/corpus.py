@@ -66,6 +66,12 @@ def typing_parts(text: str, line_start: int) -> tuple[str, str, str]:
     return text[:start] + indent, typed, "\n" + text[start:start + SUFFIX_CHARS]
 
 
+def typing_document(text: str, begin: int, line_start: int) -> tuple[str, str, str]:
+    """typing_parts at `line_start`, the document beginning at `begin` (a line start before it)."""
+    prefix, typed, suffix = typing_parts(text, line_start)
+    return prefix[begin:], typed, suffix
+
+
 # The typing document's cursor is in a block with at least this many lines of code after it.
 BLOCK_LINES_BELOW = 8
 
@@ -83,10 +89,15 @@ def typing_line_starts(text: str) -> list[int]:
 
 def _block_goes_on(lines: list[str], at: int) -> bool:
     """Whether a new line before `lines[at]`, inside a definition, has BLOCK_LINES_BELOW lines of
-    code after it at the indentation of the next one or deeper."""
+    code after it at the indentation of the next one or deeper, the next one a statement of that
+    body (not a definition: the prompt's suffix ends where the next definition at the cursor's
+    level begins, so a new line between two methods has no code after it to hold)."""
     code = [line for line in lines[at:at + 4 * BLOCK_LINES_BELOW] if line.strip()]
-    if len(code) < BLOCK_LINES_BELOW:
+    if len(code) < BLOCK_LINES_BELOW or _DEFINITION_START.match(code[0]):
         return False
     width = indent_width(code[0])
     # Indented: inside a definition (the prompt's suffix ends with the definition holding the cursor).
     return width > 0 and all(indent_width(line) >= width for line in code[:BLOCK_LINES_BELOW])
+
+
+_DEFINITION_START = re.compile(r"\s*(?:def |async def |class |@)")

@@ -16,8 +16,8 @@ import threading
 import time
 import uuid
 
-from aipc_lsp.bench.corpus import (DECODE_RUNS, LONG_PROMPT, SHORT, corpus_text, decode_document, typing_line_starts,
-                                   typing_parts)
+from aipc_lsp.bench.corpus import (DECODE_RUNS, LONG_PROMPT, SHORT, corpus_text, decode_document, typing_document,
+                                   typing_line_starts)
 from aipc_lsp.bench.prompts import PromptBuilder, PromptSettings
 
 
@@ -85,33 +85,42 @@ def server_prompts(spec: dict, engine) -> PromptBuilder:
     return settings.builder(fim.choose(settings.fim, engine.count_tokens), engine.count_tokens)
 
 
-def typing_start(text: str, tokens: int, prompts: PromptBuilder) -> int:
-    """Where the server bench's typing document opens its new line (corpus.typing_parts): the last
-    such line whose prompt at the cursor, built as the server builds it (its real suffix, to the
-    end of the definition), has at most `tokens` tokens with a unique first line before it."""
+def typing_place(text: str, tokens: int, prompts: PromptBuilder) -> tuple[int, int]:
+    """Where the server bench's typing document begins in `text` and where it opens its new line
+    (corpus.typing_parts), so that the prompt the server builds at the cursor (its real suffix, to
+    the end of the definition; a unique first line before it) has at most `tokens` tokens and
+    comes within a line of that: the first such line whose whole prefix holds more, the document
+    beginning as late as that takes. (Until the twenty-seventh session the document began at the
+    corpus's beginning and the place was the last that fitted: where few places qualify, the
+    prompt came out ~400 tokens short.)"""
     count = prompts.count_tokens
     starts = typing_line_starts(text)
     if not starts:
-        return len(prompt_of_tokens(count, text, max(64, tokens - prompts.suffix_reserve())))
+        return 0, len(prompt_of_tokens(count, text, max(64, tokens - prompts.suffix_reserve())))
     head = f"# bench {uuid.uuid4().hex}\n"
 
-    def size(start: int) -> int:
-        prefix, _, suffix = typing_parts(text, start)
+    def size(begin: int, start: int) -> int:
+        prefix, _, suffix = typing_document(text, begin, start)
         return count(prompts.prompt(head + prefix + suffix, len(head) + len(prefix)))
 
-    lo, hi = 0, len(starts) - 1
+    lo, hi = 0, len(starts) - 1  # the first place whose whole prefix holds more than `tokens`
     while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if size(starts[mid]) <= tokens:
-            lo = mid
+        mid = (lo + hi) // 2
+        if size(0, starts[mid]) > tokens:
+            hi = mid
         else:
-            hi = mid - 1
-    return starts[lo]
-
-
-def typing_document(text: str, tokens: int, prompts: PromptBuilder) -> tuple[str, str, str]:
-    """(code before the cursor, the characters typed there, code after it) of that document."""
-    return typing_parts(text, typing_start(text, tokens, prompts))
+            lo = mid + 1
+    start = starts[lo]
+    # Dropping lines from the document's beginning only shortens the prompt (the budget is larger).
+    begins = [0] + [i + 1 for i in range(start) if text[i] == "\n"]
+    lo, hi = 0, len(begins) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if size(begins[mid], start) <= tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    return begins[lo], start
 
 
 def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts: PromptBuilder) -> dict:
@@ -122,7 +131,8 @@ def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts:
     go below in this run."""
     from aipc_lsp.engines.base import GenerationParams
 
-    prefix, typed, suffix = typing_document(corpus_text(), tokens, prompts)
+    text = corpus_text()
+    prefix, typed, suffix = typing_document(text, *typing_place(text, tokens, prompts))
     stop = prompts.template.stop if prompts.template is not None else ()
     cold, typing = [], []
     for _ in range(docs):
@@ -245,8 +255,8 @@ def run(spec: dict) -> dict:
         out["fim_order"] = prompts.template.order if prompts.template is not None else None
         out["doc_sizes"], out["prompt_tokens"] = {}, {}
         for n in spec["doc_tokens"]:
-            out["doc_sizes"][n] = start = typing_start(text, n, prompts)
-            prefix, _, suffix = typing_parts(text, start)
+            out["doc_sizes"][n] = place = typing_place(text, n, prompts)
+            prefix, _, suffix = typing_document(text, *place)
             head = f"# bench {uuid.uuid4().hex}\n{prefix}"
             out["prompt_tokens"][n] = engine.count_tokens(prompts.prompt(head + suffix, len(head)))
     out["peak_rss_mb"] = peak_rss_mb()

@@ -129,6 +129,11 @@ class BenchClient(LanguageClient):
                 "source": record["source"], "record": record}
 
 
+def _later_part(code: str) -> str:
+    """`code` from the first line start after its first quarter."""
+    return code[code.index("\n", len(code) // 4) + 1:]
+
+
 def _unique(text: str) -> str:
     # A new first line: neither the prefix cache nor the result cache has seen this prompt.
     return f"# bench {uuid.uuid4().hex}\n{text}"
@@ -189,9 +194,12 @@ async def run(*, docs: dict[int, tuple[str, str, str]], quick: bool, options: di
                 await asyncio.sleep(TYPIST_PAUSE_S)
             # A document opened some time before the first keystroke: the server computes its
             # window while idle (completion.warm_on_open); the user's first suggestion comes after.
+            # The server cannot know where the cursor will be: it computes the document's first
+            # window (what the budget leaves the code before a cursor after the code after it), so
+            # the user asks inside it, here with a quarter of the code before the bench's cursor left out.
             opened = []
             for i in range(1 if quick else 3):
-                uri, head = f"file:///bench/open{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(prefix)
+                uri, head = f"file:///bench/open{n}_{i}_{uuid.uuid4().hex[:6]}.py", _unique(_later_part(prefix))
                 client.open(uri, head + suffix)
                 if await client.warmed(uri) is not None:
                     opened.append(await client.suggest(uri, head + suffix, len(head)))

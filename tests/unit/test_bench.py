@@ -236,6 +236,16 @@ def test_typing_goes_where_a_block_goes_on_and_types_code_at_its_indentation():
         assert typed[0] in "arv" and not typed.startswith("    ")
 
 
+def test_typing_does_not_open_its_line_between_two_methods():
+    # The suffix a FIM prompt holds ends at the next definition: there it would be empty.
+    methods = "".join(f"    def m{i}(self):\n        return {i}\n\n" for i in range(6))
+    text = "class C:\n" + methods + "    @property\n    def p(self):\n" + "".join(
+        f"        v{i} = {i}\n" for i in range(10))
+    prefix, _, suffix = typing_parts(text, text.index("    def m1"))
+    assert prefix == text[:text.index("        v0")] + "        " and suffix.startswith("\n        v0 = 0")
+    assert all(not text[s:].lstrip().startswith(("def ", "@")) for s in typing_line_starts(text))
+
+
 def test_the_bench_sizes_its_typing_document_at_a_line_the_new_line_opens_at():
     # The engine sizes the document by the tokens before such a line start: the cursor stays there.
     text = corpus_text()
@@ -244,6 +254,27 @@ def test_the_bench_sizes_its_typing_document_at_a_line_the_new_line_opens_at():
     for start in starts[::len(starts) // 20]:
         prefix, _, suffix = typing_parts(text, start)
         assert prefix[:start] == text[:start] and not prefix[start:].strip() and suffix == "\n" + text[start:start + len(suffix) - 1]
+
+
+def test_the_typing_document_is_sized_to_within_a_line_of_its_prompt_size():
+    from aipc_lsp.bench.corpus import typing_document
+    from aipc_lsp.bench.engine import typing_place
+
+    text = corpus_text()
+    prompts = PromptSettings(budget_tokens=3072, suffix_to_definition_end=True).builder(QWEN, lambda t: len(t) // 4)
+    for tokens in (512, 1536):
+        begin, start = typing_place(text, tokens, prompts)
+        assert start in typing_line_starts(text) and (begin == 0 or text[begin - 1] == "\n") and begin < start
+        prefix, _, suffix = typing_document(text, begin, start)
+        assert prefix.rstrip(" ") == text[begin:start]
+
+        def size(prefix: str) -> int:  # as typing_place counts it (its unique first line: 10 tokens here)
+            return prompts.count_tokens(prompts.prompt("#" * 41 + "\n" + prefix + suffix, 42 + len(prefix)))
+
+        # At most the size, and one line more at the beginning would not fit.
+        line_before = text.rfind("\n", 0, begin - 1) + 1 if begin else 0
+        assert size(prefix) <= tokens and (begin == 0 or size(text[line_before:begin] + prefix) > tokens)
+        assert size(prefix) > tokens - 40
 
 
 def test_a_keystroke_in_the_middle_is_sent_as_an_insertion():
