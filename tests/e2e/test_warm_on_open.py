@@ -149,4 +149,3 @@ async def test_cursor_warm_ups_are_off_with_their_setting_and_bad_params_are_ign
     await asyncio.sleep(NOTHING_HAPPENS_S)
     assert not [w for w in (await status(client))["warmups"] if w["uri"].endswith(("/off.py", "/never-opened.py"))]
     await first_token_ms(client, "file:///project/off.py", at)  # and the server serves on
-
