@@ -63,7 +63,8 @@ class OpenVINOSettings:
                                         "step (code repeats itself); 0 = off", minimum=0, maximum=16)
     typing_checkpoint: bool = _opt(True, "once a suggestion is out, cache its prompt less the last token (in the "
                                          "idle moment), so the next keystroke prefills the 1-2 tokens it changed "
-                                         "instead of up to a KV block")
+                                         "instead of up to a KV block; after a warm-up, it keeps the warm-up's "
+                                         "prompt from being the first evicted")
     gguf_as_ir: bool = _opt(True, "load a GGUF through the OpenVINO IR OpenVINO GenAI's GGUF reader makes of it (once, "
                                   "into the model cache): the same weights in ~90 MB less memory, and a faster load")
     release_weight_pages: bool = _opt(True, "give back the IR weights file's pages once the CPU plugin has repacked "
