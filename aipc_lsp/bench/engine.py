@@ -17,7 +17,7 @@ import time
 import uuid
 
 from aipc_lsp.bench.corpus import (DECODE_RUNS, LONG_PROMPT, SHORT, corpus_text, decode_document, typing_document,
-                                   typing_line_starts)
+                                   typing_line_starts, typing_parts)
 from aipc_lsp.bench.prompts import PromptBuilder, PromptSettings
 
 
@@ -99,24 +99,28 @@ def typing_place(text: str, tokens: int, prompts: PromptBuilder) -> tuple[int, i
         return 0, len(prompt_of_tokens(count, text, max(64, tokens - prompts.suffix_reserve())))
     head = f"# bench {uuid.uuid4().hex}\n"
 
-    def size(begin: int, start: int) -> int:
-        prefix, _, suffix = typing_document(text, begin, start)
+    def size(prefix: str, suffix: str) -> int:
         return count(prompts.prompt(head + prefix + suffix, len(head) + len(prefix)))
+
+    def whole_size(start: int) -> int:
+        prefix, _, suffix = typing_parts(text, start)
+        return size(prefix, suffix)
 
     lo, hi = 0, len(starts) - 1  # the first place whose whole prefix holds more than `tokens`
     while lo < hi:
         mid = (lo + hi) // 2
-        if size(0, starts[mid]) > tokens:
+        if whole_size(starts[mid]) > tokens:
             hi = mid
         else:
             lo = mid + 1
     start = starts[lo]
+    prefix, _, suffix = typing_parts(text, start)  # (the document at `begin` is prefix[begin:]: typing_document)
     # Dropping lines from the document's beginning only shortens the prompt (the budget is larger).
     begins = [0] + [i + 1 for i in range(start) if text[i] == "\n"]
     lo, hi = 0, len(begins) - 1
     while lo < hi:
         mid = (lo + hi) // 2
-        if size(begins[mid], start) <= tokens:
+        if size(prefix[begins[mid]:], suffix) <= tokens:
             hi = mid
         else:
             lo = mid + 1
