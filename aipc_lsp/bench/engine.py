@@ -131,24 +131,48 @@ def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts:
     """The server's cold and typing figures without the server: our engine API (typing
     checkpoint, prompt lookup, settling between answers: what the worker runs) on the server
     bench's document of `tokens` tokens, cold, then typed on with the same keystrokes, its prompts
-    built as the server builds them (FIM when the model has it). What the server's figures cannot
-    go below in this run."""
+    built as the server builds them (FIM when the model has it, token healing when it is on). What
+    the server's figures cannot go below in this run. With token healing, typed once more without
+    it: what its grammar costs a keystroke (the peer has none)."""
     from aipc_lsp.engines.base import GenerationParams
 
     text = corpus_text()
     prefix, typed, suffix = typing_document(text, *typing_place(text, tokens, prompts))
     stop = prompts.template.stop if prompts.template is not None else ()
+    # Token healing as the server asks it: the prompt ends before the typed word's last token and
+    # the answer is constrained to rewrite it.
+    last_token = engine.last_token if engine.info.constrains_start and prompts.settings.token_healing else None
     cold, typing = [], []
     for _ in range(docs):
         head = f"# run {uuid.uuid4().hex}\n" + prefix
         for k in range(min(keystrokes, len(typed)) + 1):
-            prompt = prompts.prompt(head + typed[:k] + suffix, len(head) + k)
-            result = engine.generate(prompt, GenerationParams(max_new_tokens=4, stop=stop), threading.Event())
+            prompt, start = prompts.healed(head + typed[:k] + suffix, len(head) + k, last_token)
+            result = engine.generate(prompt, GenerationParams(max_new_tokens=4, stop=stop, start=start),
+                                     threading.Event())
             if result.first_token_s is not None:
                 (typing if k else cold).append(result.first_token_s * 1000)
             engine.settle()  # as the worker does once an answer is out and nothing waits
     return {"api_cold_first_ms": statistics.median(cold) if cold else None,
-            "api_typing_first_ms": statistics.median(typing) if typing else None}
+            "api_typing_first_ms": statistics.median(typing) if typing else None,
+            "healing_grammar_ms": _healing_grammar_ms(engine, prompt, stop) if last_token is not None else None}
+
+
+def _healing_grammar_ms(engine, prompt: str, stop: tuple[str, ...], pairs: int = 4) -> float:
+    """What token healing's constraint adds to a keystroke's first token: the engine compiles a
+    grammar for each held-back text it has not met before (the library keeps those it compiled),
+    so a word the user has not typed before pays it. The same prompt answered with a start never
+    seen and with none, in turns; the median difference."""
+    from aipc_lsp.engines.base import GenerationParams
+
+    def first_ms(start: str) -> float:
+        result = engine.generate(prompt, GenerationParams(max_new_tokens=1, stop=stop, start=start), threading.Event())
+        engine.settle()
+        return (result.first_token_s or 0.0) * 1000
+
+    first_ms("")  # the prompt cached, as a keystroke finds it
+    # A word of letters no text has (the grammar's cost grows a little with its length: 5 here).
+    words = [" " + "".join(chr(ord("a") + int(c, 16)) for c in uuid.uuid4().hex[:4]) + "q" for _ in range(pairs)]
+    return statistics.median(first_ms(word) - first_ms("") for word in words)
 
 
 def reference_decode(engine, og, round_: int, decode_tokens: int, prompts: PromptBuilder) -> dict:

@@ -73,6 +73,8 @@ def test_the_bare_reference_beside_the_server_decodes_in_rounds_and_types_alone(
         assert "error" not in typing, typing
         # A keystroke reuses the cold prompt's KV cache: its first token comes well before a cold one.
         assert 0 < typing["api_typing_first_ms"] < typing["api_cold_first_ms"] / 2
+        # Typed as the server asks (token healing on by default); what its grammar adds is measured.
+        assert typing["healing_grammar_ms"] is not None
 
 
 def test_a_reference_that_cannot_load_says_why():
