@@ -132,8 +132,8 @@ def _engine_api_typing(engine, tokens: int, docs: int, keystrokes: int, prompts:
     checkpoint, prompt lookup, settling between answers: what the worker runs) on the server
     bench's document of `tokens` tokens, cold, then typed on with the same keystrokes, its prompts
     built as the server builds them (FIM when the model has it, token healing when it is on). What
-    the server's figures cannot go below in this run. With token healing, typed once more without
-    it: what its grammar costs a keystroke (the peer has none)."""
+    the server's figures cannot go below in this run; with token healing, also what its grammar
+    adds to a keystroke for a word not typed before (the peer compiles none)."""
     from aipc_lsp.engines.base import GenerationParams
 
     text = corpus_text()

@@ -58,8 +58,8 @@ def check_targets(report: dict) -> list[dict]:
     peers = {"incremental": remote.get("incremental_first_ms"), "cold": remote.get("cold_first_ms"),
              "decode": remote.get("tokens_per_s"), "rss": remote.get("peak_rss_mb")}
     engine_alone = {"incremental": alone("api_typing_first_ms"), "cold": alone("api_cold_first_ms")}
-    # Of the engine alone's keystroke, what token healing's grammar adds for a new word (the peer
-    # compiles none).
+    # What token healing's grammar adds to the engine alone's keystroke for a word not typed
+    # before (the peer compiles none).
     grammar = {"incremental": alone("healing_grammar_ms")}
     rows = []
 
