@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import statistics
 import sys
 import threading
@@ -85,6 +86,9 @@ def server_prompts(spec: dict, engine) -> PromptBuilder:
     return settings.builder(fim.choose(settings.fim, engine.count_tokens), engine.count_tokens)
 
 
+_NEWLINE = re.compile("\n")
+
+
 def typing_place(text: str, tokens: int, prompts: PromptBuilder) -> tuple[int, int]:
     """Where the server bench's typing document begins in `text` and where it opens its new line
     (corpus.typing_parts), so that the prompt the server builds at the cursor (its real suffix, to
@@ -116,7 +120,7 @@ def typing_place(text: str, tokens: int, prompts: PromptBuilder) -> tuple[int, i
     start = starts[lo]
     prefix, _, suffix = typing_parts(text, start)  # (the document at `begin` is prefix[begin:]: typing_document)
     # Dropping lines from the document's beginning only shortens the prompt (the budget is larger).
-    begins = [0] + [i + 1 for i in range(start) if text[i] == "\n"]
+    begins = [0] + [m.end() for m in _NEWLINE.finditer(text, 0, start)]
     lo, hi = 0, len(begins) - 1
     while lo < hi:
         mid = (lo + hi) // 2
