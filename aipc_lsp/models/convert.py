@@ -551,7 +551,11 @@ def _openvino_from_gguf(gguf_path: Path, out: Path, progress: Progress) -> None:
         link.unlink(missing_ok=True)
     if not (out / "openvino_model.xml").is_file():
         raise PrepareError("OpenVINO GenAI did not save an IR (openvino_model.xml) for this GGUF")
-    progress("OpenVINO IR saved", 95)
+    from aipc_lsp.models.ir_signed import signed_weights
+
+    progress("OpenVINO IR saved; storing its symmetric weights as signed bytes", 90)
+    signed_weights(out)
+    progress("OpenVINO IR ready", 95)
 
 
 # ---------------------------------------------------------------- driver
@@ -621,7 +625,7 @@ def _manifest(source: Source, options: PrepareOptions, chosen: Plan) -> dict:
     if chosen.route == ROUTE_GGUF_READER:
         from aipc_lsp.models.gguf_requant import REQUANT_FORMAT
 
-        manifest["requant_format"] = REQUANT_FORMAT  # an IR made with an older re-encoding is made again
+        manifest["requant_format"] = REQUANT_FORMAT  # an IR made by an older build of this route is made again
     return manifest
 
 

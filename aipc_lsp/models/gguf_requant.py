@@ -27,8 +27,10 @@ READER_TYPES = frozenset({"F32", "F16", "Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q6_K"})
 TARGET = "Q8_0"
 FLOAT_TARGET = "F16"  # for matrices whose rows are no whole number of Q8_0 blocks
 ROWS_PER_SLICE = 4096  # rows dequantised at once: bounded float32 memory even for the embeddings
-# Recorded with the IR made from a re-encoded GGUF: 2 = Q5_0 transcoded exactly (1: re-quantised).
-REQUANT_FORMAT = 2
+# Recorded with every IR the GGUF reader's route makes; an IR of an older format is made again.
+# 1: Q5_0 re-quantised; 2: Q5_0 transcoded exactly; 3: weights of one zero point stored signed
+# (ir_signed.py: the same values, faster products).
+REQUANT_FORMAT = 3
 
 Progress = Callable[[str, "int | None"], None]
 

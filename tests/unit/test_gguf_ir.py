@@ -266,12 +266,31 @@ def test_the_ir_build_re_encodes_first_and_removes_the_copy(tmp_path, monkeypatc
     class Reader:
         def __init__(self, path, device, enable_save_ov_model):
             seen["types"] = gguf_requant.type_counts(Path(path))
-            (Path(path).parent / "openvino_model.xml").write_text("<net/>")
+            _reader_ir(Path(path).parent / "openvino_model.xml")
 
     monkeypatch.setattr(openvino_genai, "LLMPipeline", Reader)
     steps = []
     out = tmp_path / "ir"
     convert._openvino_from_gguf(src, out, lambda message, percent: steps.append((message, percent)))
     assert seen["types"] == {"Q8_0": 2, "F32": 1}  # the reader got the re-encoded copy
-    assert sorted(p.name for p in out.iterdir()) == ["openvino_model.xml"]  # and the copy is gone
+    assert sorted(p.name for p in out.iterdir()) == ["openvino_model.bin", "openvino_model.xml"]  # the copy is gone
     assert "cannot read (1 Q5_0)" in steps[0][0] and [p for _, p in steps] == sorted(p for _, p in steps)
+    import openvino
+
+    weights = [op.get_output_element_type(0).get_type_name() for op in openvino.Core().read_model(
+        str(out / "openvino_model.xml")).get_ops() if op.get_type_name() == "Constant" and op.get_output_shape(0) == [4, 32]]
+    assert weights == ["i8"]  # the reader's Q8_0 (u8 minus 128) stored signed (models/ir_signed.py)
+
+
+def _reader_ir(xml: Path) -> None:
+    """A one-matrix IR as OpenVINO GenAI's GGUF reader writes a Q8_0 matrix: u8 minus a zero point of 128."""
+    import openvino
+    import openvino.opset13 as ops
+
+    x = ops.parameter([1, 32], openvino.Type.f32, name="x")
+    weights = ops.constant(np.arange(128, dtype=np.uint8).reshape(4, 32), dtype=openvino.Type.u8)
+    zero = ops.constant(np.full((4, 1), 128, np.uint8), dtype=openvino.Type.u8)
+    scale = ops.constant(np.full((4, 1), 0.5, np.float16), dtype=openvino.Type.f16)
+    rows = ops.multiply(ops.subtract(ops.convert(weights, "f16"), ops.convert(zero, "f16")), scale)
+    out = ops.matmul(x, ops.convert(rows, "f32"), False, True)
+    openvino.save_model(openvino.Model([out], [x], "reader"), str(xml), compress_to_fp16=False)
