@@ -119,7 +119,8 @@ class CompletionSettings:
     temperature: float = _opt(0.0, "0 = greedy (deterministic); higher samples", minimum=0.0, maximum=2.0)
     context_tokens: int = _opt(1536, "prompt budget: tokens of code before the cursor", minimum=32, maximum=131072)
     warm_on_open: bool = _opt(True, "when a document is opened and the model is idle, compute its first window's KV "
-                                    "cache, so the first suggestion there skips the cold prefill")
+                                    "cache, so the first suggestion there skips the cold prefill (not with "
+                                    "fim_order spm: its prompt begins with the code after a cursor not known yet)")
     warm_at_cursor: bool = _opt(True, "when the client says where the cursor rests (aipc/warm: a document brought to "
                                       "the front, the cursor moved) and the model is idle, compute the window there; "
                                       "and after a suggestion on a line of only indentation (fim_order psm-line), "
@@ -127,12 +128,14 @@ class CompletionSettings:
     fim: str = _opt("auto", "fill-in-the-middle prompt: auto = the model's own FIM tokens when its tokenizer has them "
                             "(else the code before the cursor only); off; or force a template",
                     choices=FIM_CHOICES)
-    fim_order: str = _opt("psm-line", "FIM: the order of the prompt's parts: psm-line = prefix-suffix-middle with "
-                                      "the cursor line's code after the middle marker: a keystroke prefills only what "
-                                      "was typed; auto = the template's own (psm for all but Codestral); psm = "
-                                      "prefix-suffix-middle: the suffix is prefilled again whenever the code before "
-                                      "the cursor changes; spm = the suffix first: a moved cursor prefills the whole "
-                                      "prompt (docs/QUALITY.md)", choices=FIM_ORDERS)
+    fim_order: str = _opt("spm", "FIM: the order of the prompt's parts: spm = the suffix first, the code before "
+                                 "the cursor running into the answer: a keystroke or a new line prefills only what "
+                                 "was typed, a cursor moved to another place the whole prompt; psm-line = "
+                                 "prefix-suffix-middle with the cursor line's code after the middle marker: a "
+                                 "keystroke prefills what was typed, a new line or a moved cursor the suffix; "
+                                 "auto = the template's own (psm for all but Codestral); psm = prefix-suffix-middle: "
+                                 "the suffix is prefilled again whenever the code before the cursor changes "
+                                 "(docs/QUALITY.md)", choices=FIM_ORDERS)
     suffix_tokens: int = _opt(256, "FIM: most tokens of code after the cursor in the prompt (taken from "
                                    "context_tokens)", minimum=0, maximum=131072)
     suffix_to_definition_end: bool = _opt(True, "FIM: the code after the cursor in the prompt ends where the "

@@ -70,6 +70,10 @@ class FimTemplate:
     # Markers that must be single tokens for the template to be detected.
     detect: tuple[str, ...] = field(default=())
 
+    def suffix_first(self) -> bool:
+        """Whether the code after the cursor comes before the code before it (SPM, Codestral's)."""
+        return self.order in (SPM, SUFFIX_FIRST)
+
     def markers(self) -> tuple[str, ...]:
         return self.detect or tuple(m for m in (self.prefix, self.suffix, self.middle) if m)
 
@@ -77,9 +81,11 @@ class FimTemplate:
         """The FIM part: markers around the prefix and the suffix, in the template's order.
         `held_back`: the text before the cursor that token healing keeps out of `prefix` (the
         answer must start with it); part of the cursor's line, which it decides psm-line's layout."""
-        if self.order == SPM:
+        if self.order == SPM and suffix.strip():
             return (f"{self.prefix}{self.after_prefix_marker}{self.suffix}{suffix}"
                     f"{self.before_middle_marker}{self.middle}{prefix}")
+        # SPM with no code after the cursor (a file's end): PSM's layout, which a keystroke
+        # costs no more there (the two markers after the prefix) and which the model reads better.
         typed = ""  # PSM_LINE: the cursor line's code, after the middle marker
         if self.order == PSM_LINE:
             cut = prefix.rfind("\n") + 1

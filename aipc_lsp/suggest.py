@@ -157,7 +157,12 @@ class Suggester:
                 budget = self._prepare(scheduler, settings)
                 template = await self._template(scheduler, settings)
                 heal = settings.token_healing and scheduler.constrains_start()
-                if offset is None:
+                if offset is None and template is not None and template.suffix_first():
+                    # The prompt begins with the code after a cursor the server does not know yet:
+                    # no window computed now would begin another cursor's prompt.
+                    self.warmups.append({"uri": uri, "promptChars": 0, "cancelled": False, "at": "open", "ms": 0.0,
+                                         "skipped": "the FIM order puts the code after the cursor first"})
+                elif offset is None:
                     ctx = await self._first_window(text, budget, settings, template, uri, snippets, language_id,
                                                    heal)
                     # (none when no cursor's window would start at the document's beginning)

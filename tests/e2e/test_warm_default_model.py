@@ -1,7 +1,8 @@
 """Warm-ups with the default model's fill-in-the-middle prompt, on the real server: the first
 window of an opened document leaves the code after a cursor its share of the budget, and after a
 suggestion on a new line the prompt typing there extends is computed while the user reads
-(psm-line, the default order). What they save is measured by `aipc-lsp bench` (*opened first*) and
+(both with `completion.fim_order = "psm-line"`: the default, spm, puts the code after the cursor
+first, so only the client's aipc/warm, where the cursor rests, can be computed ahead for it). What they save is measured by `aipc-lsp bench` (*opened first*) and
 scripts/keystroke_trace.py (docs/BENCHMARKS.md), not asserted here."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ async def client(lsp_client: LanguageClient):
     lsp_client.set_configuration({"aipc": {}})
     await lsp_client.initialize_session(types.InitializeParams(
         capabilities=client_capabilities("visual-studio-code"),
-        initialization_options={"model": "default", "completion": {"max_tokens": 8}},
+        initialization_options={"model": "default", "completion": {"max_tokens": 8, "fim_order": "psm-line"}},
     ))
     state = await wait_ready(lsp_client)
     assert state["ready"], state
@@ -36,7 +37,7 @@ async def test_a_document_longer_than_the_budget_is_warmed_up_to_where_the_code_
         client: LanguageClient):
     """With the fill-in-the-middle prompt the code after the cursor takes its share of the budget:
     the first window ends earlier than the whole budget would reach, and it is warmed."""
-    await configure(client, {"completion": {"max_tokens": 8}})
+    await configure(client, {"completion": {"max_tokens": 8, "fim_order": "psm-line"}})
     text, _ = long_document()
     open_document(client, "file:///project/long.py", text)
     record = await warmed(client, "file:///project/long.py")
@@ -58,7 +59,7 @@ AFTER_LINE = "\n        return round(amount, 2)\n\n    def add(self, item):\n   
 
 async def test_after_a_suggestion_on_a_new_line_the_prompt_typing_there_extends_is_computed_ahead(
         client: LanguageClient):
-    await configure(client, {"completion": {"max_tokens": 16, "warm_on_open": False}})
+    await configure(client, {"completion": {"max_tokens": 16, "warm_on_open": False, "fim_order": "psm-line"}})
     uri = "file:///project/basket.py"
     head = f"# {uuid.uuid4().hex}\n" + BODY[:2400] + "\n\n" + INDENTED_LINE
     open_document(client, uri, head + AFTER_LINE)

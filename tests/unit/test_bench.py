@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from aipc_lsp import fim
 from aipc_lsp.bench import remote
 from aipc_lsp.bench.corpus import BLOCK_LINES_BELOW, TYPED_CHARS, corpus_text, typing_line_starts, typing_parts
 from aipc_lsp.bench.prompts import PromptSettings, server_prompt
@@ -469,7 +470,8 @@ def test_the_prompt_settings_carry_every_completion_setting_they_name_through_js
     assert PromptSettings.from_json(None) == PromptSettings.of(CompletionSettings())  # the server's defaults
     built = settings.builder(QWEN, None)
     assert built.prompt(PREFIX + SUFFIX, len(PREFIX)) == server_prompt(
-        PREFIX + SUFFIX, len(PREFIX), template=QWEN, budget_tokens=777, suffix_tokens=33, count_tokens=None)
+        PREFIX + SUFFIX, len(PREFIX), template=fim.ordered(QWEN, settings.fim_order), budget_tokens=777,
+        suffix_tokens=33, count_tokens=None)
 
 
 def test_the_engine_alone_holds_back_the_typed_words_last_token_as_the_server_does():

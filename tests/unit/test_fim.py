@@ -166,8 +166,16 @@ def test_token_healing_holds_back_the_last_space_of_an_indentation_with_fim_too(
     text = "def f():\n    "
     ctx = build_completion_context(text, len(text), fim=fim.QWEN)
     assert ctx.held_back == " " and ctx.prompt.startswith("<|fim_prefix|>def f():\n   <|fim_suffix|>")
-    ctx = build_completion_context(text, len(text), fim=fim.ordered(fim.QWEN, "spm"))
+    ctx = build_completion_context(text + "\n\nf()\n", len(text), fim=fim.ordered(fim.QWEN, "spm"))
     assert ctx.held_back == " " and ctx.prompt.endswith("<|fim_middle|>def f():\n   ")
+
+
+def test_spm_with_no_code_after_the_cursor_is_laid_out_as_psm():
+    """At a file's end a keystroke costs PSM's layout no more (the two markers after the prefix)."""
+    text = "def f():\n    return 1\n\nprint(f"
+    spm = build_completion_context(text, len(text), fim=fim.ordered(fim.QWEN, "spm")).prompt
+    assert spm == build_completion_context(text, len(text), fim=fim.QWEN).prompt
+    assert spm.endswith("<|fim_suffix|><|fim_middle|>") and spm.startswith("<|fim_prefix|>def f():")
 
 
 def test_typing_changes_only_the_prompt_where_the_cursor_is():

@@ -240,12 +240,29 @@ async def test_a_long_document_warms_the_window_a_cursor_near_its_top_gets(make)
                                     count_tokens=engine.count_tokens).prompt == prompt
 
 
+async def test_with_the_code_after_the_cursor_first_an_opened_document_is_not_warmed(make):
+    """SPM's prompt begins with the code after a cursor not known yet: nothing computed at open
+    would begin it (the client's aipc/warm, where the cursor rests, still warms)."""
+    s, engine = make("x")
+    engine.keeps_prompt_cache = True
+    text = "".join(f"value_{i} = compute({i}, {i + 1})\n" for i in range(400))
+    s.warm(URI, text, CompletionSettings(context_tokens=512, suffix_tokens=128, fim="qwen", fim_order="spm"))
+    await warm_ups_ended()
+    assert engine.prompts == []
+    assert s.warmups[-1]["at"] == "open" and "first" in s.warmups[-1]["skipped"]
+    s.warm(URI, text, CompletionSettings(context_tokens=512, suffix_tokens=128, fim="qwen", fim_order="spm"),
+           offset=text.index("value_200 ="))
+    await warm_ups_ended()
+    (prompt,) = engine.prompts
+    assert prompt.startswith("<|fim_prefix|><|fim_suffix|>value_") and s.warmups[-1]["at"] == "cursor"
+
+
 async def test_with_fim_the_first_window_leaves_the_code_after_the_cursor_its_share(make):
     s, engine = make("x")
     engine.keeps_prompt_cache = True
     lines = [f"value_{i} = compute({i}, {i + 1})\n" for i in range(400)]
     text = "".join(lines)
-    settings = CompletionSettings(context_tokens=512, suffix_tokens=128, fim="qwen")
+    settings = CompletionSettings(context_tokens=512, suffix_tokens=128, fim="qwen", fim_order="psm-line")
     s.warm(URI, text, settings)
     await warm_ups_ended()
     (prompt,) = engine.prompts
