@@ -14,22 +14,23 @@ cursor sits before the whole suffix, so the suffix's tokens (up to 256) are pref
 every keystroke the model must answer that changes the prompt (with token healing, one per word):
 ~0.25 s on 2 Xeon cores with AMX (bf16), ~1.2 s on 2 AVX2 cores (f32). Two other orders keep the
 typed characters at the prompt's end, so a keystroke prefills only them:
-- PSM_LINE ("psm-line", the default): PSM with the cursor line's code after the middle marker,
+- SPM, the FIM paper's form (`<PRE><SUF>suffix<MID>prefix`), the default: the code before the
+  cursor runs straight into the answer, so typing, a new line included, prefills only what was
+  typed; a cursor moved elsewhere changes the suffix at the prompt's start, so all of it is
+  prefilled again (the editor plugins' aipc/warm computes it while the cursor rests), and an opened
+  document's window cannot be computed ahead (its cursor is not known). It gets the most first
+  lines right on every set measured: the 228 eval tasks (96 against psm-line's 86), 200 holes in
+  this server's own modules, code no model can have seen (34 against 32), the development tasks
+  (58 against PSM's 42) (docs/QUALITY.md, twenty-second and twenty-ninth sessions). With no code
+  after the cursor (a file's end) it takes PSM's layout, which a keystroke costs no more there.
+- PSM_LINE ("psm-line"): PSM with the cursor line's code after the middle marker,
   `<PRE>{code above the line}<SUF>{suffix}<MID>{line up to the cursor}` (the middle is the text
   between prefix and suffix; the model is given its start). A new line, or a cursor moved to
   another line, prefills the suffix once. A line of only indentation stays in the prefix, as in
   PSM, and so does the line at a file's end (no code after it: a keystroke costs PSM no more
-  there). On the 228 eval tasks it got as many first lines right as PSM on an AVX2 host in f32
-  (87) and on a Xeon with AMX in bf16 (86, 2 checks fewer); on 280 mid-line tasks in this
-  server's own modules, code no model can have seen, 86 against 79 (docs/QUALITY.md,
-  twenty-fourth to twenty-sixth sessions).
-- SPM, the FIM paper's form (`<PRE><SUF>suffix<MID>prefix`): a cursor moved anywhere changes the
-  suffix at the prompt's start, so all of it is prefilled again. It gets more lines of the standard
-  library right (lines the model recalls, such as heapq's `yield from next.__self__`), none more of
-  code it cannot have seen, where it also spaces brackets oddly (` current )` for `current)`)
-  (twenty-second session).
+  there). As many first lines right as PSM on the eval (twenty-fourth to twenty-sixth sessions).
 So the templates keep PSM, the order the models' cards document ("auto"), and `completion.fim_order`
-defaults to "psm-line".
+defaults to "spm".
 """
 
 from __future__ import annotations
