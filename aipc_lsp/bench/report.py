@@ -134,8 +134,9 @@ def render_table(report: dict) -> str:
             if prompt_line(report):
                 out.append(prompt_line(report))
             out.append("(opened first: the first suggestion in a document opened a moment before, its window "
-                       "computed while the server was idle; cursor first: the same where the client said the "
-                       "cursor rests (aipc/warm); cold: asked at once)")
+                       "computed while the server was idle, unless the FIM order puts the code after the cursor "
+                       "first (spm); cursor first: the same where the client said the cursor rests (aipc/warm); "
+                       "cold: asked at once)")
             rounds = [r for r in server.get("decode_rounds") or () if r.get("bare_tokens_per_s")]
             if rounds:
                 out.append("decode on the same prompts, taking turns, server / bare engine: " + ", ".join(
