@@ -45,15 +45,20 @@ def _one_offset(subtract):
 
 
 def signed_weights(folder: Path) -> int:
-    """Rewrite `folder`'s openvino_model.xml/.bin in place; how many matrices were rewritten."""
+    """Rewrite `folder`'s openvino_model.xml/.bin in place; how many matrices were rewritten.
+    On an error the IR is left as it was (it computes the same, slower) and the error raised."""
     folder = Path(folder)
-    rewritten = _write_signed(folder / MODEL_XML, folder / f".signed-{MODEL_XML}")
-    gc.collect()  # the model read from the old weights file is gone: its mapping too (Windows)
-    if rewritten:
-        staged = folder / f".signed-{MODEL_XML}"
-        os.replace(staged.with_suffix(".bin"), (folder / MODEL_XML).with_suffix(".bin"))
-        os.replace(staged, folder / MODEL_XML)
-    return rewritten
+    staged = folder / f".signed-{MODEL_XML}"
+    try:
+        rewritten = _write_signed(folder / MODEL_XML, staged)
+        gc.collect()  # the model read from the old weights file is gone: its mapping too (Windows)
+        if rewritten:
+            os.replace(staged.with_suffix(".bin"), (folder / MODEL_XML).with_suffix(".bin"))
+            os.replace(staged, folder / MODEL_XML)
+        return rewritten
+    finally:
+        staged.unlink(missing_ok=True)
+        staged.with_suffix(".bin").unlink(missing_ok=True)
 
 
 def _write_signed(source: Path, staged: Path) -> int:

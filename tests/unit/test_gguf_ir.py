@@ -294,3 +294,24 @@ def _reader_ir(xml: Path) -> None:
     rows = ops.multiply(ops.subtract(ops.convert(weights, "f16"), ops.convert(zero, "f16")), scale)
     out = ops.matmul(x, ops.convert(rows, "f32"), False, True)
     openvino.save_model(openvino.Model([out], [x], "reader"), str(xml), compress_to_fp16=False)
+
+
+def test_an_ir_whose_weights_cannot_be_rewritten_is_kept_as_the_reader_wrote_it(tmp_path, monkeypatch):
+    import openvino_genai
+
+    from aipc_lsp.models import ir_signed
+
+    src = tmp_path / "tiny.Q5_0.gguf"
+    _tiny_gguf(src)
+    monkeypatch.setattr(openvino_genai, "LLMPipeline",
+                        lambda path, device, enable_save_ov_model: _reader_ir(Path(path).parent / "openvino_model.xml"))
+
+    def fails(folder):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ir_signed, "signed_weights", fails)
+    steps = []
+    out = tmp_path / "ir"
+    convert._openvino_from_gguf(src, out, lambda message, percent: steps.append((message, percent)))
+    assert (out / "openvino_model.xml").is_file()
+    assert "stay as the GGUF reader wrote them (OSError: No space left on device)" in steps[-1][0]

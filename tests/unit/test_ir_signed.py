@@ -60,3 +60,18 @@ def test_one_zero_point_becomes_signed_bytes_with_the_same_products(tmp_path):
     assert not list(folder.glob(".signed-*"))  # staged files replaced the model's own
 
     assert signed_weights(folder) == 0  # nothing left to rewrite: the files are not written again
+
+
+def test_a_failed_rewrite_leaves_the_ir_as_it_was(tmp_path, monkeypatch):
+    folder = tmp_path / "ir"
+    _model(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        (folder / ".signed-openvino_model.bin").write_bytes(b"half")  # what a full disk leaves
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ov, "save_model", full_disk)
+    with pytest.raises(OSError):
+        signed_weights(folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
