@@ -160,8 +160,8 @@ class Suggester:
                 if offset is None and template is not None and template.suffix_first():
                     # The prompt begins with the code after a cursor the server does not know yet:
                     # no window computed now would begin another cursor's prompt.
-                    self.warmups.append({"uri": uri, "promptChars": 0, "cancelled": False, "at": "open", "ms": 0.0,
-                                         "skipped": "the FIM order puts the code after the cursor first"})
+                    self._record_warmup(uri, "open", 0, cancelled=False, ms=0.0,
+                                        skipped="the FIM order puts the code after the cursor first")
                 elif offset is None:
                     ctx = await self._first_window(text, budget, settings, template, uri, snippets, language_id,
                                                    heal)
@@ -227,9 +227,14 @@ class Suggester:
             log.debug("no warm-up for %s: %s", uri, exc)
         finally:
             self._warming_ended()
-            self.warmups.append({"uri": uri, "promptChars": len(prompt), "cancelled": cancelled, "at": at,
-                                 "ms": round((time.perf_counter() - started) * 1000, 1)})
+            self._record_warmup(uri, at, len(prompt), cancelled=cancelled, ms=(time.perf_counter() - started) * 1000)
             log.debug("warm-up of %s (%s): %d chars, %s", uri, at, len(prompt), "cancelled" if cancelled else "done")
+
+    def _record_warmup(self, uri: str, at: str, prompt_chars: int, *, cancelled: bool, ms: float,
+                       skipped: str | None = None) -> None:
+        """A warm-up as aipc/status lists it."""
+        record = {"uri": uri, "promptChars": prompt_chars, "cancelled": cancelled, "at": at, "ms": round(ms, 1)}
+        self.warmups.append(record | ({"skipped": skipped} if skipped else {}))
 
     async def suggest(
         self,

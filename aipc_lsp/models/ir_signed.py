@@ -21,9 +21,9 @@ from pathlib import Path
 MODEL_XML = "openvino_model.xml"
 
 
-def _one_offset(subtract):
-    """(the u8 weights Constant, its single zero point) when `subtract` is Convert(u8 weights) -
-    Convert(a zero-point Constant holding one value that leaves every weight in int8), else None."""
+def _signed(subtract):
+    """The weights as i8, when `subtract` is Convert(u8 weights) - Convert(a zero-point Constant
+    holding one value that leaves every weight in int8); else None."""
     import numpy as np
 
     weights, zero = (subtract.input_value(i).get_node() for i in (0, 1))
@@ -37,11 +37,10 @@ def _one_offset(subtract):
     offsets = np.unique(zero.get_data())
     if offsets.size != 1:
         return None
-    offset = int(offsets[0])
-    values = weights.get_data()
-    if int(values.min()) - offset < -128 or int(values.max()) - offset > 127:
+    values = weights.get_data().astype(np.int16) - int(offsets[0])
+    if values.min() < -128 or values.max() > 127:
         return None
-    return weights, offset
+    return values.astype(np.int8)
 
 
 def signed_weights(folder: Path) -> int:
@@ -62,7 +61,6 @@ def signed_weights(folder: Path) -> int:
 
 
 def _write_signed(source: Path, staged: Path) -> int:
-    import numpy as np
     import openvino as ov
     import openvino.opset13 as ops
 
@@ -71,11 +69,10 @@ def _write_signed(source: Path, staged: Path) -> int:
     for node in list(model.get_ops()):
         if node.get_type_name() != "Subtract":
             continue
-        found = _one_offset(node)
-        if found is None:
+        values = _signed(node)
+        if values is None:
             continue
-        weights, offset = found
-        signed = ops.constant((weights.get_data().astype(np.int16) - offset).astype(np.int8), dtype=ov.Type.i8)
+        signed = ops.constant(values, dtype=ov.Type.i8)
         # The product's input becomes Convert(i8): the Subtract and its zero point drop out.
         widened = ops.convert(signed, node.get_output_element_type(0))
         for target in list(node.output(0).get_target_inputs()):
