@@ -16,6 +16,7 @@ from pytest_lsp import LanguageClient, client_capabilities
 
 from conftest import configure, end_position, inline, open_document, replace_document, server_config, status, wait_ready
 from test_warm_on_open import BODY, first_token_ms, long_document, warmed
+from waiting import until
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
@@ -74,3 +75,26 @@ async def test_after_a_suggestion_on_a_new_line_the_prompt_typing_there_extends_
     first = await first_token_ms(client, uri, end_position(head + typed))
     assert [w["at"] for w in (await status(client))["warmups"] if w["uri"] == uri] == ["line"]
     print(f"\nthe line's first character after the line was computed ahead: {first:.0f} ms")
+
+
+async def test_with_the_default_order_an_opened_document_waits_for_its_cursor(client: LanguageClient):
+    """spm, the default: the prompt begins with the code after the cursor, so nothing is computed
+    when a document opens (the warm-up says why), and where the client says the cursor rests the
+    prompt a request there sends is computed, whose first token then prefills next to nothing."""
+    # (this module's initialization options ask for psm-line: spm, the default, is named here)
+    await configure(client, {"completion": {"max_tokens": 8, "fim_order": "spm"}})
+    uri = "file:///project/spm.py"
+    head = f"# {uuid.uuid4().hex}\n" + BODY[:2400] + "\n\n" + INDENTED_LINE
+    open_document(client, uri, head + AFTER_LINE)
+    record = await warmed(client, uri)
+    assert record["at"] == "open" and record["promptChars"] == 0 and "first" in record["skipped"], record
+    at = end_position(head)
+    client.protocol.notify("aipc/warm", {"textDocument": {"uri": uri}, "position": {"line": at.line, "character": at.character}})
+    record = await until(lambda: _cursor_warmup(client, uri), f"a cursor warm-up of {uri}", timeout=120)
+    assert not record["cancelled"] and record["promptChars"] > len(INDENTED_LINE), record
+    first = await first_token_ms(client, uri, end_position(head))
+    print(f"\nspm, first token where the cursor rested (computed ahead): {first:.0f} ms")
+
+
+async def _cursor_warmup(client: LanguageClient, uri: str):
+    return next((w for w in (await status(client))["warmups"] if w["uri"] == uri and w["at"] == "cursor"), None)
