@@ -125,6 +125,9 @@ class CompletionSettings:
                                       "the front, the cursor moved) and the model is idle, compute the window there; "
                                       "and after a suggestion on a line of only indentation (fim_order psm-line), "
                                       "the prompt that typing code there extends")
+    suggest_ahead: bool = _opt(True, "once the user pauses on a suggestion and the model is idle, compute the "
+                                     "suggestion that follows it once accepted (as llama.vim does), so the next one "
+                                     "shows at once after an accept; any other request stops it")
     fim: str = _opt("auto", "fill-in-the-middle prompt: auto = the model's own FIM tokens when its tokenizer has them "
                             "(else the code before the cursor only); off; or force a template",
                     choices=FIM_CHOICES)

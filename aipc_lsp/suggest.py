@@ -29,7 +29,7 @@ from aipc_lsp import fim
 from aipc_lsp.context import (CHARS_PER_TOKEN, CompletionContext, LastTokenCache, LineCountCache, NotCounted,
                               build_completion_context)
 from aipc_lsp.engines.base import GenerationParams
-from aipc_lsp.generation import CANCELLED, MISS, Generation, answer_from
+from aipc_lsp.generation import CANCELLED, MISS, OK, Generation, answer_from
 from aipc_lsp.log_privacy import shown
 from aipc_lsp.runtime import ModelRuntime
 from aipc_lsp.scheduler import Job, JobKind
@@ -46,6 +46,11 @@ WARM_DELAY_S = 0.3
 # suggestion accepted, the cursor moved on) then finds the model free instead of the warm-up's
 # prefill step in flight, which it cannot stop.
 LINE_WARM_DELAY_S = 0.1
+# The suggestion that follows an accepted one is computed once the user has paused this long after
+# a suggestion: while they type on (a keystroke every 0.1-0.25 s) it would only take the model from
+# the next keystroke's request (which then waits for the step in flight), and an accept that comes
+# sooner is a request like any other.
+SUGGEST_AHEAD_DELAY_S = 0.35
 # Ends tried for the first window of an opened document (Suggester._first_window).
 FIRST_WINDOW_TRIES = 3
 
@@ -80,6 +85,8 @@ class Suggester:
         self._warming: asyncio.Task | None = None
         self._warming_uri: str | None = None
         self._warming_prompt = ""  # what the running warm-up computes, once it has its prompt
+        # The generation computed ahead for an accepted suggestion (_suggest_ahead), by document.
+        self._ahead: dict[str, Generation] = {}
         # The latest warm-ups, for aipc/status.
         self.warmups: deque[dict] = deque(maxlen=RECENT_SIZE)
         # The prompt the engine computed last (a suggestion's or a warm-up's): a cursor warm-up of
@@ -105,6 +112,7 @@ class Suggester:
     def document_closed(self, uri: str) -> None:
         self.document_changed(uri, None)
         self._latest.pop(uri, None)
+        self._ahead.pop(uri, None)
         if self._warming_uri == uri:
             self._stop_warming()
 
@@ -230,6 +238,45 @@ class Suggester:
             self._record_warmup(uri, at, len(prompt), cancelled=cancelled, ms=(time.perf_counter() - started) * 1000)
             log.debug("warm-up of %s (%s): %d chars, %s", uri, at, len(prompt), "cancelled" if cancelled else "done")
 
+    async def _suggest_ahead(self, uri: str, text: str, offset: int, settings: CompletionSettings, scheduler,
+                             snippets, language_id: str) -> None:
+        """The suggestion at `offset` of `text` (a suggestion accepted: inserted, the cursor after it),
+        computed once the user has paused (SUGGEST_AHEAD_DELAY_S) and kept in the result cache, so
+        that the editor's request after the accept is answered at once (llama.vim computes the same
+        ahead). A job that yields to any other; a request for this very place that comes meanwhile
+        is answered from it as it grows (`_ahead`, the way typed-ahead answers are)."""
+        started = time.perf_counter()
+        prompt, cancelled = "", True
+        try:
+            await asyncio.sleep(SUGGEST_AHEAD_DELAY_S)
+            budget = self._prepare(scheduler, settings)
+            template = await self._template(scheduler, settings)
+            heal = settings.token_healing and scheduler.constrains_start()
+            ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id, heal)
+            before, after = text[:offset], text[offset:]
+            params, trim_args, cache_key = _request(ctx, after, settings, template, heal, language_id)
+            if cache_key in self._results:
+                return
+            prompt = self._warming_prompt = ctx.prompt
+            g = Generation(before=before, held_back=ctx.held_back, after=after, params=params, trim_args=trim_args)
+            job = Job(key=("", WARM), prompt=prompt, params=params, on_text=g.on_text)
+            g.start(job, scheduler.run(job))
+            self._ahead = {uri: g}
+            outcome, answer, _ = await answer_from(g, before, trim_args, stale=asyncio.Event(), owner=True)
+            if outcome is OK:
+                cancelled = False
+                self._last_computed = prompt
+                self._remember(cache_key, answer)
+        except asyncio.CancelledError:
+            raise  # a request took over, or the user went on (recorded below)
+        except Exception as exc:  # the slot failed: the next request finds out and says so
+            log.debug("no suggestion ahead for %s: %s", uri, exc)
+        finally:
+            self._warming_ended()
+            if prompt:
+                self._record_warmup(uri, "accept", len(prompt), cancelled=cancelled,
+                                    ms=(time.perf_counter() - started) * 1000)
+
     def _record_warmup(self, uri: str, at: str, prompt_chars: int, *, cancelled: bool, ms: float,
                        skipped: str | None = None) -> None:
         """A warm-up as aipc/status lists it."""
@@ -293,34 +340,30 @@ class Suggester:
         if not ctx.window.strip() and not ctx.suffix_window.strip():
             return None  # an empty document: no code to go on (other files' snippets alone are not its code)
         before, after = text[:offset], text[offset:]
-        params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature,
-                                  stop=template.stop if template is not None else (),
-                                  start=ctx.held_back if heal and ctx.held_back.strip() else "")
-        trim_args = dict(
-            line_prefix=ctx.line_prefix, line_suffix=ctx.line_suffix, suffix=ctx.suffix,
-            held_back=ctx.held_back, max_lines=settings.max_lines,
-            # What the model saw below the cursor: a copy of a line it was not shown is no copy.
-            copy_window=ctx.suffix_window if template is not None else None,
-            above=ctx.window, line_comment=fim.comment_prefix(language_id),
-        )
-        cache_key = (ctx.prompt, ctx.held_back, ctx.line_suffix, after, settings.max_lines, params)
+        params, trim_args, cache_key = _request(ctx, after, settings, template, heal, language_id)
 
         cached = self._results.get(cache_key)
         if cached is not None:
             self._results.move_to_end(cache_key)
+            self._after_answer(uri, text, offset, cached, ctx, settings, scheduler, snippets, language_id)
             return self._done(uri, version, started, cached, "cache", started, 0, ctx.other_files)
 
-        latest = self._latest.get(uri)
-        if latest is not None and latest.may_serve(before, after, params):
-            outcome, answer, first_at = await answer_from(latest, before, trim_args, stale=stale)
-            if outcome is CANCELLED:
-                return None  # the document changed meanwhile
-            if outcome is not MISS:
-                self._remember(cache_key, answer)
-                return self._done(uri, version, started, answer, "typed-ahead", first_at, 0, ctx.other_files)
+        # The user's last generation (typed along), then the one computed ahead for an accepted suggestion.
+        for earlier, source in ((self._latest.get(uri), "typed-ahead"), (self._ahead.get(uri), "ahead")):
+            if earlier is not None and earlier.may_serve(before, after, params):
+                outcome, answer, first_at = await answer_from(earlier, before, trim_args, stale=stale)
+                if outcome is CANCELLED:
+                    return None  # the document changed meanwhile
+                if outcome is not MISS:
+                    self._remember(cache_key, answer)
+                    self._after_answer(uri, text, offset, answer, ctx, settings, scheduler, snippets, language_id)
+                    return self._done(uri, version, started, answer, source, first_at, 0, ctx.other_files)
 
         if stale.is_set():
             return None
+        ahead = self._ahead.get(uri)
+        if ahead is not None and not ahead.done:
+            ahead.stop()  # its prompt may begin this one's, but the rest of its answer is of no use here
         self._last_computed = ctx.prompt
         g = Generation(before=before, held_back=ctx.held_back, after=after, params=params, trim_args=trim_args)
         job = Job(key=(uri, COMPLETION), prompt=ctx.prompt, params=params, version=version, on_text=g.on_text)
@@ -331,9 +374,21 @@ class Suggester:
         if outcome is CANCELLED or outcome is MISS:
             return None
         self._remember(cache_key, answer)
-        if ctx.line_prompt and settings.warm_at_cursor and scheduler.keeps_prompt_cache():
-            self._warm_line(uri, ctx.line_prompt, scheduler)
+        self._after_answer(uri, text, offset, answer, ctx, settings, scheduler, snippets, language_id)
         return self._done(uri, version, started, answer, "generated", first_at, g.tokens, ctx.other_files)
+
+    def _after_answer(self, uri: str, text: str, offset: int, answer: str, ctx: CompletionContext,
+                      settings: CompletionSettings, scheduler, snippets, language_id: str) -> None:
+        """What the model computes ahead while the user reads a suggestion: the line that typing
+        code extends (psm-line), else the suggestion that follows this one once it is accepted."""
+        if not scheduler.keeps_prompt_cache():
+            return  # (each would be a whole prefill: e.g. OpenVINO on the NPU)
+        if ctx.line_prompt and settings.warm_at_cursor:
+            self._warm_line(uri, ctx.line_prompt, scheduler)
+        elif answer and settings.suggest_ahead:
+            accepted = text[:offset] + answer + text[offset:]
+            self._start_warming(uri, lambda: self._suggest_ahead(
+                uri, accepted, offset + len(answer), settings, scheduler, snippets, language_id))
 
     def _prepare(self, scheduler, settings: CompletionSettings) -> int:
         """The prompt budget on this scheduler (its token counter set up for it)."""
@@ -346,6 +401,7 @@ class Suggester:
             self._count_exactly = engine.count_tokens
             self._last_token = LastTokenCache(engine.last_token)
             self._latest.clear()
+            self._ahead.clear()
             self._results.clear()
             self._fim.clear()
         return min(settings.context_tokens, scheduler.prompt_limit() or settings.context_tokens)
@@ -425,3 +481,19 @@ def _first_window_end(text: str, budget_tokens: int, count: Callable[[str], int]
     while end > 0 and (tokens := count(text[:end])) > budget_tokens:
         end = text.rfind("\n", 0, int(end * budget_tokens / tokens * 0.95)) + 1
     return end
+
+
+def _request(ctx: CompletionContext, after: str, settings: CompletionSettings, template: fim.FimTemplate | None,
+             heal: bool, language_id: str) -> tuple[GenerationParams, dict, tuple]:
+    """A request at `ctx`: its generation parameters, how its output is trimmed, its result cache key."""
+    params = GenerationParams(max_new_tokens=settings.max_tokens, temperature=settings.temperature,
+                              stop=template.stop if template is not None else (),
+                              start=ctx.held_back if heal and ctx.held_back.strip() else "")
+    trim_args = dict(
+        line_prefix=ctx.line_prefix, line_suffix=ctx.line_suffix, suffix=ctx.suffix,
+        held_back=ctx.held_back, max_lines=settings.max_lines,
+        # What the model saw below the cursor: a copy of a line it was not shown is no copy.
+        copy_window=ctx.suffix_window if template is not None else None,
+        above=ctx.window, line_comment=fim.comment_prefix(language_id),
+    )
+    return params, trim_args, (ctx.prompt, ctx.held_back, ctx.line_suffix, after, settings.max_lines, params)

@@ -101,8 +101,11 @@ def server_documents(sizes: dict) -> dict[int, tuple[str, str, str]]:
 def bench_options(contexts: tuple[int, ...], model: str | None, sets: dict) -> dict:
     """initializationOptions of the server under test: the bench's completion settings, then --set."""
     # Room for every document whole, so its unique first line stays in the prompt. Other files off:
-    # the bench's documents would be each other's, and the peer is not sent them.
-    completion = {"context_tokens": 2 * max(contexts), "max_tokens": 48, "other_files": False}
+    # the bench's documents would be each other's, and the peer is not sent them. No suggestion
+    # computed ahead for an accept (the bench accepts none): it would run while the bench times the
+    # bare engine or the peer, which are measured while the server idles.
+    completion = {"context_tokens": 2 * max(contexts), "max_tokens": 48, "other_files": False,
+                  "suggest_ahead": False}
     options = merge({"completion": completion}, sets)
     if model:
         options["model"] = model
@@ -142,7 +145,8 @@ def run_bench(*, quick: bool, model: str | None, remote: str | None, skip_server
     sizes = first.get("doc_sizes")
     report["settings"] = {"fim": first.get("fim"), "fim_order": first.get("fim_order"), "fim_setting": completion.fim,
                           "suffix_tokens": completion.suffix_tokens, "context_tokens": completion.context_tokens,
-                          "other_files": completion.other_files, "prompt_tokens": first.get("prompt_tokens"),
+                          "other_files": completion.other_files, "suggest_ahead": completion.suggest_ahead,
+                          "prompt_tokens": first.get("prompt_tokens"),
                           "set": sets or {}}
     docs = server_documents(sizes) if sizes else {}
     peer = None

@@ -188,6 +188,7 @@ def prompt_line(report: dict) -> str:
     size = sizes.get(TARGET_CONTEXT) or sizes.get(str(TARGET_CONTEXT))
     said = (report.get("server") or {}).get("completion_prompt")
     return (f"prompts: {what}; other files {'on' if settings.get('other_files') else 'off'}"
+            + ("; suggestions computed ahead for an accept" if settings.get("suggest_ahead") else "")
             + (f"; {size} tokens at the cursor of the 1.5k document" if size else "")
             + (f"; BUT the server says its prompt is {said!r}: the documents' sizes and the peer's prompts "
                f"are not the server's" if said and said != (settings.get("fim") or "prefix") else ""))

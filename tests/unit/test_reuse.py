@@ -15,7 +15,9 @@ from aipc_lsp.suggest import Suggester
 from fake_engine import FakeEngine, OneSlotRuntime
 from waiting import until
 
-SETTINGS = CompletionSettings(max_tokens=32)
+# The suggestion computed ahead for an accept is off where a test counts what the engine computed for
+# something else (its own tests are at the end).
+SETTINGS = CompletionSettings(max_tokens=32, suggest_ahead=False)
 URI = "file:///project/a.py"
 
 
@@ -203,7 +205,7 @@ async def warm_ups_ended() -> None:
     """Wait for every warm-up task there is to end: one postponed rather than stopped would run
     to its end here (and be recorded)."""
     tasks = [t for t in asyncio.all_tasks()
-             if t.get_coro().__qualname__ in ("Suggester._warm", "Suggester._compute_ahead")]
+             if t.get_coro().__qualname__ in ("Suggester._warm", "Suggester._compute_ahead", "Suggester._suggest_ahead")]
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
@@ -292,7 +294,7 @@ async def test_a_cursor_warm_up_computes_the_prompt_a_request_there_sends_unless
     lines = [f"value_{i} = compute({i}, {i + 1})\n" for i in range(400)]
     text = "".join(lines)
     cursor = len("".join(lines[:300]))  # far beyond the first window of a 256-token budget
-    settings = CompletionSettings(context_tokens=256)
+    settings = CompletionSettings(context_tokens=256, suggest_ahead=False)
     s.warm(URI, text, settings, cursor)
     await warm_ups_ended()
     assert s.warmups[-1]["at"] == "cursor" and not s.warmups[-1]["cancelled"]
@@ -321,7 +323,8 @@ async def test_after_a_suggestion_on_a_line_of_indentation_the_prompt_typing_the
         make, order, enabled, warmed):
     s, engine = make(script({"<|fim_middle|>": "result += item.price\n"}))
     engine.keeps_prompt_cache = True
-    settings = CompletionSettings(max_tokens=32, fim="qwen", fim_order=order, warm_at_cursor=enabled)
+    settings = CompletionSettings(max_tokens=32, fim="qwen", fim_order=order, warm_at_cursor=enabled,
+                                  suggest_ahead=False)
     answer = await s.suggest(text=LINE_ABOVE + LINE_BELOW, offset=len(LINE_ABOVE), settings=settings, uri=URI,
                              version=1)
     assert answer.text == "result += item.price"
@@ -342,7 +345,7 @@ async def test_after_a_suggestion_on_a_line_of_indentation_the_prompt_typing_the
 async def test_a_keystroke_that_extends_the_prompt_being_computed_ahead_waits_for_it(make):
     s, engine = make(script({"<|fim_middle|>": "result += item.price\n"}), delay=0.05)
     engine.keeps_prompt_cache = True
-    settings = CompletionSettings(max_tokens=32, fim="qwen", fim_order="psm-line")
+    settings = CompletionSettings(max_tokens=32, fim="qwen", fim_order="psm-line", suggest_ahead=False)
     await s.suggest(text=LINE_ABOVE + LINE_BELOW, offset=len(LINE_ABOVE), settings=settings, uri=URI, version=1)
     await until(lambda: len(engine.calls) == 2, "the line's prompt computed ahead")
     text = LINE_ABOVE + "t" + LINE_BELOW
@@ -353,3 +356,78 @@ async def test_a_keystroke_that_extends_the_prompt_being_computed_ahead_waits_fo
     assert engine.calls[2].started >= engine.calls[1].ended and engine.prompts[2].startswith(engine.prompts[1])
     # A request elsewhere does not wait for it.
     await s.suggest(text=LINE_ABOVE + LINE_BELOW, offset=len(LINE_ABOVE), settings=settings, uri=URI, version=3)
+
+
+# --- the suggestion that follows an accepted one (completion.suggest_ahead) ---------------------
+
+AHEAD = CompletionSettings(max_tokens=32)
+BODY = "def f():\n    a = 1\n    "
+
+
+def statements(prompt: str) -> str:
+    """Two statements on an empty line; at the end of the second, a newline and the next one."""
+    return "\n    d = 4\n\n" if prompt.endswith("c = 3") else " b = 2\n    c = 3\n\n"
+
+
+async def test_the_suggestion_after_an_accepted_one_is_computed_while_the_user_reads_it(make):
+    s, engine = make(statements)
+    engine.keeps_prompt_cache = True
+    first = await ask(s, BODY, 1, settings=AHEAD)
+    assert first.text == "b = 2\n    c = 3" and len(engine.calls) == 1
+    await warm_ups_ended()
+    assert [(w["at"], w["cancelled"]) for w in s.warmups] == [("accept", False)]
+    assert engine.calls[1].prompt.endswith("c = 3") and engine.calls[1].params.max_new_tokens == 32
+    # The user accepts (Tab): the editor inserts the suggestion and asks at its end.
+    accepted = BODY + first.text
+    s.document_changed(URI, accepted)
+    second = await ask(s, accepted, 2, settings=AHEAD)
+    assert second.source == "cache" and second.text == "\n    d = 4" and len(engine.calls) == 2
+    # And the one after that is computed ahead in turn.
+    await warm_ups_ended()
+    assert len(engine.calls) == 3 and engine.calls[2].prompt.endswith("d = 4")
+
+
+async def test_an_accept_while_it_is_computed_is_answered_from_it(make):
+    s, engine = make(statements, delay=0.05)
+    engine.keeps_prompt_cache = True
+    first = await ask(s, BODY, 1, settings=AHEAD)
+    await until(lambda: len(engine.calls) == 2 and engine.calls[1].tokens, "the next suggestion being computed")
+    accepted = BODY + first.text
+    s.document_changed(URI, accepted)
+    second = await ask(s, accepted, 2, settings=AHEAD)
+    assert second.source == "ahead" and second.text == "\n    d = 4"
+    assert len(engine.calls) == 2  # no generation of its own
+
+
+async def test_typing_something_else_stops_it_and_is_answered_as_always(make):
+    s, engine = make(statements, delay=0.05)
+    engine.keeps_prompt_cache = True
+    await ask(s, BODY, 1, settings=AHEAD)
+    await until(lambda: len(engine.calls) == 2 and engine.calls[1].tokens, "the next suggestion being computed")
+    typed = BODY + "x"
+    s.document_changed(URI, typed)
+    got = await ask(s, typed, 2, settings=AHEAD)
+    assert got.source == "generated" and engine.calls[2].prompt.endswith("x")
+    assert engine.calls[1].result.cancelled and engine.calls[2].started >= engine.calls[1].ended
+    assert s.warmups[0]["at"] == "accept" and s.warmups[0]["cancelled"]
+
+
+async def test_an_accept_before_the_user_paused_is_a_request_like_any_other(make):
+    s, engine = make(statements)
+    engine.keeps_prompt_cache = True
+    first = await ask(s, BODY, 1, settings=AHEAD)
+    accepted = BODY + first.text
+    s.document_changed(URI, accepted)
+    second = await ask(s, accepted, 2, settings=AHEAD)  # sooner than SUGGEST_AHEAD_DELAY_S
+    assert second.source == "generated" and second.text == "\n    d = 4" and len(engine.calls) == 2
+    assert not s.warmups
+
+
+@pytest.mark.parametrize("keeps, enabled", [(True, False), (False, True)])
+async def test_nothing_is_computed_ahead_when_turned_off_or_without_a_prompt_cache(make, keeps, enabled):
+    s, engine = make(statements)
+    engine.keeps_prompt_cache = keeps
+    await ask(s, BODY, 1, settings=CompletionSettings(max_tokens=32, suggest_ahead=enabled))
+    await warm_ups_ended()
+    await asyncio.sleep(0.4)
+    assert len(engine.calls) == 1 and not s.warmups
