@@ -15,18 +15,12 @@ from pytest_lsp import LanguageClient, client_capabilities
 
 from aipc_lsp.suggest import SUGGEST_AHEAD_DELAY_S
 from conftest import end_position, inline, open_document, replace_document, server_config, status, wait_ready
+from test_typed_ahead import STACK
 from waiting import until
 
 pytestmark = [pytest.mark.model, pytest.mark.asyncio(loop_scope="module")]
 
-BEFORE = (
-    "class Stack:\n"
-    "    def __init__(self):\n"
-    "        self.items = []\n"
-    "\n"
-    "    def push(self, item):\n"
-    "        "
-)
+BEFORE = STACK  # the code before the cursor
 AFTER = (
     "\n"
     "\n"
