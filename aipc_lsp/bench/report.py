@@ -137,6 +137,16 @@ def render_table(report: dict) -> str:
                        "computed while the server was idle, unless the FIM order puts the code after the cursor "
                        "first (spm); cursor first: the same where the client said the cursor rests (aipc/warm); "
                        "cold: asked at once)")
+            accepted = next((c["accepted"] for c in server["contexts"].values() if c.get("accepted")), None)
+            if accepted:
+                def accept_part(key):
+                    a = accepted.get(key) or {}
+                    s = a.get("full_ms") or {"p50": None, "p95": None}
+                    sources = ", ".join(f"{k} {v}" for k, v in sorted((a.get("sources") or {}).items()))
+                    return f"{_f(s['p50'])}/{_f(s['p95'])} ms ({sources or 'no answer'})"
+                out.append(f"after an accept (a suggestion read for 1 s, accepted, asked at its end), the next "
+                           f"suggestion: {accept_part('ahead')} computed ahead (completion.suggest_ahead), "
+                           f"{accept_part('asked')} without")
             rounds = [r for r in server.get("decode_rounds") or () if r.get("bare_tokens_per_s")]
             if rounds:
                 out.append("decode on the same prompts, taking turns, server / bare engine: " + ", ".join(

@@ -34,6 +34,8 @@ TYPIST_PAUSE_S = 0.2
 
 # The --remote peer's typing and cold figures are taken on this context's document.
 PEER_CONTEXT = 1536
+# How long the user reads a suggestion before accepting it (the bench's accept: _accepts).
+ACCEPT_PAUSE_S = 1.0
 
 
 def position_of(text: str, offset: int) -> types.Position:
@@ -117,16 +119,18 @@ class BenchClient(LanguageClient):
     async def suggest(self, uri: str, text: str, offset: int | None = None) -> dict:
         """One request at `offset` (the end of `text` when None); timings from both sides."""
         sent = time.perf_counter()
-        await self.text_document_inline_completion_async(self.inline_params(uri, text, offset))
+        answer = await self.text_document_inline_completion_async(self.inline_params(uri, text, offset))
         round_trip = (time.perf_counter() - sent) * 1000
+        items = answer.items if answer is not None and not isinstance(answer, list) else (answer or [])
+        shown = items[0].insert_text if items and isinstance(items[0].insert_text, str) else ""
         version = self.versions[uri]
         record = next((r for r in reversed((await self.status())["suggestions"])
                        if r["uri"] == uri and r["version"] == version), None)
         if record is None or record["firstTokenMs"] is None:
-            return {"full_ms": round_trip, "first_ms": None, "source": None, "record": record}
+            return {"full_ms": round_trip, "first_ms": None, "source": None, "record": record, "text": shown}
         after_first = record["totalMs"] - record["firstTokenMs"]
         return {"full_ms": round_trip, "first_ms": max(0.0, round_trip - after_first),
-                "source": record["source"], "record": record}
+                "source": record["source"], "record": record, "text": shown}
 
 
 def _later_part(code: str) -> str:
@@ -234,6 +238,9 @@ async def run(*, docs: dict[int, tuple[str, str, str]], quick: bool, options: di
                 # How each keystroke was answered ("none": an empty answer, which the server does not time).
                 "sources": {s or "none": sum(1 for r in typed if r["source"] == s) for s in {r["source"] for r in typed}},
             }
+            if n == PEER_CONTEXT:
+                out["contexts"][n]["accepted"] = await _accepts(client, base_completion, prefix, suffix,
+                                                                1 if quick else 3)
             if peer is not None and n == PEER_CONTEXT:
                 # The same document and keystrokes to the peer, now, while the server idles.
                 await asyncio.to_thread(peer.typing, prefix, following[:keystrokes], suffix,
@@ -283,6 +290,34 @@ async def run(*, docs: dict[int, tuple[str, str, str]], quick: bool, options: di
         if client._server.returncode is None:
             client._server.kill()
         await client.stop()
+
+
+async def _accepts(client: BenchClient, base_completion: dict, prefix: str, suffix: str, reps: int) -> dict:
+    """A suggestion read for ACCEPT_PAUSE_S, then accepted (inserted, the cursor after it) and the
+    editor's request there: its round trip with completion.suggest_ahead (the suggestion after it
+    computed while the user read) and without (the bench runs without it elsewhere), and how it
+    was answered."""
+    out = {}
+    for ahead in (True, False):
+        client.configure({**base_completion, "suggest_ahead": ahead})
+        await asyncio.sleep(0.2)
+        answers = []
+        for _ in range(reps):
+            uri, head = f"file:///bench/accept_{uuid.uuid4().hex[:6]}.py", _unique(prefix)
+            client.open(uri, head + suffix)
+            shown = (await client.suggest(uri, head + suffix, len(head)))["text"]
+            if not shown:
+                continue
+            await asyncio.sleep(ACCEPT_PAUSE_S)
+            text = head + shown + suffix
+            client.change(uri, text)
+            answers.append(await client.suggest(uri, text, len(head) + len(shown)))
+        out["ahead" if ahead else "asked"] = {
+            "full_ms": summary([r["full_ms"] for r in answers]),
+            "sources": {s or "none": sum(1 for r in answers if r["source"] == s) for s in {r["source"] for r in answers}}}
+    client.configure(base_completion)
+    await asyncio.sleep(0.2)
+    return out
 
 
 async def _cancel_latencies(client: BenchClient, reps: int) -> tuple[list[float], list[float], list[float]]:

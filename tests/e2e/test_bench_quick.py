@@ -40,6 +40,10 @@ def test_bench_quick_measures_everything(tmp_path):
     assert ctx["opened_first_ms"]["n"] == 1 and ctx["opened_first_ms"]["p50"] < ctx["cold_first_ms"]["p50"] / 2
     # And one where the client said the cursor rests (aipc/warm), with warming on open off.
     assert ctx["cursor_first_ms"]["n"] == 1 and ctx["cursor_first_ms"]["p50"] < ctx["cold_first_ms"]["p50"] / 2
+    # A suggestion accepted after a reader's pause: the next one computed ahead, or asked for.
+    accepted = ctx["accepted"]
+    assert set(accepted["ahead"]["sources"]) <= {"cache", "ahead", "none"}, accepted
+    assert set(accepted["asked"]["sources"]) <= {"generated", "none"}, accepted
     assert server["server_tokens_per_s"] > 0 and server["peak_rss_mb"] > 0
     assert server["cancel_ms"]["n"] == 2
     # Whatever prompt the model's tokenizer makes the server use (SmolLM2 here: the prefix only),
