@@ -195,8 +195,10 @@ def test_closing_a_chat_cancels_it(nvim: Nvim):
     while (state := nvim.lua(STATUS))["slots"][0]["busy"]:
         assert time.monotonic() < deadline, "the generation kept running after the chat was closed"
         time.sleep(0.1)
-    # Stopped by the discard (counted as cancelled), not run to its end.
-    assert state["liveJobs"] == [] and state["slots"][0]["cancelled"] >= 1
+    # Stopped by the discard (counted as cancelled), not run to its end. (The server may compute ahead
+    # for a suggestion shown while the text was typed: background work of its own.)
+    assert [job for job in state["liveJobs"] if job["kind"] == "chat"] == []
+    assert state["slots"][0]["cancelled"] >= 1
     assert nvim.lua(chat) is None
 
 

@@ -23,7 +23,8 @@ def running(server: RawServer, kind: str) -> bool:
 
 def start(server: RawServer) -> None:
     reply = server.call("initialize", {"processId": None, "rootUri": None, "capabilities": {},
-                                       "initializationOptions": {"completion": {"max_tokens": 400, "max_lines": 200}}})
+                                       "initializationOptions": {"completion": {"max_tokens": 400, "max_lines": 200,
+                                                                              "suggest_ahead": False}}})
     assert "result" in reply
     server.notify("initialized", {})
 

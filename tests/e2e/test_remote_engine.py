@@ -202,7 +202,8 @@ async def client(lsp_client: LanguageClient, llama: LlamaServer):
 
     lsp_client.set_configuration({"aipc": {"slots": TEAM_ONLY}})
     await lsp_client.initialize_session(types.InitializeParams(
-        capabilities=client_capabilities("neovim@v0.11.0"), initialization_options={"slots": TEAM_ONLY}))
+        # Nothing computed ahead for an accept: this module counts the server's jobs and warm-ups.
+        capabilities=client_capabilities("neovim@v0.11.0"), initialization_options={"slots": TEAM_ONLY, "completion": {"suggest_ahead": False}}))
     state = await wait_ready(lsp_client)
     assert state["ready"], state
     yield

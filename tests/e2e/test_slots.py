@@ -29,7 +29,8 @@ TWO_SLOTS = {
     ],
     # Routing is what these tests are about: each prompt is the document's own, not also the
     # snippets of the documents the tests opened before it.
-    "completion": {"other_files": False},
+    # Nothing computed ahead for an accept: this module counts the server's jobs and warm-ups.
+    "completion": {"other_files": False, "suggest_ahead": False},
     # A chat in one chunk: with the default 32-token chunks a completion may rightly wait for the
     # next chunk boundary on "accel" when the measured rates say it finishes sooner there, and two
     # identical slots' rates differ only by noise (tests/unit/test_routing.py covers the cut-in).

@@ -127,7 +127,8 @@ test('cancelling the chat answers RequestCancelled', async () => {
   subscription.dispose();
   assert.ok(pieces >= 1);
   const status = await connection.sendRequest<ServerStatus>('aipc/status', {});
-  assert.equal(status.liveJobs.length, 0);
+  // (The server may be computing ahead for the ghost text above: background work of its own.)
+  assert.deepEqual(status.liveJobs.filter((job) => job.kind === 'chat'), []);
 });
 
 test('bad params are a JSON-RPC error, not silence', async () => {
