@@ -10,8 +10,10 @@ Work is reused three ways before a new generation is started:
 - typed-ahead: when the user typed what the running or the last generation of the
   document predicted, the rest of that prediction is the answer (see generation.py).
 
-And one way ahead of a request: a document just opened has its first window's KV cache
-computed while the model is idle (`warm`), so the first suggestion in it skips the cold prefill.
+And ways ahead of a request, while the model is idle: a document just opened or a cursor the client
+says rests has its window's KV cache computed (`warm`), so the first suggestion there skips the
+cold prefill; once the user pauses on a suggestion, the one that follows it when accepted is
+computed and cached (`_suggest_ahead`).
 """
 
 from __future__ import annotations
