@@ -11,7 +11,7 @@ import time
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
 
-from aipc_lsp.lsp_client import drain, plain
+from aipc_lsp.lsp_client import drain, first_inline_text, plain
 
 GREY, BOLD, RESET = ("\033[90m", "\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
@@ -75,8 +75,7 @@ async def _inline(client: DemoClient, uri: str, before: str) -> tuple[str | None
         text_document=types.TextDocumentIdentifier(uri=uri), position=position,
         context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic)))
     elapsed = (time.perf_counter() - started) * 1000
-    items = result.items if result else []
-    return (items[0].insert_text if items else None), elapsed
+    return first_inline_text(result), elapsed
 
 
 def _show(before: str, suggestion: str, after: str) -> None:

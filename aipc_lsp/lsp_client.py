@@ -28,3 +28,13 @@ async def drain(stream) -> None:
     """Read the server's stderr to the end: an unread pipe would eventually block the server."""
     while await stream.readline():
         pass
+
+
+def first_inline_text(result) -> str | None:
+    """The text of the first item of a textDocument/inlineCompletion result (a list or a bare list of
+    items, as pygls hands either back); None when there is none."""
+    items = (result.items if hasattr(result, "items") else result) or []
+    if not items:
+        return None
+    text = items[0].insert_text
+    return text if isinstance(text, str) else text.value

@@ -164,9 +164,7 @@ class Suggester:
         try:
             scheduler = await self.runtime.scheduler()
             if scheduler.keeps_prompt_cache():  # (e.g. OpenVINO on the NPU prefills every request anew)
-                budget = self._prepare(scheduler, settings)
-                template = await self._template(scheduler, settings)
-                heal = settings.token_healing and scheduler.constrains_start()
+                budget, template, heal = await self._setup(scheduler, settings)
                 if offset is None and template is not None and template.suffix_first():
                     # The prompt begins with the code after a cursor the server does not know yet:
                     # no window computed now would begin another cursor's prompt.
@@ -251,9 +249,7 @@ class Suggester:
         prompt, cancelled = "", True
         try:
             await asyncio.sleep(SUGGEST_AHEAD_DELAY_S)
-            budget = self._prepare(scheduler, settings)
-            template = await self._template(scheduler, settings)
-            heal = settings.token_healing and scheduler.constrains_start()
+            budget, template, heal = await self._setup(scheduler, settings)
             ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id, heal)
             before, after = text[:offset], text[offset:]
             params, trim_args, cache_key = _request(ctx, after, settings, template, heal, language_id)
@@ -333,9 +329,7 @@ class Suggester:
                        language_id: str = "") -> Suggestion | None:
         started = time.perf_counter()
         scheduler = await self.runtime.scheduler()
-        budget = self._prepare(scheduler, settings)
-        template = await self._template(scheduler, settings)
-        heal = settings.token_healing and scheduler.constrains_start()
+        budget, template, heal = await self._setup(scheduler, settings)
         ctx = await self._context(text, offset, budget, settings, template, uri, snippets, language_id, heal)
         # The model is not idle any more: the request does a warm-up's work itself, or waits for it.
         self._stop_warming(unless_extended_by=ctx.prompt)
@@ -391,6 +385,12 @@ class Suggester:
             accepted = text[:offset] + answer + text[offset:]
             self._start_warming(uri, lambda: self._suggest_ahead(
                 uri, accepted, offset + len(answer), settings, scheduler, snippets, language_id))
+
+    async def _setup(self, scheduler, settings: CompletionSettings) -> tuple[int, fim.FimTemplate | None, bool]:
+        """What building a prompt on this scheduler needs: its budget, the FIM template, whether to heal."""
+        budget = self._prepare(scheduler, settings)
+        template = await self._template(scheduler, settings)
+        return budget, template, settings.token_healing and scheduler.constrains_start()
 
     def _prepare(self, scheduler, settings: CompletionSettings) -> int:
         """The prompt budget on this scheduler (its token counter set up for it)."""

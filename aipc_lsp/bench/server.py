@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections import Counter
 
 from lsprotocol import types
 from pygls.lsp.client import LanguageClient
@@ -23,7 +24,7 @@ from pygls.lsp.client import LanguageClient
 from aipc_lsp.bench.corpus import DECODE_ROUNDS, DECODE_RUNS, LONG_DOC, decode_document
 from aipc_lsp.bench.rss import peak_rss_mb
 from aipc_lsp.bench.stats import percentile, summary  # noqa: F401  (percentile: for eval's report)
-from aipc_lsp.lsp_client import drain, plain
+from aipc_lsp.lsp_client import drain, first_inline_text, plain
 
 
 # After a suggestion shows, a typist takes a moment before the next key (reading it, or not):
@@ -121,8 +122,7 @@ class BenchClient(LanguageClient):
         sent = time.perf_counter()
         answer = await self.text_document_inline_completion_async(self.inline_params(uri, text, offset))
         round_trip = (time.perf_counter() - sent) * 1000
-        items = answer.items if answer is not None and not isinstance(answer, list) else (answer or [])
-        shown = items[0].insert_text if items and isinstance(items[0].insert_text, str) else ""
+        shown = first_inline_text(answer) or ""
         version = self.versions[uri]
         record = next((r for r in reversed((await self.status())["suggestions"])
                        if r["uri"] == uri and r["version"] == version), None)
@@ -235,8 +235,8 @@ async def run(*, docs: dict[int, tuple[str, str, str]], quick: bool, options: di
                 # Every keystroke, reused answers included (typed-ahead, cache).
                 "keystroke_first_ms": summary([r["first_ms"] for r in typed if r["first_ms"] is not None]),
                 "keystroke_full_ms": summary([r["full_ms"] for r in typed]),
-                # How each keystroke was answered ("none": an empty answer, which the server does not time).
-                "sources": {s or "none": sum(1 for r in typed if r["source"] == s) for s in {r["source"] for r in typed}},
+                # How each keystroke was answered.
+                "sources": _sources(typed),
             }
             if n == PEER_CONTEXT:
                 out["contexts"][n]["accepted"] = await _accepts(client, base_completion, prefix, suffix,
@@ -314,10 +314,15 @@ async def _accepts(client: BenchClient, base_completion: dict, prefix: str, suff
             answers.append(await client.suggest(uri, text, len(head) + len(shown)))
         out["ahead" if ahead else "asked"] = {
             "full_ms": summary([r["full_ms"] for r in answers]),
-            "sources": {s or "none": sum(1 for r in answers if r["source"] == s) for s in {r["source"] for r in answers}}}
+            "sources": _sources(answers)}
     client.configure(base_completion)
     await asyncio.sleep(0.2)
     return out
+
+
+def _sources(answers: list[dict]) -> dict[str, int]:
+    """How many answers each way was obtained ("none": an empty answer, which the server does not time)."""
+    return dict(Counter(r["source"] or "none" for r in answers))
 
 
 async def _cancel_latencies(client: BenchClient, reps: int) -> tuple[list[float], list[float], list[float]]:

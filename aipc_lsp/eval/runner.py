@@ -15,7 +15,7 @@ from lsprotocol import types
 from aipc_lsp.bench.server import BenchClient
 from aipc_lsp.eval.scoring import accept
 from aipc_lsp.eval.tasks import Task
-from aipc_lsp.lsp_client import drain
+from aipc_lsp.lsp_client import drain, first_inline_text
 
 # Where the tasks' documents are, as far as the server knows (a workspace folder of its own).
 PROJECT = "file:///aipc-eval/project"
@@ -94,11 +94,10 @@ class EvalClient(BenchClient):
         ms = (time.perf_counter() - sent) * 1000
         for other in [uri] + [u for u, _ in others]:
             self.close(other)
-        items = (result.items if isinstance(result, types.InlineCompletionList) else result) or []
-        if not items:
+        text = first_inline_text(result)
+        if text is None:
             return {"suggestion": "", "accepted": task.text, "ms": None if error else ms, "error": error}
-        item = items[0]
-        text = item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value
+        item = (result.items if isinstance(result, types.InlineCompletionList) else result)[0]
         start = end = task.offset
         if item.range is not None:
             start, end = offset_of(task.text, item.range.start), offset_of(task.text, item.range.end)
